@@ -1,0 +1,111 @@
+//! Command-line definitions: one subcommand per verb.
+
+use crate::io::export::ExportFormat;
+use crate::io::import::{DEFAULT_MAX_RECORD_BYTES, Format};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "duel",
+    version,
+    about = "A terminal workbench for preference data"
+)]
+pub struct Cli {
+    /// The database file (created when missing).
+    #[arg(long, global = true, env = "DUEL_DB", default_value = "duel.db")]
+    pub db: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import pairs from JSON Lines or CSV files.
+    Import(ImportArgs),
+    /// Judge pairs in the terminal.
+    Label(LabelArgs),
+    /// Write the judgements out (TRL JSON Lines, CSV, or every row as recorded).
+    Export(ExportArgs),
+    /// Counts, rates, position bias and agreement.
+    Stats(StatsArgs),
+    /// Measure what users wait on.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Files to import; each is one transaction.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Force the format instead of going by extension.
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// Import the good records and report the bad ones instead of stopping.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Longest record accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
+    pub max_record_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// Who is judging (recorded with each judgement).
+    #[arg(long, env = "USER", default_value = "annotator")]
+    pub annotator: String,
+    /// Labeling guidelines to show in help (markdown).
+    #[arg(long)]
+    pub guidelines: Option<PathBuf>,
+    /// How many different annotators judge each pair.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub overlap: u32,
+    /// Ask how much better after every A/B choice (otherwise only with Shift).
+    #[arg(long)]
+    pub strength: bool,
+    /// Do not capture the mouse (keeps the terminal's own text selection).
+    #[arg(long)]
+    pub no_mouse: bool,
+    /// Seed for the left/right order (random by default).
+    #[arg(long, hide = true)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "trl")]
+    pub format: ExportFormat,
+    /// Output file (standard output when absent). Written to a temporary file and
+    /// renamed, so a failed export leaves no half file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only this annotator's judgements.
+    #[arg(long)]
+    pub annotator: Option<String>,
+    /// Only judgements made at or after this time (2026-11-28 or RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Import speed: writes a synthetic JSON Lines file and imports it into a new
+    /// database.
+    Import {
+        #[arg(long, default_value_t = 1_000_000)]
+        pairs: u64,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,241 @@
+//! What each subcommand does, for the thin binary.
+
+use crate::cli::{BenchCommand, Cli, Command, ExportArgs, ImportArgs, LabelArgs, StatsArgs};
+use crate::io::export::{self, ExportError};
+use crate::io::import::{ImportError, ImportOptions, import_file};
+use crate::store::{LabelFilter, Store};
+use crate::{stats, tui};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Exit status for bad input (a file, a record, an argument), as opposed to 1 for
+/// the program's own failures.
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// An error the user caused and can fix; exits with status 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+pub const DEFAULT_GUIDELINES: &str = include_str!("../assets/guidelines.md");
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Import(args) => import(&cli.db, args),
+        Command::Label(args) => label(&cli.db, args),
+        Command::Export(args) => export_cmd(&cli.db, args),
+        Command::Stats(args) => stats_cmd(&cli.db, args),
+        Command::Bench { what } => match what {
+            BenchCommand::Import { pairs, json } => bench_import(pairs, json),
+        },
+    }
+}
+
+fn open(db: &Path) -> Result<Store> {
+    Store::open(db).map_err(|e| BadInput(e.to_string()).into())
+}
+
+fn import(db: &Path, args: ImportArgs) -> Result<ExitCode> {
+    let mut store = open(db)?;
+    let opts = ImportOptions {
+        format: args.format,
+        skip_invalid: args.skip_invalid,
+        max_record_bytes: args.max_record_bytes,
+    };
+    let mut failed = false;
+    for file in &args.files {
+        match import_file(&mut store, file, &opts) {
+            Ok(r) => {
+                for s in &r.skipped {
+                    eprintln!("skipped {s}");
+                }
+                eprintln!(
+                    "{}: {} records, {} new pairs ({} with a label), {} already present, {} skipped",
+                    file.display(),
+                    r.records,
+                    r.inserted,
+                    r.labeled,
+                    r.duplicates,
+                    r.skipped.len()
+                );
+            }
+            Err(e) if e.is_bad_input() => {
+                eprintln!("error: {e}");
+                failed = true;
+            }
+            Err(ImportError::Store(e)) => {
+                return Err(e).with_context(|| format!("importing {}", file.display()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(if failed {
+        ExitCode::from(EXIT_BAD_INPUT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
+    let guidelines = match &args.guidelines {
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| BadInput(format!("{}: {e}", p.display())))?
+        }
+        None => DEFAULT_GUIDELINES.to_owned(),
+    };
+    if args.annotator.trim().is_empty() {
+        bail!(BadInput("--annotator must not be empty".into()));
+    }
+    let store = open(db)?;
+    let app = tui::App::new(
+        store,
+        tui::Config {
+            annotator: args.annotator,
+            overlap: args.overlap,
+            always_strength: args.strength,
+            guidelines,
+            seed: args.seed,
+        },
+    )?;
+    tracing::info!(annotator = %app.config.annotator, "labeling started");
+    let mut app = app;
+    tui::run(&mut app, !args.no_mouse)?;
+    let judged = app.session_labels;
+    eprintln!(
+        "{judged} judgements this session, all saved in {}",
+        db.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `2026-11-28` or an RFC 3339 time, as the store's UTC text form.
+pub fn parse_since(s: &str) -> Result<String, BadInput> {
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return Ok(format!("{}T00:00:00.000Z", d.format("%Y-%m-%d")));
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string());
+    }
+    Err(BadInput(format!(
+        "--since {s:?}: expected a date (2026-11-28) or an RFC 3339 time (2026-11-28T14:00:00Z)"
+    )))
+}
+
+fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    if !db.exists() {
+        bail!(BadInput(format!("{}: no such database", db.display())));
+    }
+    let store = open(db)?;
+    let filter = LabelFilter {
+        annotator: args.annotator,
+        since,
+        include_undone: false,
+    };
+    let report = match &args.out {
+        None => export::export(&store, args.format, &filter, std::io::stdout().lock())?,
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("creating a file in {}", dir.display()))?;
+            let report = export::export(&store, args.format, &filter, &mut tmp)?;
+            tmp.as_file().sync_all().map_err(ExportError::from)?;
+            tmp.persist(path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            report
+        }
+    };
+    eprintln!("{} rows exported", report.rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stats_cmd(db: &Path, args: StatsArgs) -> Result<ExitCode> {
+    if !db.exists() {
+        bail!(BadInput(format!("{}: no such database", db.display())));
+    }
+    let store = open(db)?;
+    let s = stats::compute(&store)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &s)?;
+        writeln!(out)?;
+    } else {
+        write!(out, "{}", stats::render(&s))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("pairs.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for i in 0..pairs {
+            // Realistic shapes: a prompt shared by a few pairs, responses of a few
+            // hundred bytes with escapes and non-ASCII text.
+            let rec = serde_json::json!({
+                "id": format!("bench-{i}"),
+                "prompt": format!("Question {}: explain how a heat pump moves heat from a cold place to a warm one, in plain words.", i / 4),
+                "response_a": format!("Answer {i}. A heat pump uses a refrigerant that evaporates at low temperature, absorbing heat outside; a compressor raises its pressure and temperature, and it releases that heat indoors as it condenses. \"Efficiency\" is measured as COP — often 3 or more.\n"),
+                "response_b": format!("Reply {i}: it works like a fridge in reverse. It pulls warmth from outdoor air (even at −10 °C) and pumps it inside; the electricity runs the compressor, not a heater.\n"),
+            });
+            serde_json::to_writer(&mut w, &rec)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    let bytes = std::fs::metadata(&file)?.len();
+    // Parsing alone (one thread), to see how the time splits.
+    let parse_start = std::time::Instant::now();
+    {
+        use std::io::BufRead;
+        let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
+        for line in r.split(b'\n') {
+            let p =
+                crate::io::import::parse_json_line(&line?).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::hint::black_box(crate::store::PairDigests::of(&p));
+        }
+    }
+    let parse_secs = parse_start.elapsed().as_secs_f64();
+    let mut store = Store::open(&dir.path().join("bench.db"))?;
+    let start = std::time::Instant::now();
+    let report = import_file(&mut store, &file, &ImportOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    let result = serde_json::json!({
+        "pairs": report.inserted,
+        "file_mb": bytes as f64 / 1e6,
+        "seconds": secs,
+        "import_pairs_per_s": report.inserted as f64 / secs,
+        "peak_rss_mb": peak_rss_mb(),
+        "parse_only_pairs_per_s": pairs as f64 / parse_secs,
+    });
+    if json {
+        println!("{result}");
+    } else {
+        println!(
+            "imported {} pairs ({:.0} MB) in {:.2} s: {:.0} pairs/s, peak RSS {:.0} MB",
+            report.inserted,
+            bytes as f64 / 1e6,
+            secs,
+            report.inserted as f64 / secs,
+            peak_rss_mb().unwrap_or(f64::NAN)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

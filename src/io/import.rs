@@ -1,0 +1,906 @@
+//! `duel import`: JSON Lines or CSV, validated, streamed, one transaction per file.
+
+use crate::domain::{Choice, Message, Prompt, split_at_last_assistant};
+use crate::store::{InsertOutcome, NewPair, PairDigests, PairWriter, Store, StoreError};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+impl Format {
+    /// By extension: `.csv` is CSV, anything else (`.jsonl`, `.json`, `.ndjson`) JSON Lines.
+    pub fn from_path(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("csv") => Format::Csv,
+            _ => Format::Jsonl,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub format: Option<Format>,
+    pub skip_invalid: bool,
+    /// Longest record accepted, in bytes; longer lines are refused without being
+    /// held in memory.
+    pub max_record_bytes: usize,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            format: None,
+            skip_invalid: false,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
+
+/// What was wrong with one record: the field (when one is to blame) and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl RecordError {
+    fn new(field: Option<&str>, message: impl Into<String>) -> RecordError {
+        RecordError {
+            field: field.map(str::to_owned),
+            message: message.into(),
+        }
+    }
+    fn field(field: &str, message: impl Into<String>) -> RecordError {
+        Self::new(Some(field), message)
+    }
+}
+
+impl fmt::Display for RecordError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "field `{field}`: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// A bad record, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub file: PathBuf,
+    pub line: u64,
+    pub error: RecordError,
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.error)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0} (nothing from this file was imported)")]
+    Record(LineError),
+    #[error("{file}: {source}")]
+    Io { file: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ImportError {
+    /// Whether the input, not the program or the disk, is at fault.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ImportError::Record(_) | ImportError::Io { .. })
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    pub file: PathBuf,
+    pub records: u64,
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub labeled: u64,
+    pub skipped: Vec<LineError>,
+}
+
+/// Imports one file in one transaction: on error, nothing of it is stored.
+pub fn import_file(
+    store: &mut Store,
+    path: &Path,
+    opts: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
+    let io_err = |source| ImportError::Io {
+        file: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(io_err)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(path.display().to_string());
+    let reader = BufReader::with_capacity(1 << 20, bar.wrap_read(file));
+    let format = opts.format.unwrap_or_else(|| Format::from_path(path));
+    let source = path.display().to_string();
+
+    // A large page cache keeps the random-keyed hash indexes in memory while a big
+    // file streams in; without it SQLite spills to the WAL and reads pages back.
+    store
+        .conn()
+        .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)
+        .map_err(StoreError::from)?;
+    let result = import_in_tx(store, path, opts, reader, format, &source, &bar);
+    let _ = store.conn().pragma_update(None, "cache_size", -2000);
+    result
+}
+
+/// Page cache used while importing, in KiB.
+const IMPORT_CACHE_KIB: i64 = 256 * 1024;
+
+/// One parsed record and its line.
+type Parsed = (u64, Result<(NewPair, PairDigests), RecordError>);
+
+/// Records travel from the parser thread in batches, so the channel costs little.
+const BATCH: usize = 512;
+
+fn import_in_tx(
+    store: &mut Store,
+    path: &Path,
+    opts: &ImportOptions,
+    reader: impl BufRead + Send,
+    format: Format,
+    source: &str,
+    bar: &indicatif::ProgressBar,
+) -> Result<ImportReport, ImportError> {
+    let io_err = |source| ImportError::Io {
+        file: path.to_owned(),
+        source,
+    };
+    let tx = store.conn_mut().transaction().map_err(StoreError::from)?;
+    let mut report = ImportReport {
+        file: path.to_owned(),
+        ..Default::default()
+    };
+    // Parsing and hashing run on a second thread while this one writes to SQLite.
+    std::thread::scope(|scope| -> Result<(), ImportError> {
+        let (send, recv) = crossbeam_channel::bounded::<Vec<Parsed>>(16);
+        let limit = opts.max_record_bytes;
+        let parser = scope.spawn(move || -> Result<(), ImportError> {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut sink = |line: u64, parsed: Result<NewPair, RecordError>| {
+                batch.push((
+                    line,
+                    parsed.map(|p| {
+                        let d = PairDigests::of(&p);
+                        (p, d)
+                    }),
+                ));
+                if batch.len() == BATCH
+                    && send
+                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                        .is_err()
+                {
+                    // The writer stopped (an error): stop reading.
+                    return Err(ImportError::Io {
+                        file: PathBuf::new(),
+                        source: io::Error::other("import stopped"),
+                    });
+                }
+                Ok(())
+            };
+            match format {
+                Format::Jsonl => read_jsonl(reader, limit, &mut sink),
+                Format::Csv => read_csv(reader, limit, &mut sink),
+            }?;
+            if !batch.is_empty() {
+                let _ = send.send(batch);
+            }
+            Ok(())
+        });
+        let mut writer = PairWriter::bulk(&tx).map_err(ImportError::Store)?;
+        let mut written = Ok(());
+        'outer: for batch in recv.iter() {
+            for (line, parsed) in batch {
+                if let Err(e) =
+                    write_one(&mut writer, &mut report, opts, path, source, line, parsed)
+                {
+                    written = Err(e);
+                    break 'outer;
+                }
+            }
+        }
+        drop(recv);
+        let parsed = parser.join().unwrap_or_else(|_| {
+            Err(ImportError::Io {
+                file: PathBuf::new(),
+                source: io::Error::other("the parser thread panicked"),
+            })
+        });
+        written?;
+        parsed.map_err(|e| match e {
+            ImportError::Io { source, .. } => io_err(source),
+            other => other,
+        })
+    })?;
+    tx.commit().map_err(StoreError::from)?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+fn write_one(
+    writer: &mut PairWriter<'_>,
+    report: &mut ImportReport,
+    opts: &ImportOptions,
+    path: &Path,
+    source: &str,
+    line: u64,
+    parsed: Result<(NewPair, PairDigests), RecordError>,
+) -> Result<(), ImportError> {
+    report.records += 1;
+    let outcome = match parsed {
+        Err(e) => Err(e),
+        Ok((mut pair, digests)) => {
+            pair.source = Some(source.to_owned());
+            match writer.insert_with(&pair, &digests) {
+                Ok(o) => Ok((o, pair.label.is_some())),
+                // A clash of ids is the record's fault; anything else (disk full, a
+                // read-only file) stops the import whatever --skip-invalid says.
+                Err(StoreError::Invalid(msg)) => Err(RecordError::field("id", msg)),
+                Err(e) => return Err(ImportError::Store(e)),
+            }
+        }
+    };
+    match outcome {
+        Ok((InsertOutcome::Inserted(_), labeled)) => {
+            report.inserted += 1;
+            report.labeled += u64::from(labeled);
+        }
+        Ok((InsertOutcome::Duplicate(_), _)) => report.duplicates += 1,
+        Err(error) => {
+            let located = LineError {
+                file: path.to_owned(),
+                line,
+                error,
+            };
+            if !opts.skip_invalid {
+                return Err(ImportError::Record(located));
+            }
+            report.skipped.push(located);
+        }
+    }
+    Ok(())
+}
+
+enum Line {
+    Eof,
+    Ok,
+    TooLong(usize),
+}
+
+/// Reads one line into `buf` (without the `\n`), refusing to hold more than `limit`
+/// bytes: a longer line is consumed and reported with its length.
+fn read_line_limited(r: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> io::Result<Line> {
+    buf.clear();
+    let mut total = 0usize;
+    let mut any = false;
+    loop {
+        let available = match r.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            break;
+        }
+        any = true;
+        let (chunk, done) = match memchr(b'\n', available) {
+            Some(i) => (&available[..i], Some(i + 1)),
+            None => (available, None),
+        };
+        total += chunk.len();
+        if total <= limit {
+            buf.extend_from_slice(chunk);
+        }
+        let used = done.unwrap_or(available.len());
+        r.consume(used);
+        if done.is_some() {
+            break;
+        }
+    }
+    if !any {
+        return Ok(Line::Eof);
+    }
+    if total > limit {
+        buf.clear();
+        return Ok(Line::TooLong(total));
+    }
+    Ok(Line::Ok)
+}
+
+fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    hay.iter().position(|&b| b == needle)
+}
+
+fn too_long(len: usize, limit: usize) -> RecordError {
+    RecordError::new(
+        None,
+        format!(
+            "record is {len} bytes, over the limit of {limit} (raise it with --max-record-bytes)"
+        ),
+    )
+}
+
+fn read_jsonl(
+    mut r: impl BufRead,
+    limit: usize,
+    handle: &mut impl FnMut(u64, Result<NewPair, RecordError>) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut line_no = 0u64;
+    loop {
+        let got = read_line_limited(&mut r, &mut buf, limit).map_err(|source| ImportError::Io {
+            file: PathBuf::new(),
+            source,
+        })?;
+        line_no += 1;
+        let mut bytes: &[u8] = match got {
+            Line::Eof => return Ok(()),
+            Line::TooLong(len) => {
+                handle(line_no, Err(too_long(len, limit)))?;
+                continue;
+            }
+            Line::Ok => &buf,
+        };
+        if line_no == 1 {
+            bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        }
+        bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        handle(line_no, parse_json_line(bytes))?;
+    }
+}
+
+/// Parses one JSON Lines record. Public for the fuzz target.
+pub fn parse_json_line(bytes: &[u8]) -> Result<NewPair, RecordError> {
+    if let Err(e) = std::str::from_utf8(bytes) {
+        return Err(RecordError::new(
+            None,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| RecordError::new(None, format!("invalid JSON: {e}")))?;
+    match value {
+        Value::Object(map) => parse_record(map),
+        other => Err(RecordError::new(
+            None,
+            format!("expected a JSON object, found {}", type_name(&other)),
+        )),
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+const KNOWN: [&str; 7] = [
+    "prompt",
+    "response_a",
+    "response_b",
+    "chosen",
+    "rejected",
+    "id",
+    "meta",
+];
+
+/// Turns one record (from JSON or CSV) into a pair.
+fn parse_record(mut map: Map<String, Value>) -> Result<NewPair, RecordError> {
+    let has = |m: &Map<String, Value>, k: &str| m.contains_key(k);
+    let unlabeled = has(&map, "response_a") || has(&map, "response_b");
+    let labeled = has(&map, "chosen") || has(&map, "rejected");
+    let mut pair = match (unlabeled, labeled) {
+        (true, true) => {
+            return Err(RecordError::new(
+                None,
+                "has both response_a/response_b and chosen/rejected; use one form",
+            ));
+        }
+        (false, false) => {
+            return Err(RecordError::new(
+                None,
+                "missing fields: expected `prompt`, `response_a`, `response_b` \
+                 or `chosen`, `rejected` (and optionally `prompt`)",
+            ));
+        }
+        (true, false) => {
+            let prompt = prompt_field(map.remove("prompt"))?;
+            let a = text_field(&mut map, "response_a")?;
+            let b = text_field(&mut map, "response_b")?;
+            NewPair::new(prompt, a, b)
+        }
+        (false, true) => labeled_record(&mut map)?,
+    };
+    if pair.response_a == pair.response_b {
+        let field = if pair.label.is_some() {
+            "rejected"
+        } else {
+            "response_b"
+        };
+        return Err(RecordError::field(field, "identical to the other response"));
+    }
+    pair.ext_id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            return Err(RecordError::field("id", "empty"));
+        }
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(RecordError::field(
+                "id",
+                format!("expected a string or a number, found {}", type_name(&other)),
+            ));
+        }
+    };
+    pair.meta = map.remove("meta").filter(|v| !v.is_null());
+    map.retain(|k, _| !KNOWN.contains(&k.as_str()));
+    if !map.is_empty() {
+        pair.extra = Some(Value::Object(map));
+    }
+    Ok(pair)
+}
+
+fn labeled_record(map: &mut Map<String, Value>) -> Result<NewPair, RecordError> {
+    let chosen = map
+        .remove("chosen")
+        .ok_or_else(|| RecordError::field("chosen", "missing"))?;
+    let rejected = map
+        .remove("rejected")
+        .ok_or_else(|| RecordError::field("rejected", "missing"))?;
+    let (prompt, c, r) = match map.remove("prompt") {
+        Some(p) if !p.is_null() => {
+            let prompt = prompt_field(Some(p))?;
+            (
+                prompt,
+                response_value(chosen, "chosen")?,
+                response_value(rejected, "rejected")?,
+            )
+        }
+        _ => implicit(chosen, rejected)?,
+    };
+    let mut pair = NewPair::new(prompt, c, r);
+    pair.label = Some(Choice::A);
+    Ok(pair)
+}
+
+/// `{chosen, rejected}` holding whole transcripts: the prompt is what they share.
+fn implicit(chosen: Value, rejected: Value) -> Result<(Prompt, String, String), RecordError> {
+    match (chosen, rejected) {
+        (Value::String(c), Value::String(r)) => {
+            let c = normalize(c);
+            let r = normalize(r);
+            let (pc, rc) = split_at_last_assistant(&c).ok_or_else(|| {
+                RecordError::field(
+                    "chosen",
+                    "no `prompt` field and no \"\\n\\nAssistant:\" turn to split the prompt from",
+                )
+            })?;
+            let (pr, rr) = split_at_last_assistant(&r).ok_or_else(|| {
+                RecordError::field("rejected", "no \"\\n\\nAssistant:\" turn to split at")
+            })?;
+            if pc != pr {
+                return Err(RecordError::field(
+                    "rejected",
+                    "its conversation before the last assistant turn differs from `chosen`'s",
+                ));
+            }
+            let prompt = Prompt::from_text(pc.to_owned());
+            check_nonempty("prompt", &prompt.text)?;
+            check_nonempty("chosen", rc)?;
+            check_nonempty("rejected", rr)?;
+            Ok((prompt, rc.to_owned(), rr.to_owned()))
+        }
+        (Value::Array(c), Value::Array(r)) => {
+            let mut c = messages("chosen", c)?;
+            let mut r = messages("rejected", r)?;
+            let last_c = c.pop().filter(|m| m.role == "assistant").ok_or_else(|| {
+                RecordError::field("chosen", "the last message must be the assistant's")
+            })?;
+            let last_r = r.pop().filter(|m| m.role == "assistant").ok_or_else(|| {
+                RecordError::field("rejected", "the last message must be the assistant's")
+            })?;
+            if c != r {
+                return Err(RecordError::field(
+                    "rejected",
+                    "its messages before the last differ from `chosen`'s",
+                ));
+            }
+            if c.is_empty() {
+                return Err(RecordError::field(
+                    "chosen",
+                    "no messages before the response",
+                ));
+            }
+            Ok((Prompt::from_messages(c), last_c.content, last_r.content))
+        }
+        (c, r) => Err(RecordError::field(
+            if matches!(c, Value::String(_) | Value::Array(_)) {
+                "rejected"
+            } else {
+                "chosen"
+            },
+            format!(
+                "expected two strings or two message lists, found {} and {}",
+                type_name(&c),
+                type_name(&r)
+            ),
+        )),
+    }
+}
+
+fn normalize(s: String) -> String {
+    if s.contains('\r') {
+        s.replace("\r\n", "\n")
+    } else {
+        s
+    }
+}
+
+fn check_nonempty(field: &str, s: &str) -> Result<(), RecordError> {
+    if s.trim().is_empty() {
+        Err(RecordError::field(field, "empty"))
+    } else {
+        Ok(())
+    }
+}
+
+fn text_field(map: &mut Map<String, Value>, field: &str) -> Result<String, RecordError> {
+    match map.remove(field) {
+        None | Some(Value::Null) => Err(RecordError::field(field, "missing")),
+        Some(v) => response_value(v, field),
+    }
+}
+
+/// A response: a string, or a list holding one assistant message (TRL's
+/// conversational form).
+fn response_value(v: Value, field: &str) -> Result<String, RecordError> {
+    let s = match v {
+        Value::String(s) => normalize(s),
+        Value::Array(items) => {
+            let mut msgs = messages(field, items)?;
+            if msgs.len() != 1 || msgs[0].role != "assistant" {
+                return Err(RecordError::field(
+                    field,
+                    "a message list here must hold exactly one assistant message",
+                ));
+            }
+            msgs.remove(0).content
+        }
+        other => {
+            return Err(RecordError::field(
+                field,
+                format!("expected a string, found {}", type_name(&other)),
+            ));
+        }
+    };
+    check_nonempty(field, &s)?;
+    Ok(s)
+}
+
+fn prompt_field(v: Option<Value>) -> Result<Prompt, RecordError> {
+    match v {
+        None | Some(Value::Null) => Err(RecordError::field("prompt", "missing")),
+        Some(Value::String(s)) => {
+            check_nonempty("prompt", &s)?;
+            Ok(Prompt::from_text(normalize(s)))
+        }
+        Some(Value::Array(items)) => {
+            let msgs = messages("prompt", items)?;
+            if msgs.is_empty() {
+                return Err(RecordError::field("prompt", "empty conversation"));
+            }
+            Ok(Prompt::from_messages(msgs))
+        }
+        Some(other) => Err(RecordError::field(
+            "prompt",
+            format!(
+                "expected a string or a list of messages, found {}",
+                type_name(&other)
+            ),
+        )),
+    }
+}
+
+fn messages(field: &str, items: Vec<Value>) -> Result<Vec<Message>, RecordError> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let at = format!("{field}[{i}]");
+            let Value::Object(mut m) = item else {
+                return Err(RecordError::field(&at, "expected {\"role\", \"content\"}"));
+            };
+            let role = match m.remove("role") {
+                Some(Value::String(r)) if !r.trim().is_empty() => r,
+                _ => {
+                    return Err(RecordError::field(
+                        &format!("{at}.role"),
+                        "missing or not a string",
+                    ));
+                }
+            };
+            let content = match m.remove("content") {
+                Some(Value::String(c)) => normalize(c),
+                Some(other) => {
+                    return Err(RecordError::field(
+                        &format!("{at}.content"),
+                        format!("expected a string, found {}", type_name(&other)),
+                    ));
+                }
+                None => return Err(RecordError::field(&format!("{at}.content"), "missing")),
+            };
+            check_nonempty(&format!("{at}.content"), &content)?;
+            Ok(Message { role, content })
+        })
+        .collect()
+}
+
+fn read_csv(
+    r: impl Read,
+    limit: usize,
+    handle: &mut impl FnMut(u64, Result<NewPair, RecordError>) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(r);
+    let csv_err = |e: csv::Error| -> ImportError {
+        let line = e.position().map(|p| p.line()).unwrap_or(0);
+        match e.into_kind() {
+            csv::ErrorKind::Io(source) => ImportError::Io {
+                file: PathBuf::new(),
+                source,
+            },
+            other => ImportError::Record(LineError {
+                file: PathBuf::new(),
+                line,
+                error: RecordError::new(None, format!("CSV: {other:?}")),
+            }),
+        }
+    };
+    let headers: Vec<String> = match rdr.byte_headers() {
+        Ok(h) => h
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let f = if i == 0 {
+                    f.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(f)
+                } else {
+                    f
+                };
+                String::from_utf8_lossy(f).trim().to_owned()
+            })
+            .collect(),
+        Err(e) => return Err(csv_err(e)),
+    };
+    let mut rec = csv::ByteRecord::new();
+    loop {
+        match rdr.read_byte_record(&mut rec) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => {
+                // A malformed row: report it at its line; the reader resynchronises.
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                if let csv::ErrorKind::Io(_) = e.kind() {
+                    return Err(csv_err(e));
+                }
+                handle(line, Err(RecordError::new(None, format!("CSV: {e}"))))?;
+                continue;
+            }
+        }
+        let line = rec.position().map(|p| p.line()).unwrap_or(0);
+        let size = rec.as_slice().len();
+        let parsed = if size > limit {
+            Err(too_long(size, limit))
+        } else {
+            csv_record(&headers, &rec)
+        };
+        handle(line, parsed)?;
+    }
+}
+
+fn csv_record(headers: &[String], rec: &csv::ByteRecord) -> Result<NewPair, RecordError> {
+    if rec.len() != headers.len() {
+        return Err(RecordError::new(
+            None,
+            format!(
+                "{} fields where the header has {}",
+                rec.len(),
+                headers.len()
+            ),
+        ));
+    }
+    let mut map = Map::new();
+    for (name, raw) in headers.iter().zip(rec.iter()) {
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            RecordError::field(
+                name,
+                format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
+            )
+        })?;
+        let value = match name.as_str() {
+            "meta" if text.is_empty() => Value::Null,
+            "meta" => serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into())),
+            "id" if text.is_empty() => Value::Null,
+            _ => Value::String(text.into()),
+        };
+        map.insert(name.clone(), value);
+    }
+    parse_record(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(line: &str) -> RecordError {
+        parse_json_line(line.as_bytes()).expect_err("should be refused")
+    }
+
+    #[test]
+    fn the_four_record_forms_parse() {
+        let p = parse_json_line(
+            br#"{"prompt":"q","response_a":"x","response_b":"y","id":7,"meta":{"k":1},"src":"z"}"#,
+        )
+        .expect("unlabeled");
+        assert_eq!((p.prompt.text.as_str(), p.response_a.as_str()), ("q", "x"));
+        assert_eq!(p.ext_id.as_deref(), Some("7"));
+        assert_eq!(p.meta, Some(serde_json::json!({"k": 1})));
+        assert_eq!(p.extra, Some(serde_json::json!({"src": "z"})));
+        assert_eq!(p.label, None);
+
+        let p = parse_json_line(br#"{"prompt":"q","chosen":"good","rejected":"bad"}"#)
+            .expect("labeled");
+        assert_eq!(
+            (p.response_a.as_str(), p.response_b.as_str(), p.label),
+            ("good", "bad", Some(Choice::A))
+        );
+
+        let p = parse_json_line(
+            br#"{"chosen":"\n\nHuman: hi\n\nAssistant: hello!","rejected":"\n\nHuman: hi\n\nAssistant: go away"}"#,
+        )
+        .expect("implicit");
+        assert_eq!(p.prompt.text, "\n\nHuman: hi\n\nAssistant:");
+        assert_eq!(p.response_a, " hello!");
+
+        let p = parse_json_line(
+            br#"{"prompt":[{"role":"user","content":"hi"}],"chosen":[{"role":"assistant","content":"hello"}],"rejected":[{"role":"assistant","content":"bye"}]}"#,
+        )
+        .expect("conversational");
+        assert_eq!(p.prompt.messages.as_ref().map(Vec::len), Some(1));
+        assert_eq!(p.response_b, "bye");
+
+        let p = parse_json_line(
+            br#"{"chosen":[{"role":"user","content":"hi"},{"role":"assistant","content":"hello"}],"rejected":[{"role":"user","content":"hi"},{"role":"assistant","content":"bye"}]}"#,
+        )
+        .expect("implicit conversational");
+        assert_eq!(p.prompt.messages.as_ref().map(Vec::len), Some(1));
+        assert_eq!(
+            (p.response_a.as_str(), p.response_b.as_str()),
+            ("hello", "bye")
+        );
+    }
+
+    #[test]
+    fn bad_records_name_the_field() {
+        assert_eq!(
+            err(r#"{"prompt":"q","response_a":"x"}"#).field.as_deref(),
+            Some("response_b")
+        );
+        assert_eq!(
+            err(r#"{"prompt":"  ","response_a":"x","response_b":"y"}"#)
+                .field
+                .as_deref(),
+            Some("prompt")
+        );
+        let e = err(r#"{"prompt":"q","response_a":"","response_b":"y"}"#);
+        assert_eq!(
+            (e.field.as_deref(), e.message.as_str()),
+            (Some("response_a"), "empty")
+        );
+        let e = err(r#"{"prompt":"q","response_a":5,"response_b":"y"}"#);
+        assert_eq!(e.field.as_deref(), Some("response_a"));
+        assert!(e.message.contains("found a number"), "{e}");
+        assert_eq!(
+            err(r#"{"prompt":{},"response_a":"x","response_b":"y"}"#)
+                .field
+                .as_deref(),
+            Some("prompt")
+        );
+        assert_eq!(
+            err(r#"{"prompt":"q","response_a":"x","response_b":"y","id":[1]}"#)
+                .field
+                .as_deref(),
+            Some("id")
+        );
+        assert_eq!(
+            err(r#"{"prompt":[{"role":"user"}],"response_a":"x","response_b":"y"}"#)
+                .field
+                .as_deref(),
+            Some("prompt[0].content")
+        );
+        assert_eq!(
+            err(r#"{"prompt":"q","response_a":"x","response_b":"x"}"#)
+                .field
+                .as_deref(),
+            Some("response_b")
+        );
+        assert!(err(r#"{"prompt":"q"}"#).message.contains("missing fields"));
+        assert!(err(r#"[1,2]"#).message.contains("expected a JSON object"));
+        assert!(err(r#"{"prompt":"q","#).message.contains("invalid JSON"));
+        assert_eq!(
+            err(r#"{"chosen":"no turns","rejected":"here"}"#)
+                .field
+                .as_deref(),
+            Some("chosen")
+        );
+        assert!(
+            parse_json_line(b"{\"prompt\":\"q\xff\"}")
+                .expect_err("bad utf8")
+                .message
+                .contains("invalid UTF-8")
+        );
+    }
+
+    #[test]
+    fn crlf_inside_text_becomes_lf() {
+        let p = parse_json_line(br#"{"prompt":"a\r\nb","response_a":"x\r\ny","response_b":"z"}"#)
+            .expect("ok");
+        assert_eq!(
+            (p.prompt.text.as_str(), p.response_a.as_str()),
+            ("a\nb", "x\ny")
+        );
+    }
+
+    #[test]
+    fn long_lines_are_refused_without_being_held() {
+        let data = format!("{}\nshort\n", "x".repeat(100));
+        let mut r = io::Cursor::new(data.into_bytes());
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_line_limited(&mut r, &mut buf, 10).expect("read"),
+            Line::TooLong(100)
+        ));
+        assert!(buf.capacity() < 100);
+        assert!(matches!(
+            read_line_limited(&mut r, &mut buf, 10).expect("read"),
+            Line::Ok
+        ));
+        assert_eq!(buf, b"short");
+        assert!(matches!(
+            read_line_limited(&mut r, &mut buf, 10).expect("read"),
+            Line::Eof
+        ));
+    }
+}

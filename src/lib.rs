@@ -1,0 +1,13 @@
+//! `duel`: a terminal workbench for preference data.
+//!
+//! Pairs go in (`io::import`), annotators judge them in the terminal (`tui`), the
+//! judgements live in SQLite (`store`) and come out in the formats the Hugging Face
+//! ecosystem reads (`io::export`).
+
+pub mod cli;
+pub mod commands;
+pub mod domain;
+pub mod io;
+pub mod stats;
+pub mod store;
+pub mod tui;

@@ -1,0 +1,290 @@
+//! `duel stats`: counts, rates, position bias and agreement.
+
+use crate::domain::{Choice, Side};
+use crate::store::{Result, Store};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    pub pairs: i64,
+    /// Pairs with at least one standing judgement.
+    pub judged: i64,
+    /// Standing judgements (undone ones left out).
+    pub labels: u64,
+    pub choices: BTreeMap<Choice, u64>,
+    pub annotators: Vec<AnnotatorStats>,
+    pub position_bias: PositionBias,
+    pub agreement: Agreement,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AnnotatorStats {
+    pub name: String,
+    pub labels: u64,
+    /// Judgements per hour of time spent judging (from the recorded time per label).
+    pub per_hour: Option<f64>,
+    pub median_ms: Option<i64>,
+}
+
+/// How often the response shown on the left won, among decisive judgements made in
+/// the labeler (imports have no left side).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PositionBias {
+    pub decisive: u64,
+    pub left_won: u64,
+    pub left_share: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Agreement {
+    /// Pairs judged by more than one annotator.
+    pub pairs: u64,
+    /// Annotator pairs compared over those pairs (one per pair of annotators per pair).
+    pub comparisons: u64,
+    pub percent: Option<f64>,
+    /// Mean of the pairwise Cohen's kappas, weighted by shared pairs.
+    pub kappa: Option<f64>,
+    pub by_annotator_pair: Vec<PairwiseAgreement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PairwiseAgreement {
+    pub a: String,
+    pub b: String,
+    pub shared: u64,
+    pub percent: f64,
+    pub kappa: Option<f64>,
+}
+
+/// Cohen's kappa of two raters' labels over the same items; `None` when chance
+/// agreement is total (both always gave one and the same category).
+pub fn cohen_kappa(pairs: &[(Choice, Choice)]) -> Option<f64> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let n = pairs.len() as f64;
+    let agree = pairs.iter().filter(|(x, y)| x == y).count() as f64;
+    let po = agree / n;
+    let pe: f64 = Choice::ALL
+        .iter()
+        .map(|c| {
+            let p1 = pairs.iter().filter(|(x, _)| x == c).count() as f64 / n;
+            let p2 = pairs.iter().filter(|(_, y)| y == c).count() as f64 / n;
+            p1 * p2
+        })
+        .sum();
+    if (1.0 - pe).abs() < 1e-12 {
+        return None;
+    }
+    Some((po - pe) / (1.0 - pe))
+}
+
+fn median(v: &mut [i64]) -> Option<i64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let m = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2
+    })
+}
+
+pub fn compute(store: &Store) -> Result<Stats> {
+    let conn = store.conn();
+    let pairs = store.pair_count()?;
+    let mut stmt = conn.prepare(
+        "SELECT pair_id, annotator, choice, left_side, elapsed_ms FROM labels
+         WHERE undone_at IS NULL ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut choices: BTreeMap<Choice, u64> = Choice::ALL.iter().map(|c| (*c, 0)).collect();
+    let mut per_ann: BTreeMap<String, (u64, Vec<i64>)> = BTreeMap::new();
+    // pair -> annotator -> last standing choice
+    let mut by_pair: HashMap<i64, BTreeMap<String, Choice>> = HashMap::new();
+    let mut bias = PositionBias {
+        decisive: 0,
+        left_won: 0,
+        left_share: None,
+    };
+    let mut labels = 0u64;
+    while let Some(r) = rows.next()? {
+        let pair: i64 = r.get(0)?;
+        let ann: String = r.get(1)?;
+        let choice: Choice = r
+            .get::<_, String>(2)?
+            .parse()
+            .map_err(|e: String| crate::store::StoreError::Invalid(e))?;
+        let left: Option<String> = r.get(3)?;
+        let ms: Option<i64> = r.get(4)?;
+        labels += 1;
+        *choices.entry(choice).or_default() += 1;
+        let entry = per_ann.entry(ann.clone()).or_default();
+        entry.0 += 1;
+        if let Some(ms) = ms {
+            entry.1.push(ms);
+        }
+        if let (Some(w), Some(left)) = (choice.winner(), left.and_then(|l| l.parse::<Side>().ok()))
+        {
+            bias.decisive += 1;
+            bias.left_won += u64::from(w == left);
+        }
+        by_pair.entry(pair).or_default().insert(ann, choice);
+    }
+    if bias.decisive > 0 {
+        bias.left_share = Some(bias.left_won as f64 / bias.decisive as f64);
+    }
+    let judged = by_pair.len() as i64;
+    let annotators = per_ann
+        .into_iter()
+        .map(|(name, (n, mut ms))| {
+            let total: i64 = ms.iter().sum();
+            let per_hour =
+                (total > 0 && ms.len() as u64 == n).then(|| n as f64 * 3_600_000.0 / total as f64);
+            AnnotatorStats {
+                name,
+                labels: n,
+                per_hour,
+                median_ms: median(&mut ms),
+            }
+        })
+        .collect();
+
+    let mut shared: BTreeMap<(String, String), Vec<(Choice, Choice)>> = BTreeMap::new();
+    let mut multi = 0u64;
+    for anns in by_pair.values() {
+        if anns.len() < 2 {
+            continue;
+        }
+        multi += 1;
+        let v: Vec<_> = anns.iter().collect();
+        for i in 0..v.len() {
+            for j in i + 1..v.len() {
+                shared
+                    .entry((v[i].0.clone(), v[j].0.clone()))
+                    .or_default()
+                    .push((*v[i].1, *v[j].1));
+            }
+        }
+    }
+    let mut by_annotator_pair = Vec::new();
+    let (mut comparisons, mut agree, mut ksum, mut kweight) = (0u64, 0u64, 0.0, 0.0);
+    for ((a, b), items) in shared {
+        let n = items.len() as u64;
+        let same = items.iter().filter(|(x, y)| x == y).count() as u64;
+        let kappa = cohen_kappa(&items);
+        comparisons += n;
+        agree += same;
+        if let Some(k) = kappa {
+            ksum += k * n as f64;
+            kweight += n as f64;
+        }
+        by_annotator_pair.push(PairwiseAgreement {
+            a,
+            b,
+            shared: n,
+            percent: 100.0 * same as f64 / n as f64,
+            kappa,
+        });
+    }
+    let agreement = Agreement {
+        pairs: multi,
+        comparisons,
+        percent: (comparisons > 0).then(|| 100.0 * agree as f64 / comparisons as f64),
+        kappa: (kweight > 0.0).then(|| ksum / kweight),
+        by_annotator_pair,
+    };
+    Ok(Stats {
+        pairs,
+        judged,
+        labels,
+        choices,
+        annotators,
+        position_bias: bias,
+        agreement,
+    })
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The human-readable form of `duel stats`.
+pub fn render(s: &Stats) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "pairs        {}", s.pairs);
+    let _ = writeln!(o, "judged       {} ({} judgements)", s.judged, s.labels);
+    let counts: Vec<String> = s.choices.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    let _ = writeln!(o, "choices      {}", counts.join(", "));
+    let b = &s.position_bias;
+    let _ = writeln!(
+        o,
+        "position     left won {} of {} decisive judgements ({}%; 50% is no bias)",
+        b.left_won,
+        b.decisive,
+        opt(b.left_share.map(|x| x * 100.0), 1)
+    );
+    let _ = writeln!(o, "\nannotator            labels   per hour   median s");
+    for a in &s.annotators {
+        let _ = writeln!(
+            o,
+            "{:<20} {:>6}   {:>8}   {:>8}",
+            a.name,
+            a.labels,
+            opt(a.per_hour, 0),
+            opt(a.median_ms.map(|m| m as f64 / 1000.0), 1)
+        );
+    }
+    let g = &s.agreement;
+    let _ = writeln!(
+        o,
+        "\nagreement    {} pairs judged by more than one annotator: {}% agree, kappa {}",
+        g.pairs,
+        opt(g.percent, 1),
+        opt(g.kappa, 3)
+    );
+    for p in &g.by_annotator_pair {
+        let _ = writeln!(
+            o,
+            "  {} / {}: {} shared, {:.1}% agree, kappa {}",
+            p.a,
+            p.b,
+            p.shared,
+            p.percent,
+            opt(p.kappa, 3)
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Choice::*;
+
+    #[test]
+    fn kappa_matches_a_hand_computed_value() {
+        // 10 items: agree on 7 (4 A, 3 B); rater 1 says A 6 times, rater 2 A 5 times.
+        // po = 0.7; pe = 0.6*0.5 + 0.4*0.5 = 0.5; kappa = 0.2 / 0.5 = 0.4
+        let mut items = vec![(A, A); 4];
+        items.extend(vec![(B, B); 3]);
+        items.extend(vec![(A, B); 2]);
+        items.push((B, A));
+        let k = cohen_kappa(&items).expect("defined");
+        assert!((k - 0.4).abs() < 1e-12, "{k}");
+        assert_eq!(cohen_kappa(&[(A, A), (A, A)]), None);
+        assert!((cohen_kappa(&[(A, B), (B, A)]).expect("defined") + 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(&mut [5, 1, 3]), Some(3));
+        assert_eq!(median(&mut [4, 1, 3, 2]), Some(2));
+        assert_eq!(median(&mut []), None);
+    }
+}

@@ -1,0 +1,261 @@
+//! Writing judgements, undoing them, and reading them back for export and stats.
+
+use super::pairs::prompt_from_row;
+use super::{NOW, Result, Store, StoreError};
+use crate::domain::{Choice, NewLabel, Prompt, Side, Strength};
+use rusqlite::{Connection, params};
+
+pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
+    let elapsed = l
+        .elapsed_ms
+        .map(i64::try_from)
+        .transpose()
+        .map_err(|_| StoreError::Invalid("elapsed time out of range".into()))?;
+    conn.prepare_cached(
+        "INSERT INTO labels (pair_id, annotator, choice, strength, left_side, note, elapsed_ms, source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        l.pair_id,
+        l.annotator,
+        l.choice.as_str(),
+        l.strength.map(Strength::value),
+        l.left.map(Side::as_str),
+        l.note,
+        elapsed,
+        l.source
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Progress numbers for the status line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub pairs: i64,
+    /// Pairs with at least one standing judgement, from anyone.
+    pub judged: i64,
+    /// Pairs this annotator has judged.
+    pub mine: i64,
+}
+
+/// Which labels an export or a report reads.
+#[derive(Debug, Clone, Default)]
+pub struct LabelFilter {
+    pub annotator: Option<String>,
+    /// ISO 8601 UTC lower bound on `created_at`, inclusive.
+    pub since: Option<String>,
+    /// Include undone rows (the audit trail).
+    pub include_undone: bool,
+}
+
+/// A label with its pair, as export writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelRow {
+    pub label_id: i64,
+    pub pair_id: i64,
+    pub ext_id: Option<String>,
+    pub prompt: Prompt,
+    pub response_a: String,
+    pub response_b: String,
+    pub annotator: String,
+    pub choice: Choice,
+    pub strength: Option<Strength>,
+    pub left: Option<Side>,
+    pub note: Option<String>,
+    pub elapsed_ms: Option<i64>,
+    pub source: String,
+    pub created_at: String,
+    pub undone_at: Option<String>,
+}
+
+impl LabelRow {
+    /// The preferred and the other response, when the choice names one.
+    pub fn chosen_rejected(&self) -> Option<(&str, &str)> {
+        match self.choice.winner()? {
+            Side::A => Some((&self.response_a, &self.response_b)),
+            Side::B => Some((&self.response_b, &self.response_a)),
+        }
+    }
+}
+
+fn bad_value(col: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, what.into())
+}
+
+impl Store {
+    /// Commits one judgement and returns its id. When this returns, the label is on
+    /// disk.
+    pub fn record_label(&mut self, label: &NewLabel) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        let id = insert_label(&tx, label)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Marks a judgement undone. The row stays for the audit trail. Returns whether a
+    /// standing label was undone.
+    pub fn undo_label(&mut self, label_id: i64) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        let n = tx.execute(
+            &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
+            [label_id],
+        )?;
+        tx.commit()?;
+        Ok(n == 1)
+    }
+
+    pub fn progress(&self, annotator: &str) -> Result<Progress> {
+        Ok(self.conn.query_row(
+            "SELECT (SELECT count(*) FROM pairs),
+                    (SELECT count(DISTINCT pair_id) FROM labels WHERE undone_at IS NULL),
+                    (SELECT count(DISTINCT pair_id) FROM labels
+                      WHERE undone_at IS NULL AND annotator = ?1)",
+            [annotator],
+            |r| {
+                Ok(Progress {
+                    pairs: r.get(0)?,
+                    judged: r.get(1)?,
+                    mine: r.get(2)?,
+                })
+            },
+        )?)
+    }
+
+    /// Calls `f` for each label matching `filter`, in the order they were made,
+    /// streaming from the database.
+    pub fn for_each_label<E>(
+        &self,
+        filter: &LabelFilter,
+        mut f: impl FnMut(LabelRow) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<StoreError>,
+    {
+        let sql = "SELECT l.id, l.pair_id, p.ext_id, pr.text, pr.messages, ra.text, rb.text,
+                          l.annotator, l.choice, l.strength, l.left_side, l.note, l.elapsed_ms,
+                          l.source, l.created_at, l.undone_at
+                   FROM labels l
+                   JOIN pairs p ON p.id = l.pair_id
+                   JOIN prompts pr ON pr.id = p.prompt_id
+                   JOIN responses ra ON ra.id = p.response_a
+                   JOIN responses rb ON rb.id = p.response_b
+                   WHERE (?1 IS NULL OR l.annotator = ?1)
+                     AND (?2 IS NULL OR l.created_at >= ?2)
+                     AND (?3 OR l.undone_at IS NULL)
+                   ORDER BY l.id";
+        let mut stmt = self.conn.prepare(sql).map_err(StoreError::from)?;
+        let mut rows = stmt
+            .query(params![
+                filter.annotator,
+                filter.since,
+                filter.include_undone
+            ])
+            .map_err(StoreError::from)?;
+        while let Some(r) = rows.next().map_err(StoreError::from)? {
+            let row = read_row(r).map_err(StoreError::from)?;
+            f(row)?;
+        }
+        Ok(())
+    }
+}
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LabelRow> {
+    let choice: String = r.get(8)?;
+    let strength: Option<u8> = r.get(9)?;
+    let left: Option<String> = r.get(10)?;
+    Ok(LabelRow {
+        label_id: r.get(0)?,
+        pair_id: r.get(1)?,
+        ext_id: r.get(2)?,
+        prompt: prompt_from_row(r.get(3)?, r.get(4)?),
+        response_a: r.get(5)?,
+        response_b: r.get(6)?,
+        annotator: r.get(7)?,
+        choice: choice.parse().map_err(|e| bad_value(8, e))?,
+        strength: strength
+            .map(|s| Strength::new(s).ok_or_else(|| bad_value(9, format!("strength {s}"))))
+            .transpose()?,
+        left: left
+            .map(|s| s.parse().map_err(|e| bad_value(10, e)))
+            .transpose()?,
+        note: r.get(11)?,
+        elapsed_ms: r.get(12)?,
+        source: r.get(13)?,
+        created_at: r.get(14)?,
+        undone_at: r.get(15)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewPair;
+
+    fn label(pair_id: i64, who: &str, choice: Choice) -> NewLabel {
+        NewLabel {
+            pair_id,
+            annotator: who.into(),
+            choice,
+            strength: Strength::new(2),
+            left: Some(Side::B),
+            note: Some("a note".into()),
+            elapsed_ms: Some(1234),
+            source: "tui".into(),
+        }
+    }
+
+    #[test]
+    fn labels_round_trip_and_undo_keeps_the_row() {
+        let mut s = Store::open_in_memory().expect("store");
+        s.insert_pairs(&[NewPair::new(
+            Prompt::from_text("q".into()),
+            "x".into(),
+            "y".into(),
+        )])
+        .expect("pair");
+        let id = s.record_label(&label(1, "ann", Choice::B)).expect("label");
+        assert_eq!(
+            s.progress("ann").expect("progress"),
+            Progress {
+                pairs: 1,
+                judged: 1,
+                mine: 1
+            }
+        );
+        assert!(s.undo_label(id).expect("undo"));
+        assert!(!s.undo_label(id).expect("undo twice is a no-op"));
+        assert_eq!(s.progress("ann").expect("progress").judged, 0);
+
+        let mut standing = Vec::new();
+        s.for_each_label::<StoreError>(&LabelFilter::default(), |r| {
+            standing.push(r);
+            Ok(())
+        })
+        .expect("read");
+        assert!(standing.is_empty());
+        let mut all = Vec::new();
+        let audit = LabelFilter {
+            include_undone: true,
+            ..Default::default()
+        };
+        s.for_each_label::<StoreError>(&audit, |r| {
+            all.push(r);
+            Ok(())
+        })
+        .expect("read");
+        assert_eq!(all.len(), 1);
+        let r = &all[0];
+        assert_eq!(r.choice, Choice::B);
+        assert_eq!(r.strength, Strength::new(2));
+        assert_eq!(r.left, Some(Side::B));
+        assert_eq!(r.note.as_deref(), Some("a note"));
+        assert_eq!(r.elapsed_ms, Some(1234));
+        assert!(r.undone_at.is_some());
+    }
+
+    #[test]
+    fn a_label_for_a_missing_pair_is_refused() {
+        let mut s = Store::open_in_memory().expect("store");
+        assert!(s.record_label(&label(42, "ann", Choice::A)).is_err());
+    }
+}

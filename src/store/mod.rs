@@ -1,0 +1,217 @@
+//! The SQLite store: open, check, migrate; pairs, labels and their queries.
+//!
+//! Every write is a transaction. Labels are committed with `synchronous = FULL`, so a
+//! judgement the annotator saw accepted survives a crash of the process or the machine.
+
+mod labels;
+mod pairs;
+
+pub use labels::{LabelFilter, LabelRow, Progress};
+pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairWriter};
+
+use rusqlite::{Connection, OpenFlags};
+use rusqlite_migration::{M, Migrations};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The schema, one SQL file per version, applied in order by `PRAGMA user_version`.
+/// Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+}
+
+/// The schema version this build writes.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: not a duel database (SQLite says: {source})")]
+    NotADatabase {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path}: written by a newer duel (schema version {found}, this build knows up to {known}); \
+         the file was left untouched"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("migrating the schema: {0}")]
+    Migration(#[from] rusqlite_migration::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`. A file that is
+    /// not a SQLite database, or one from a newer schema, is refused before anything
+    /// is written to it.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::setup(conn, path.to_owned())
+    }
+
+    /// A private in-memory database, for tests and benchmarks.
+    pub fn open_in_memory() -> Result<Store> {
+        Self::setup(Connection::open_in_memory()?, PathBuf::from(":memory:"))
+    }
+
+    fn setup(mut conn: Connection, path: PathBuf) -> Result<Store> {
+        // Reading the header is the first thing done: it fails on a file that is not
+        // a database, before the WAL pragma would rewrite anything.
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|source| StoreError::NotADatabase {
+                path: path.clone(),
+                source,
+            })?;
+        // `schema_version` needs a real read of the schema to detect garbage.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .map_err(|source| StoreError::NotADatabase {
+            path: path.clone(),
+            source,
+        })?;
+        if found > schema_version() {
+            return Err(StoreError::TooNew {
+                path,
+                found,
+                known: schema_version(),
+            });
+        }
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrations().to_latest(&mut conn)?;
+        Ok(Store { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Number of pairs in the store.
+    pub fn pair_count(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM pairs", [], |r| r.get(0))?)
+    }
+
+    /// `PRAGMA integrity_check`, `true` when it answers `ok`.
+    pub fn integrity_ok(&self) -> Result<bool> {
+        let s: String = self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        Ok(s == "ok")
+    }
+}
+
+/// The current time as the store writes it (ISO 8601, UTC, milliseconds).
+pub(crate) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().expect("migrations validate");
+    }
+
+    #[test]
+    fn a_new_database_is_at_the_latest_version_in_wal_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.db");
+        let store = Store::open(&path).expect("open");
+        let v: i64 = store
+            .conn()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, schema_version());
+        let mode: String = store
+            .conn()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("mode");
+        assert_eq!(mode, "wal");
+        let fk: i64 = store
+            .conn()
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .expect("fk");
+        assert_eq!(fk, 1);
+        drop(store);
+        // Reopening an up-to-date database works and changes nothing.
+        Store::open(&path).expect("reopen");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("notes.db");
+        let content = b"these are my notes, not a database\n".repeat(200);
+        std::fs::write(&path, &content).expect("write");
+        let err = Store::open(&path).expect_err("must fail");
+        assert!(matches!(err, StoreError::NotADatabase { .. }), "{err}");
+        assert!(err.to_string().contains("notes.db"));
+        assert_eq!(std::fs::read(&path).expect("read"), content);
+    }
+
+    #[test]
+    fn a_database_from_a_newer_duel_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("new.db");
+        {
+            let c = Connection::open(&path).expect("open");
+            c.execute_batch("CREATE TABLE future(x); PRAGMA user_version = 999;")
+                .expect("setup");
+        }
+        let before = std::fs::read(&path).expect("read");
+        let err = Store::open(&path).expect_err("must fail");
+        assert!(
+            matches!(err, StoreError::TooNew { found: 999, .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).expect("read"), before);
+        assert!(!dir.path().join("new.db-wal").exists());
+    }
+}

@@ -1,0 +1,518 @@
+//! Writing and reading pairs.
+
+use super::{NOW, Result, Store, StoreError};
+use crate::domain::{Choice, Message, NewLabel, Pair, Prompt};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{HashMap, HashSet};
+
+/// Metadata of a locally generated response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub generator: String,
+    pub meta: serde_json::Value,
+}
+
+/// A pair about to be stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPair {
+    pub prompt: Prompt,
+    pub response_a: String,
+    pub response_b: String,
+    pub ext_id: Option<String>,
+    pub meta: Option<serde_json::Value>,
+    pub extra: Option<serde_json::Value>,
+    pub source: Option<String>,
+    pub generated: Option<(Generated, Generated)>,
+    /// A judgement that came with the record (labeled imports: `a` is `chosen`).
+    pub label: Option<Choice>,
+}
+
+impl NewPair {
+    pub fn new(prompt: Prompt, response_a: String, response_b: String) -> NewPair {
+        NewPair {
+            prompt,
+            response_a,
+            response_b,
+            ext_id: None,
+            meta: None,
+            extra: None,
+            source: None,
+            generated: None,
+            label: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted(i64),
+    /// The same prompt and responses (in either order) are already stored.
+    Duplicate(i64),
+}
+
+type Digest = [u8; 16];
+
+fn digest(parts: &[&str]) -> Digest {
+    let mut h = blake3::Hasher::new();
+    for p in parts {
+        // Length-prefixed, so that ("ab", "c") and ("a", "bc") differ.
+        h.update(&(p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+/// The identity of a pair: its prompt and its two responses as a set, so that the
+/// same two responses stored in the other order are the same pair.
+pub fn pair_digest(prompt: &str, a: &str, b: &str) -> Digest {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    digest(&[prompt, x, y])
+}
+
+fn duplicate_id(ext: &str) -> StoreError {
+    StoreError::Invalid(format!(
+        "duplicate id {ext:?}: another pair already has this id with other content"
+    ))
+}
+
+fn blob_digest(b: &[u8]) -> Digest {
+    let mut d = [0u8; 16];
+    let n = b.len().min(16);
+    d[..n].copy_from_slice(&b[..n]);
+    d
+}
+
+/// The identities of a pair and of its prompt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PairDigests {
+    pub pair: Digest,
+    pub prompt: Digest,
+}
+
+impl PairDigests {
+    pub fn of(pair: &NewPair) -> PairDigests {
+        PairDigests {
+            pair: pair_digest(&pair.prompt.text, &pair.response_a, &pair.response_b),
+            prompt: digest(&[&pair.prompt.text]),
+        }
+    }
+}
+
+/// Inserts pairs inside the caller's transaction (cached statements, no per-row
+/// allocations beyond the values).
+pub struct PairWriter<'c> {
+    conn: &'c Connection,
+    last_prompt: Option<(Digest, i64)>,
+    /// One timestamp for everything one writer stores (an import is one moment).
+    now: String,
+    /// Bulk mode: every stored pair and prompt digest in memory, so that checking for
+    /// a duplicate costs no query.
+    known: Option<Known>,
+}
+
+struct Known {
+    pairs: HashSet<Digest>,
+    prompts: HashMap<Digest, i64>,
+    ext_ids: HashSet<String>,
+}
+
+/// Above this many stored pairs, bulk mode falls back to a query per record rather
+/// than holding every digest in memory (about 40 bytes each).
+const BULK_PRELOAD_MAX: i64 = 5_000_000;
+
+impl<'c> PairWriter<'c> {
+    pub fn new(conn: &'c Connection) -> Result<PairWriter<'c>> {
+        let now = conn.query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?;
+        Ok(PairWriter {
+            conn,
+            last_prompt: None,
+            now,
+            known: None,
+        })
+    }
+
+    /// A writer for many records (import): loads the stored digests and ids once
+    /// when there are not too many, instead of querying for each record.
+    pub fn bulk(conn: &'c Connection) -> Result<PairWriter<'c>> {
+        let mut w = Self::new(conn)?;
+        let (pairs, prompts): (i64, i64) = conn.query_row(
+            "SELECT (SELECT count(*) FROM pairs), (SELECT count(*) FROM prompts)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if pairs.max(prompts) <= BULK_PRELOAD_MAX {
+            let mut known = Known {
+                pairs: HashSet::with_capacity(pairs as usize),
+                prompts: HashMap::with_capacity(prompts as usize),
+                ext_ids: HashSet::new(),
+            };
+            let mut stmt = conn.prepare("SELECT ext_id FROM pairs WHERE ext_id IS NOT NULL")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                known.ext_ids.insert(r.get(0)?);
+            }
+            let mut stmt = conn.prepare("SELECT content_hash FROM pairs")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                known.pairs.insert(blob_digest(
+                    r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
+                ));
+            }
+            let mut stmt = conn.prepare("SELECT hash, id FROM prompts")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                known.prompts.insert(
+                    blob_digest(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?),
+                    r.get(1)?,
+                );
+            }
+            w.known = Some(known);
+        }
+        Ok(w)
+    }
+
+    pub fn insert(&mut self, pair: &NewPair) -> Result<InsertOutcome> {
+        self.insert_with(pair, &PairDigests::of(pair))
+    }
+
+    /// Inserts with digests computed beforehand (on another thread, by import).
+    pub fn insert_with(&mut self, pair: &NewPair, digests: &PairDigests) -> Result<InsertOutcome> {
+        let hash = digests.pair;
+        let maybe_stored = match &self.known {
+            Some(k) => k.pairs.contains(&hash),
+            None => true,
+        };
+        let existing: Option<i64> = if maybe_stored {
+            self.conn
+                .prepare_cached("SELECT id FROM pairs WHERE content_hash = ?1")?
+                .query_row([&hash[..]], |r| r.get(0))
+                .optional()?
+        } else {
+            None
+        };
+        if let Some(id) = existing {
+            return Ok(InsertOutcome::Duplicate(id));
+        }
+        if let (Some(k), Some(ext)) = (&self.known, &pair.ext_id)
+            && k.ext_ids.contains(ext)
+        {
+            return Err(duplicate_id(ext));
+        }
+        let prompt_id = self.prompt_id(&pair.prompt, digests.prompt)?;
+        let (gen_a, gen_b) = match &pair.generated {
+            Some((a, b)) => (Some(a), Some(b)),
+            None => (None, None),
+        };
+        let (ra, rb) = self.responses(prompt_id, pair, gen_a, gen_b)?;
+        let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        let inserted = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                prompt_id,
+                ra,
+                rb,
+                &hash[..],
+                pair.ext_id,
+                json(&pair.meta),
+                json(&pair.extra),
+                pair.source,
+                self.now
+            ]);
+        // The id check rides on the unique index rather than a lookup per record:
+        // the clash is rare, and then the two responses just written are removed.
+        if let Err(e) = inserted {
+            let clash = matches!(&e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("pairs.ext_id"));
+            if !clash {
+                return Err(e.into());
+            }
+            self.conn
+                .prepare_cached("DELETE FROM responses WHERE id IN (?1, ?2)")?
+                .execute([ra, rb])?;
+            return Err(duplicate_id(pair.ext_id.as_deref().unwrap_or_default()));
+        }
+        let id = self.conn.last_insert_rowid();
+        if let Some(k) = &mut self.known {
+            k.pairs.insert(hash);
+            if let Some(ext) = &pair.ext_id {
+                k.ext_ids.insert(ext.clone());
+            }
+        }
+        if let Some(choice) = pair.label {
+            super::labels::insert_label(
+                self.conn,
+                &NewLabel {
+                    pair_id: id,
+                    annotator: "import".into(),
+                    choice,
+                    strength: None,
+                    left: None,
+                    note: None,
+                    elapsed_ms: None,
+                    source: "import".into(),
+                },
+            )?;
+        }
+        Ok(InsertOutcome::Inserted(id))
+    }
+
+    fn prompt_id(&mut self, prompt: &Prompt, hash: Digest) -> Result<i64> {
+        if let Some((h, id)) = self.last_prompt
+            && h == hash
+        {
+            return Ok(id);
+        }
+        let found: Option<i64> = match &self.known {
+            Some(k) => k.prompts.get(&hash).copied(),
+            None => self
+                .conn
+                .prepare_cached("SELECT id FROM prompts WHERE hash = ?1")?
+                .query_row([&hash[..]], |r| r.get(0))
+                .optional()?,
+        };
+        let id = match found {
+            Some(id) => id,
+            None => {
+                let messages = match &prompt.messages {
+                    Some(m) => Some(serde_json::to_string(m).map_err(|e| {
+                        StoreError::Invalid(format!("cannot encode messages: {e}"))
+                    })?),
+                    None => None,
+                };
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO prompts (hash, text, messages) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![&hash[..], prompt.text, messages])?;
+                let id = self.conn.last_insert_rowid();
+                if let Some(k) = &mut self.known {
+                    k.prompts.insert(hash, id);
+                }
+                id
+            }
+        };
+        self.last_prompt = Some((hash, id));
+        Ok(id)
+    }
+
+    /// Both responses in one statement; returns their ids in order.
+    fn responses(
+        &self,
+        prompt_id: i64,
+        pair: &NewPair,
+        gen_a: Option<&Generated>,
+        gen_b: Option<&Generated>,
+    ) -> Result<(i64, i64)> {
+        let meta = |g: Option<&Generated>| g.map(|g| g.meta.to_string());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO responses (prompt_id, text, generator, gen_meta, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?8), (?1, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                prompt_id,
+                pair.response_a,
+                gen_a.map(|g| g.generator.as_str()),
+                meta(gen_a),
+                pair.response_b,
+                gen_b.map(|g| g.generator.as_str()),
+                meta(gen_b),
+                self.now
+            ])?;
+        // Rows of one statement get consecutive rowids (max + 1 each).
+        let last = self.conn.last_insert_rowid();
+        let ids = [last - 1, last];
+        Ok((ids[0], ids[1]))
+    }
+}
+
+pub(crate) fn prompt_from_row(text: String, messages: Option<String>) -> Prompt {
+    let messages = messages.and_then(|m| serde_json::from_str::<Vec<Message>>(&m).ok());
+    Prompt { text, messages }
+}
+
+impl Store {
+    /// Stores pairs in one transaction: all of them or, on error, none.
+    pub fn insert_pairs(&mut self, pairs: &[NewPair]) -> Result<Vec<InsertOutcome>> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(pairs.len());
+        {
+            let mut w = PairWriter::new(&tx)?;
+            for p in pairs {
+                out.push(w.insert(p)?);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub fn pair(&self, id: i64) -> Result<Option<Pair>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT p.id, p.ext_id, pr.text, pr.messages, ra.text, rb.text
+                 FROM pairs p
+                 JOIN prompts pr ON pr.id = p.prompt_id
+                 JOIN responses ra ON ra.id = p.response_a
+                 JOIN responses rb ON rb.id = p.response_b
+                 WHERE p.id = ?1",
+            )?
+            .query_row([id], |r| {
+                Ok(Pair {
+                    id: r.get(0)?,
+                    ext_id: r.get(1)?,
+                    prompt: prompt_from_row(r.get(2)?, r.get(3)?),
+                    response_a: r.get(4)?,
+                    response_b: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The next pair for `annotator`: the lowest id that this annotator has not
+    /// judged, that fewer than `overlap` annotators have judged, and that is not in
+    /// `exclude` (pairs skipped or already shown this session).
+    pub fn next_pair_id(
+        &self,
+        annotator: &str,
+        overlap: u32,
+        exclude: &std::collections::HashSet<i64>,
+    ) -> Result<Option<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT p.id FROM pairs p
+             WHERE NOT EXISTS (SELECT 1 FROM labels l
+                               WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
+               AND (SELECT count(DISTINCT l.annotator) FROM labels l
+                    WHERE l.pair_id = p.id AND l.undone_at IS NULL) < ?2
+             ORDER BY p.id",
+        )?;
+        let mut rows = stmt.query(params![annotator, overlap])?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            if !exclude.contains(&id) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// When the pair was last touched, for messages.
+    pub fn now(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn p(prompt: &str, a: &str, b: &str) -> NewPair {
+        NewPair::new(Prompt::from_text(prompt.into()), a.into(), b.into())
+    }
+
+    #[test]
+    fn a_pair_is_the_same_pair_in_either_order() {
+        let mut s = Store::open_in_memory().expect("store");
+        let out = s
+            .insert_pairs(&[p("q", "x", "y"), p("q", "y", "x"), p("q2", "x", "y")])
+            .expect("insert");
+        assert!(matches!(out[0], InsertOutcome::Inserted(_)));
+        assert_eq!(
+            out[1],
+            InsertOutcome::Duplicate(match out[0] {
+                InsertOutcome::Inserted(id) => id,
+                InsertOutcome::Duplicate(id) => id,
+            })
+        );
+        assert!(matches!(out[2], InsertOutcome::Inserted(_)));
+        assert_eq!(s.pair_count().expect("count"), 2);
+        let prompts: i64 = s
+            .conn()
+            .query_row("SELECT count(*) FROM prompts", [], |r| r.get(0))
+            .expect("prompts");
+        assert_eq!(prompts, 2);
+    }
+
+    #[test]
+    fn a_failed_batch_stores_nothing() {
+        let mut s = Store::open_in_memory().expect("store");
+        let mut first = p("q", "x", "y");
+        first.ext_id = Some("id1".into());
+        let mut clash = p("q", "other", "content");
+        clash.ext_id = Some("id1".into());
+        let err = s.insert_pairs(&[first, clash]).expect_err("clash");
+        assert!(err.to_string().contains("duplicate id \"id1\""), "{err}");
+        assert_eq!(s.pair_count().expect("count"), 0);
+    }
+
+    #[test]
+    fn next_pair_skips_judged_and_excluded_and_respects_overlap() {
+        let mut s = Store::open_in_memory().expect("store");
+        s.insert_pairs(&[p("q1", "a", "b"), p("q2", "a", "b"), p("q3", "a", "b")])
+            .expect("insert");
+        let none = HashSet::new();
+        assert_eq!(s.next_pair_id("ann", 1, &none).expect("next"), Some(1));
+        let id = s
+            .record_label(&NewLabel {
+                pair_id: 1,
+                annotator: "other".into(),
+                choice: Choice::A,
+                strength: None,
+                left: None,
+                note: None,
+                elapsed_ms: None,
+                source: "tui".into(),
+            })
+            .expect("label");
+        // Judged by someone else: with overlap 1 it is done, with overlap 2 it is not.
+        assert_eq!(s.next_pair_id("ann", 1, &none).expect("next"), Some(2));
+        assert_eq!(s.next_pair_id("ann", 2, &none).expect("next"), Some(1));
+        assert_eq!(s.next_pair_id("other", 2, &none).expect("next"), Some(2));
+        let ex: HashSet<i64> = [2].into();
+        assert_eq!(s.next_pair_id("ann", 1, &ex).expect("next"), Some(3));
+        // Undone judgements do not count.
+        s.undo_label(id).expect("undo");
+        assert_eq!(s.next_pair_id("ann", 1, &none).expect("next"), Some(1));
+    }
+
+    #[test]
+    fn a_stored_pair_reads_back_with_its_conversation() {
+        let mut s = Store::open_in_memory().expect("store");
+        let msgs = vec![
+            Message {
+                role: "user".into(),
+                content: "hi".into(),
+            },
+            Message {
+                role: "assistant".into(),
+                content: "hello".into(),
+            },
+            Message {
+                role: "user".into(),
+                content: "more".into(),
+            },
+        ];
+        let mut np = NewPair::new(
+            Prompt::from_messages(msgs.clone()),
+            "r1".into(),
+            "r2".into(),
+        );
+        np.ext_id = Some("x".into());
+        s.insert_pairs(&[np]).expect("insert");
+        let pair = s.pair(1).expect("read").expect("exists");
+        assert_eq!(pair.prompt.messages.as_ref(), Some(&msgs));
+        assert_eq!(pair.ext_id.as_deref(), Some("x"));
+        assert_eq!(
+            (pair.response_a.as_str(), pair.response_b.as_str()),
+            ("r1", "r2")
+        );
+    }
+}

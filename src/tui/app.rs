@@ -1,0 +1,516 @@
+//! The labeler's state and how actions change it. No terminal here: tests drive an
+//! `App` with `Action`s and draw it on a `TestBackend`.
+
+use super::sanitize::sanitize;
+use crate::domain::{Choice, NewLabel, Pair, Side, Strength};
+use crate::store::{Progress, Store};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use ratatui::layout::Rect;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// What the annotator asked for. Screen words: `Left`/`Right` are the panes the
+/// annotator sees (titled A and B); which stored response is on which side is hidden.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    Left,
+    Right,
+    Tie,
+    BothBad,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// A judgement; with `ask_strength` the next key says how much better.
+    Choose {
+        pick: Pick,
+        ask_strength: bool,
+    },
+    Strength(u8),
+    /// Commit the pending choice without a strength.
+    Confirm,
+    Skip,
+    Undo,
+    StartNote,
+    NoteChar(char),
+    NoteBackspace,
+    Cancel,
+    /// Scroll the focused pane by lines (negative is up).
+    Scroll(i32),
+    /// Scroll the focused pane by pages.
+    Page(i32),
+    /// Mouse wheel at a screen position.
+    ScrollAt {
+        column: u16,
+        row: u16,
+        lines: i32,
+    },
+    FocusNext,
+    FocusPrev,
+    ToggleLayout,
+    ToggleDiff,
+    ToggleHelp,
+    Resize {
+        width: u16,
+        height: u16,
+    },
+    Tick,
+    Quit,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Label,
+    /// A choice waiting for its strength (0–3) or Enter.
+    Strength(Pick),
+    Note(String),
+    Help,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pane {
+    Prompt,
+    Left,
+    Right,
+}
+
+impl Pane {
+    pub const ALL: [Pane; 3] = [Pane::Prompt, Pane::Left, Pane::Right];
+    fn index(self) -> usize {
+        match self {
+            Pane::Prompt => 0,
+            Pane::Left => 1,
+            Pane::Right => 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrangement {
+    SideBySide,
+    Stacked,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub annotator: String,
+    /// How many annotators judge each pair.
+    pub overlap: u32,
+    /// Ask for a strength after every A/B choice, not only with Shift.
+    pub always_strength: bool,
+    /// Labeling guidelines shown in help (markdown, untrusted).
+    pub guidelines: String,
+    /// Seed for the left/right order; random when `None`.
+    pub seed: Option<u64>,
+}
+
+/// The pair on screen, with its texts made safe to draw.
+#[derive(Debug, Clone)]
+pub struct Current {
+    pub pair: Pair,
+    /// The stored response shown on the left.
+    pub left: Side,
+    pub turns: Vec<(String, String)>,
+    pub left_text: String,
+    pub right_text: String,
+    pub shown_at: Instant,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Label { label_id: i64, pair_id: i64 },
+    Skip { pair_id: i64 },
+}
+
+/// A message in the status line, with when it goes away.
+#[derive(Debug, Clone)]
+pub struct Flash {
+    pub text: String,
+    pub error: bool,
+    pub until: Instant,
+}
+
+/// Wrapped lines of the current pair, by pane, width and diff mode.
+pub(crate) type WrapCache =
+    HashMap<(Pane, u16, bool), std::rc::Rc<Vec<ratatui::text::Line<'static>>>>;
+
+pub struct App {
+    pub store: Store,
+    pub config: Config,
+    pub current: Option<Current>,
+    pub mode: Mode,
+    pub focus: Pane,
+    pub arrangement: Arrangement,
+    pub diff: bool,
+    pub size: Rect,
+    pub progress: Progress,
+    pub session_labels: u64,
+    pub session_started: Instant,
+    pub flash: Option<Flash>,
+    pub should_quit: bool,
+    pub help_scroll: usize,
+    history: Vec<Done>,
+    skipped: HashSet<i64>,
+    left_of: HashMap<i64, Side>,
+    scroll: [usize; 3],
+    /// Largest useful scroll per pane, written by `draw` (it knows the wrapped sizes).
+    pub(crate) max_scroll: Cell<[usize; 3]>,
+    pub(crate) help_max_scroll: Cell<usize>,
+    /// Wrapped lines of the current pair, per pane, width and diff mode.
+    pub(crate) wrap_cache: RefCell<WrapCache>,
+    rng: StdRng,
+}
+
+impl App {
+    pub fn new(store: Store, config: Config) -> crate::store::Result<App> {
+        let rng = match config.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => rand::make_rng(),
+        };
+        let progress = store.progress(&config.annotator)?;
+        let mut app = App {
+            store,
+            config,
+            current: None,
+            mode: Mode::Label,
+            focus: Pane::Left,
+            arrangement: Arrangement::SideBySide,
+            diff: false,
+            size: Rect::new(0, 0, 80, 24),
+            progress,
+            session_labels: 0,
+            session_started: Instant::now(),
+            flash: None,
+            should_quit: false,
+            help_scroll: 0,
+            history: Vec::new(),
+            skipped: HashSet::new(),
+            left_of: HashMap::new(),
+            scroll: [0; 3],
+            max_scroll: Cell::new([usize::MAX; 3]),
+            help_max_scroll: Cell::new(usize::MAX),
+            wrap_cache: RefCell::new(HashMap::new()),
+            rng,
+        };
+        app.advance();
+        Ok(app)
+    }
+
+    pub fn scroll_of(&self, pane: Pane) -> usize {
+        self.scroll[pane.index()].min(self.max_scroll.get()[pane.index()])
+    }
+
+    /// Judgements per hour this session, once there is one.
+    pub fn rate_per_hour(&self) -> Option<f64> {
+        let secs = self.session_started.elapsed().as_secs_f64();
+        (self.session_labels > 0 && secs > 0.0).then(|| self.session_labels as f64 * 3600.0 / secs)
+    }
+
+    pub fn history_len(&self) -> usize {
+        self.history.len()
+    }
+
+    fn say(&mut self, text: impl Into<String>, error: bool) {
+        let secs = if error { 8 } else { 3 };
+        self.flash = Some(Flash {
+            text: text.into(),
+            error,
+            until: Instant::now() + Duration::from_secs(secs),
+        });
+    }
+
+    fn refresh_progress(&mut self) {
+        match self.store.progress(&self.config.annotator) {
+            Ok(p) => self.progress = p,
+            Err(e) => self.say(format!("cannot read progress: {e}"), true),
+        }
+    }
+
+    /// Shows `pair_id`, or the next pair in the queue when `None`.
+    fn show(&mut self, pair_id: Option<i64>) {
+        let id = match pair_id {
+            Some(id) => Some(id),
+            None => match self.store.next_pair_id(
+                &self.config.annotator,
+                self.config.overlap,
+                &self.skipped,
+            ) {
+                Ok(id) => id,
+                Err(e) => {
+                    self.say(format!("cannot read the next pair: {e}"), true);
+                    return;
+                }
+            },
+        };
+        self.current = None;
+        self.wrap_cache.borrow_mut().clear();
+        self.scroll = [0; 3];
+        self.max_scroll.set([usize::MAX; 3]);
+        let Some(id) = id else { return };
+        let pair = match self.store.pair(id) {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                self.say(format!("pair {id} is gone"), true);
+                return;
+            }
+            Err(e) => {
+                self.say(format!("cannot read pair {id}: {e}"), true);
+                return;
+            }
+        };
+        let rng = &mut self.rng;
+        let left = *self.left_of.entry(id).or_insert_with(|| {
+            if rng.random_bool(0.5) {
+                Side::A
+            } else {
+                Side::B
+            }
+        });
+        let turns = pair
+            .prompt
+            .turns()
+            .into_iter()
+            .map(|m| (sanitize(&m.role), sanitize(&m.content)))
+            .collect();
+        self.current = Some(Current {
+            left_text: sanitize(pair.response(left)),
+            right_text: sanitize(pair.response(left.other())),
+            turns,
+            left,
+            pair,
+            shown_at: Instant::now(),
+            note: None,
+        });
+    }
+
+    fn advance(&mut self) {
+        self.show(None);
+        self.refresh_progress();
+    }
+
+    fn choice_of(&self, pick: Pick) -> Option<Choice> {
+        let cur = self.current.as_ref()?;
+        Some(match pick {
+            Pick::Left => Choice::from_side(cur.left),
+            Pick::Right => Choice::from_side(cur.left.other()),
+            Pick::Tie => Choice::Tie,
+            Pick::BothBad => Choice::BothBad,
+        })
+    }
+
+    /// Writes the judgement; only once it is committed does the next pair show.
+    fn commit(&mut self, pick: Pick, strength: Option<Strength>) {
+        let (Some(choice), Some(cur)) = (self.choice_of(pick), self.current.as_ref()) else {
+            return;
+        };
+        let label = NewLabel {
+            pair_id: cur.pair.id,
+            annotator: self.config.annotator.clone(),
+            choice,
+            strength,
+            left: Some(cur.left),
+            note: cur.note.clone(),
+            elapsed_ms: Some(cur.shown_at.elapsed().as_millis().min(u128::from(u64::MAX)) as u64),
+            source: "tui".into(),
+        };
+        match self.store.record_label(&label) {
+            Ok(label_id) => {
+                self.history.push(Done::Label {
+                    label_id,
+                    pair_id: label.pair_id,
+                });
+                self.session_labels += 1;
+                self.mode = Mode::Label;
+                self.advance();
+            }
+            Err(e) => {
+                self.mode = Mode::Label;
+                self.say(
+                    format!("NOT SAVED: {e}. The pair stays on screen; try again."),
+                    true,
+                );
+            }
+        }
+    }
+
+    fn undo(&mut self) {
+        let Some(last) = self.history.pop() else {
+            self.say("nothing to undo this session", false);
+            return;
+        };
+        match last {
+            Done::Label { label_id, pair_id } => match self.store.undo_label(label_id) {
+                Ok(_) => {
+                    self.session_labels = self.session_labels.saturating_sub(1);
+                    self.show(Some(pair_id));
+                    self.refresh_progress();
+                    self.say("undone: judge this pair again", false);
+                }
+                Err(e) => {
+                    self.history.push(last);
+                    self.say(format!("cannot undo: {e}"), true);
+                }
+            },
+            Done::Skip { pair_id } => {
+                self.skipped.remove(&pair_id);
+                self.show(Some(pair_id));
+                self.say("back to the skipped pair", false);
+            }
+        }
+    }
+
+    fn scroll_by(&mut self, pane: Pane, lines: i64) {
+        let i = pane.index();
+        let max = self.max_scroll.get()[i];
+        let now = self.scroll[i].min(max) as i64;
+        self.scroll[i] = (now + lines).clamp(0, max.min(i64::MAX as usize) as i64) as usize;
+    }
+
+    fn page_height(&self, pane: Pane) -> i64 {
+        let rects = super::view::layout(self.size, self);
+        let r = match pane {
+            Pane::Prompt => rects.prompt,
+            Pane::Left => rects.left,
+            Pane::Right => rects.right,
+        };
+        i64::from(r.height.saturating_sub(3)).max(1)
+    }
+
+    pub fn update(&mut self, action: Action) {
+        if let Some(f) = &self.flash
+            && Instant::now() >= f.until
+        {
+            self.flash = None;
+        }
+        match (&self.mode, action) {
+            (_, Action::Quit) => self.should_quit = true,
+            (_, Action::Resize { width, height }) => self.size = Rect::new(0, 0, width, height),
+            (_, Action::Tick) => {}
+
+            (Mode::Help, Action::ToggleHelp | Action::Cancel) => self.mode = Mode::Label,
+            (Mode::Help, Action::Scroll(n)) => {
+                let max = self.help_max_scroll.get() as i64;
+                self.help_scroll = (self.help_scroll as i64 + i64::from(n)).clamp(0, max) as usize;
+            }
+            (Mode::Help, Action::Page(n)) => {
+                let max = self.help_max_scroll.get() as i64;
+                let h = i64::from(self.size.height.saturating_sub(6)).max(1);
+                self.help_scroll =
+                    (self.help_scroll as i64 + i64::from(n) * h).clamp(0, max) as usize;
+            }
+            (Mode::Help, _) => {}
+
+            (Mode::Note(_), Action::NoteChar(c)) => {
+                if let Mode::Note(s) = &mut self.mode
+                    && !c.is_control()
+                    && s.chars().count() < 2000
+                {
+                    s.push(c);
+                }
+            }
+            (Mode::Note(_), Action::NoteBackspace) => {
+                if let Mode::Note(s) = &mut self.mode {
+                    s.pop();
+                }
+            }
+            (Mode::Note(s), Action::Confirm) => {
+                let note = s.trim().to_owned();
+                if let Some(cur) = &mut self.current {
+                    cur.note = (!note.is_empty()).then_some(note);
+                }
+                self.mode = Mode::Label;
+                self.say(
+                    "note kept: it is saved with your judgement of this pair",
+                    false,
+                );
+            }
+            (Mode::Note(_), Action::Cancel) => self.mode = Mode::Label,
+            (Mode::Note(_), _) => {}
+
+            (Mode::Strength(pick), Action::Strength(v)) => {
+                let pick = *pick;
+                self.commit(pick, Strength::new(v));
+            }
+            (Mode::Strength(pick), Action::Confirm) => {
+                let pick = *pick;
+                self.commit(pick, None);
+            }
+            (Mode::Strength(_), Action::Cancel) => self.mode = Mode::Label,
+            (Mode::Strength(_), _) => {}
+
+            (Mode::Label, Action::Choose { pick, ask_strength }) => {
+                if self.current.is_none() {
+                    return;
+                }
+                let decisive = matches!(pick, Pick::Left | Pick::Right);
+                if decisive && (ask_strength || self.config.always_strength) {
+                    self.mode = Mode::Strength(pick);
+                } else {
+                    self.commit(pick, None);
+                }
+            }
+            (Mode::Label, Action::Skip) => {
+                if let Some(cur) = &self.current {
+                    let pair_id = cur.pair.id;
+                    self.skipped.insert(pair_id);
+                    self.history.push(Done::Skip { pair_id });
+                    self.advance();
+                }
+            }
+            (Mode::Label, Action::Undo) => self.undo(),
+            (Mode::Label, Action::StartNote) => {
+                if let Some(cur) = &self.current {
+                    self.mode = Mode::Note(cur.note.clone().unwrap_or_default());
+                }
+            }
+            (Mode::Label, Action::Scroll(n)) => self.scroll_by(self.focus, i64::from(n)),
+            (Mode::Label, Action::Page(n)) => {
+                let h = self.page_height(self.focus);
+                self.scroll_by(self.focus, i64::from(n) * h);
+            }
+            (Mode::Label, Action::ScrollAt { column, row, lines }) => {
+                let rects = super::view::layout(self.size, self);
+                let hit = [
+                    (Pane::Prompt, rects.prompt),
+                    (Pane::Left, rects.left),
+                    (Pane::Right, rects.right),
+                ]
+                .into_iter()
+                .find(|(_, r)| r.contains(ratatui::layout::Position::new(column, row)));
+                if let Some((pane, _)) = hit {
+                    self.scroll_by(pane, i64::from(lines));
+                }
+            }
+            (Mode::Label, Action::FocusNext) => {
+                self.focus = match self.focus {
+                    Pane::Prompt => Pane::Left,
+                    Pane::Left => Pane::Right,
+                    Pane::Right => Pane::Prompt,
+                }
+            }
+            (Mode::Label, Action::FocusPrev) => {
+                self.focus = match self.focus {
+                    Pane::Prompt => Pane::Right,
+                    Pane::Left => Pane::Prompt,
+                    Pane::Right => Pane::Left,
+                }
+            }
+            (Mode::Label, Action::ToggleLayout) => {
+                self.arrangement = match self.arrangement {
+                    Arrangement::SideBySide => Arrangement::Stacked,
+                    Arrangement::Stacked => Arrangement::SideBySide,
+                };
+                self.wrap_cache.borrow_mut().clear();
+            }
+            (Mode::Label, Action::ToggleDiff) => self.diff = !self.diff,
+            (Mode::Label, Action::ToggleHelp) => {
+                self.help_scroll = 0;
+                self.mode = Mode::Help;
+            }
+            (Mode::Label, _) => {}
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The labeling TUI: app state and update, input and event loop, views.
+
+pub mod app;
+pub mod diff;
+pub mod keys;
+pub mod sanitize;
+pub mod text;
+pub mod view;
+
+pub use app::{Action, App, Config};
+
+use crossbeam_channel::{Receiver, select, tick, unbounded};
+use crossterm::event::{self, DisableMouseCapture, EnableMouseCapture, Event};
+use crossterm::execute;
+use std::time::Duration;
+
+/// Everything the main loop reacts to.
+#[derive(Debug)]
+pub enum AppEvent {
+    Input(Event),
+    Tick,
+}
+
+/// Reads terminal input on its own thread; stops when the receiver is gone.
+fn spawn_input() -> Receiver<Event> {
+    let (tx, rx) = unbounded();
+    std::thread::Builder::new()
+        .name("input".into())
+        .spawn(move || {
+            while let Ok(ev) = event::read() {
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })
+        .ok();
+    rx
+}
+
+/// Restores the terminal however `run` ends.
+struct Restore {
+    mouse: bool,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if self.mouse {
+            let _ = execute!(std::io::stdout(), DisableMouseCapture);
+        }
+        ratatui::restore();
+    }
+}
+
+/// Runs the labeler in the terminal until the annotator quits.
+pub fn run(app: &mut App, mouse: bool) -> anyhow::Result<()> {
+    let mut terminal = ratatui::try_init()?;
+    let _restore = Restore { mouse };
+    if mouse {
+        execute!(std::io::stdout(), EnableMouseCapture)?;
+    }
+    let size = terminal.size()?;
+    app.update(Action::Resize {
+        width: size.width,
+        height: size.height,
+    });
+    let input = spawn_input();
+    let ticker = tick(Duration::from_millis(500));
+    loop {
+        terminal.draw(|f| view::draw(app, f))?;
+        let ev = select! {
+            recv(input) -> ev => match ev {
+                Ok(ev) => AppEvent::Input(ev),
+                Err(_) => break,
+            },
+            recv(ticker) -> _ => AppEvent::Tick,
+        };
+        match ev {
+            AppEvent::Input(ev) => {
+                if let Some(action) = keys::action(&ev, &app.mode) {
+                    app.update(action);
+                }
+            }
+            AppEvent::Tick => app.update(Action::Tick),
+        }
+        if app.should_quit {
+            break;
+        }
+    }
+    Ok(())
+}

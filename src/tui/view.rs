@@ -1,0 +1,413 @@
+//! Drawing: reads the `App`, writes the frame, nothing else (the only writes are the
+//! wrap cache and the scroll limits, which depend on the frame's size).
+
+use super::app::{App, Arrangement, Mode, Pane, Pick};
+use super::diff::word_diff;
+use super::sanitize::sanitize;
+use super::text::{wrap, wrap_segments};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Direction, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Clear, Paragraph};
+use std::rc::Rc;
+
+/// The screen's regions; the same function serves drawing and mouse hit-testing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Regions {
+    pub header: Rect,
+    pub prompt: Rect,
+    pub left: Rect,
+    pub right: Rect,
+    pub status: Rect,
+    pub hints: Rect,
+}
+
+const HIGHLIGHT: Style = Style::new().fg(Color::Black).bg(Color::Yellow);
+
+pub fn layout(area: Rect, app: &App) -> Regions {
+    let rows = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+        Constraint::Length(1),
+    ])
+    .split(area);
+    let body = rows[1];
+    // The prompt takes what it needs, between 3 rows and 40% of the body.
+    let want = prompt_lines(app, body.width.saturating_sub(2)).len() as u16 + 2;
+    let cap = (body.height * 2 / 5).max(3);
+    let prompt_h = want.clamp(3, cap).min(body.height);
+    let parts = Layout::vertical([Constraint::Length(prompt_h), Constraint::Min(0)]).split(body);
+    let dir = match app.arrangement {
+        Arrangement::SideBySide => Direction::Horizontal,
+        Arrangement::Stacked => Direction::Vertical,
+    };
+    let halves = Layout::default()
+        .direction(dir)
+        .constraints([Constraint::Ratio(1, 2), Constraint::Ratio(1, 2)])
+        .split(parts[1]);
+    Regions {
+        header: rows[0],
+        prompt: parts[0],
+        left: halves[0],
+        right: halves[1],
+        status: rows[2],
+        hints: rows[3],
+    }
+}
+
+fn cached(
+    app: &App,
+    pane: Pane,
+    width: u16,
+    make: impl FnOnce() -> Vec<Line<'static>>,
+) -> Rc<Vec<Line<'static>>> {
+    let key = (pane, width, app.diff && pane != Pane::Prompt);
+    if let Some(v) = app.wrap_cache.borrow().get(&key) {
+        return v.clone();
+    }
+    let v = Rc::new(make());
+    app.wrap_cache.borrow_mut().insert(key, v.clone());
+    v
+}
+
+fn prompt_lines(app: &App, width: u16) -> Rc<Vec<Line<'static>>> {
+    cached(app, Pane::Prompt, width, || {
+        let Some(cur) = &app.current else {
+            return Vec::new();
+        };
+        let w = usize::from(width);
+        if cur.turns.len() == 1 && cur.pair.prompt.messages.is_none() {
+            return wrap(&cur.turns[0].1, Style::default(), w);
+        }
+        let mut out = Vec::new();
+        for (role, content) in &cur.turns {
+            let style = match role.as_str() {
+                "assistant" => Style::new().fg(Color::Cyan).bold(),
+                "system" => Style::new().fg(Color::Magenta).bold(),
+                _ => Style::new().fg(Color::Green).bold(),
+            };
+            out.push(Line::from(Span::styled(format!("{role}:"), style)));
+            out.extend(wrap(content, Style::default(), w));
+        }
+        out
+    })
+}
+
+fn response_lines(app: &App, pane: Pane, width: u16) -> Rc<Vec<Line<'static>>> {
+    cached(app, pane, width, || {
+        let Some(cur) = &app.current else {
+            return Vec::new();
+        };
+        let w = usize::from(width);
+        let text = if pane == Pane::Left {
+            &cur.left_text
+        } else {
+            &cur.right_text
+        };
+        if !app.diff {
+            return wrap(text, Style::default(), w);
+        }
+        let (l, r) = word_diff(&cur.left_text, &cur.right_text);
+        let segs = if pane == Pane::Left { l } else { r };
+        wrap_segments(
+            segs.iter().map(|(t, changed)| {
+                (
+                    t.as_str(),
+                    if *changed {
+                        HIGHLIGHT
+                    } else {
+                        Style::default()
+                    },
+                )
+            }),
+            w,
+        )
+    })
+}
+
+fn pane_block(app: &App, pane: Pane, title: Line<'static>) -> Block<'static> {
+    let focused = app.focus == pane && app.mode == Mode::Label;
+    let border = if focused {
+        Style::new().fg(Color::Yellow)
+    } else {
+        Style::new().fg(Color::DarkGray)
+    };
+    Block::bordered().border_style(border).title(title)
+}
+
+/// Draws `lines` in `area` inside `block`, scrolled, and records the scroll limit.
+fn draw_scrolled(
+    f: &mut Frame,
+    app: &App,
+    pane: Pane,
+    area: Rect,
+    block: Block<'static>,
+    lines: &[Line<'static>],
+) {
+    let inner = block.inner(area);
+    let height = usize::from(inner.height);
+    let max = lines.len().saturating_sub(height);
+    let mut limits = app.max_scroll.get();
+    limits[match pane {
+        Pane::Prompt => 0,
+        Pane::Left => 1,
+        Pane::Right => 2,
+    }] = max;
+    app.max_scroll.set(limits);
+    let top = app.scroll_of(pane).min(max);
+    let visible: Vec<Line<'static>> = lines.iter().skip(top).take(height).cloned().collect();
+    let block = if max > 0 {
+        let end = (top + height).min(lines.len());
+        let more = if end < lines.len() { " ↓" } else { "" };
+        block.title_bottom(
+            Line::from(format!(" {}-{}/{}{more} ", top + 1, end, lines.len()))
+                .right_aligned()
+                .dark_gray(),
+        )
+    } else {
+        block
+    };
+    f.render_widget(Paragraph::new(visible).block(block), area);
+}
+
+pub fn draw(app: &App, f: &mut Frame) {
+    let area = f.area();
+    let r = layout(area, app);
+    draw_header(app, f, r.header);
+
+    match &app.current {
+        Some(cur) => {
+            let turns = cur.turns.len();
+            let title = if turns > 1 {
+                format!(" Conversation ({turns} turns) ")
+            } else {
+                " Prompt ".to_owned()
+            };
+            let lines = prompt_lines(app, r.prompt.width.saturating_sub(2));
+            let block = pane_block(app, Pane::Prompt, Line::from(title).bold());
+            draw_scrolled(f, app, Pane::Prompt, r.prompt, block, &lines);
+            for (pane, rect, name, key) in [
+                (Pane::Left, r.left, "A", "1/←"),
+                (Pane::Right, r.right, "B", "2/→"),
+            ] {
+                let lines = response_lines(app, pane, rect.width.saturating_sub(2));
+                let title = Line::from(vec![
+                    Span::raw(" "),
+                    Span::styled(name, Style::new().bold()),
+                    Span::styled(format!(" [{key}] "), Style::new().dark_gray()),
+                ]);
+                let block = pane_block(app, pane, title);
+                draw_scrolled(f, app, pane, rect, block, &lines);
+            }
+        }
+        None => {
+            let body = Rect {
+                y: r.prompt.y,
+                height: r.prompt.height + r.left.height.max(r.right.height),
+                ..r.prompt
+            };
+            let msg = vec![
+                Line::from(""),
+                Line::from("Nothing left to judge.").bold(),
+                Line::from(""),
+                Line::from(format!(
+                    "{} of {} pairs are judged; you judged {}.",
+                    app.progress.judged, app.progress.pairs, app.progress.mine
+                )),
+                Line::from("Import more with `duel import FILE`, u to undo, q to quit."),
+            ];
+            f.render_widget(
+                Paragraph::new(msg).centered().block(Block::bordered()),
+                body,
+            );
+        }
+    }
+    draw_status(app, f, r.status);
+    draw_hints(app, f, r.hints);
+    if app.mode == Mode::Help {
+        draw_help(app, f, area);
+    }
+}
+
+fn draw_header(app: &App, f: &mut Frame, area: Rect) {
+    let p = &app.progress;
+    let rate = app
+        .rate_per_hour()
+        .map(|r| format!("{r:.0}/h"))
+        .unwrap_or_else(|| "–/h".into());
+    let pair = match &app.current {
+        Some(c) => match &c.pair.ext_id {
+            Some(ext) => format!("pair {} ({})", c.pair.id, sanitize(ext)),
+            None => format!("pair {}", c.pair.id),
+        },
+        None => "done".into(),
+    };
+    let left = Line::from(vec![
+        Span::styled(" duel ", Style::new().bold().reversed()),
+        Span::raw(format!(
+            " {pair} · judged {}/{} · you {} · session {} · {rate}",
+            p.judged, p.pairs, p.mine, app.session_labels
+        )),
+    ]);
+    let who = Line::from(format!("{} ", sanitize(&app.config.annotator)))
+        .right_aligned()
+        .dark_gray();
+    f.render_widget(Paragraph::new(left), area);
+    f.render_widget(Paragraph::new(who), area);
+}
+
+fn draw_status(app: &App, f: &mut Frame, area: Rect) {
+    let line = match &app.mode {
+        Mode::Strength(pick) => {
+            let name = match pick {
+                Pick::Left => "A",
+                _ => "B",
+            };
+            Line::from(vec![
+                Span::styled(
+                    format!(" {name} is better: how much? "),
+                    Style::new().bold(),
+                ),
+                Span::raw("0 negligibly · 1 slightly · 2 better · 3 significantly · "),
+                Span::styled("Enter", Style::new().bold()),
+                Span::raw(" none · "),
+                Span::styled("Esc", Style::new().bold()),
+                Span::raw(" back"),
+            ])
+            .yellow()
+        }
+        Mode::Note(s) => {
+            let room = usize::from(area.width).saturating_sub(34);
+            let shown: String = {
+                let chars: Vec<char> = s.chars().collect();
+                chars[chars.len().saturating_sub(room)..].iter().collect()
+            };
+            Line::from(vec![
+                Span::styled(" note: ", Style::new().bold()),
+                Span::raw(sanitize(&shown)),
+                Span::raw("▏"),
+                Span::styled("  Enter keep · Esc cancel", Style::new().dark_gray()),
+            ])
+        }
+        _ => match (
+            &app.flash,
+            app.current.as_ref().and_then(|c| c.note.as_ref()),
+        ) {
+            (Some(flash), _) => {
+                let style = if flash.error {
+                    Style::new().fg(Color::White).bg(Color::Red).bold()
+                } else {
+                    Style::new().fg(Color::Green)
+                };
+                Line::from(Span::styled(format!(" {} ", sanitize(&flash.text)), style))
+            }
+            (None, Some(note)) => Line::from(vec![
+                Span::styled(" note: ", Style::new().bold()),
+                Span::raw(sanitize(note)),
+            ]),
+            (None, None) if app.diff => Line::from(Span::styled(
+                " differing words highlighted (d to hide)",
+                HIGHLIGHT,
+            )),
+            (None, None) => Line::from(""),
+        },
+    };
+    f.render_widget(Paragraph::new(line), area);
+}
+
+const HINTS: &[(&str, &str)] = &[
+    ("1/←", "A better"),
+    ("2/→", "B better"),
+    ("0", "tie"),
+    ("x", "both bad"),
+    ("s", "skip"),
+    ("u", "undo"),
+    ("n", "note"),
+    ("?", "help"),
+    ("q", "quit"),
+    ("d", "diff"),
+    ("v", "view"),
+    ("Tab", "focus"),
+    ("j/k", "scroll"),
+];
+
+fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
+    let items: &[(&str, &str)] = match app.mode {
+        Mode::Help => &[("j/k", "scroll"), ("?/Esc", "close")],
+        Mode::Note(_) => &[("Enter", "keep note"), ("Esc", "cancel")],
+        Mode::Strength(_) => &[
+            ("0-3", "strength"),
+            ("Enter", "no strength"),
+            ("Esc", "back"),
+        ],
+        Mode::Label => HINTS,
+    };
+    let mut spans = vec![Span::raw(" ")];
+    let mut used = 1usize;
+    for (key, what) in items {
+        let w = key.chars().count() + what.chars().count() + 3;
+        if used + w > usize::from(area.width) {
+            break;
+        }
+        used += w;
+        spans.push(Span::styled(*key, Style::new().bold().fg(Color::Cyan)));
+        spans.push(Span::raw(format!(" {what}  ")));
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+const KEYS_HELP: &str = "\
+1 or ←          A is better
+2 or →          B is better
+Shift+← or !    A is better, then how much (0-3 or Enter)
+Shift+→ or @    B is better, then how much (0-3 or Enter)
+0 or t          tie
+x               both bad
+space or s      skip (for this session)
+u or Backspace  undo, back through the whole session
+n               write a note, saved with the judgement
+d               highlight the words where A and B differ
+j/k ↓/↑         scroll the focused pane (or the mouse wheel)
+PgUp/PgDn       scroll a page
+Tab             focus the next pane
+v               side by side / stacked
+?               this help
+q               quit: every judgement is already saved
+
+Strength: 0 negligibly, 1 slightly, 2 better, 3 significantly better.
+The left/right order is random for each pair.";
+
+fn draw_help(app: &App, f: &mut Frame, area: Rect) {
+    let w = area.width.saturating_sub(4).min(100);
+    let h = area.height.saturating_sub(2);
+    let rect = Rect {
+        x: area.x + (area.width - w) / 2,
+        y: area.y + 1,
+        width: w,
+        height: h,
+    };
+    f.render_widget(Clear, rect);
+    let block = Block::bordered()
+        .title(Line::from(" Help: keys and guidelines ").bold())
+        .title_bottom(Line::from(" ? or Esc closes · j/k scroll ").right_aligned())
+        .border_style(Style::new().fg(Color::Cyan));
+    let inner = block.inner(rect);
+    let width = usize::from(inner.width);
+    let mut lines = vec![Line::from("Keys").add_modifier(Modifier::BOLD)];
+    lines.extend(wrap(KEYS_HELP, Style::default(), width));
+    lines.push(Line::from(""));
+    lines.push(Line::from("Guidelines").add_modifier(Modifier::BOLD));
+    lines.extend(wrap(
+        &sanitize(&app.config.guidelines),
+        Style::default(),
+        width,
+    ));
+    let height = usize::from(inner.height);
+    let max = lines.len().saturating_sub(height);
+    app.help_max_scroll.set(max);
+    let top = app.help_scroll.min(max);
+    let visible: Vec<Line<'static>> = lines.into_iter().skip(top).take(height).collect();
+    f.render_widget(Paragraph::new(visible).block(block), rect);
+}

@@ -1,0 +1,66 @@
+#![allow(dead_code)]
+
+use duel::domain::Prompt;
+use duel::store::{NewPair, Store};
+use duel::tui::{App, Config};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn demo() -> PathBuf {
+    repo().join("data/demo_pairs.jsonl")
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_duel"))
+}
+
+pub fn config(annotator: &str) -> Config {
+    Config {
+        annotator: annotator.into(),
+        overlap: 1,
+        always_strength: false,
+        guidelines: "Be kind.\nPrefer correct answers.".into(),
+        seed: Some(7),
+    }
+}
+
+pub fn store_with(pairs: &[(&str, &str, &str)]) -> Store {
+    let mut s = Store::open_in_memory().expect("store");
+    let v: Vec<NewPair> = pairs
+        .iter()
+        .map(|(p, a, b)| NewPair::new(Prompt::from_text((*p).into()), (*a).into(), (*b).into()))
+        .collect();
+    s.insert_pairs(&v).expect("insert");
+    s
+}
+
+pub fn demo_store(path: &Path) -> Store {
+    let mut s = Store::open(path).expect("store");
+    duel::io::import::import_file(&mut s, &demo(), &Default::default()).expect("import demo");
+    s
+}
+
+/// Draws the app on a test terminal and returns the screen as text lines.
+pub fn render(app: &App, w: u16, h: u16) -> (Terminal<TestBackend>, String) {
+    let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+    t.draw(|f| duel::tui::view::draw(app, f)).expect("draw");
+    let text = screen_text(&t);
+    (t, text)
+}
+
+pub fn screen_text(t: &Terminal<TestBackend>) -> String {
+    let buf = t.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buf.area.height {
+        for x in 0..buf.area.width {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}

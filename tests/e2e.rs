@@ -1,0 +1,248 @@
+//! Import → label (by actions) → export and stats, as a user would chain them.
+
+mod common;
+
+use common::*;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use duel::tui::{App, keys};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn duel(db: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("run duel")
+}
+
+fn press(app: &mut App, code: KeyCode, m: KeyModifiers) {
+    let a = keys::key(&KeyEvent::new(code, m), &app.mode).expect("bound");
+    app.update(a);
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone())
+        .expect("utf8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// The Python with `datasets`, made by `scripts/pyenv.sh` (which `make test` runs).
+fn python() -> PathBuf {
+    let p = std::env::var_os("DUEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} missing: run `make test` (it creates .venv with `datasets`)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn import_label_export_round_trip() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let out = duel(&db, &["import", demo().to_str().expect("utf8")]);
+    assert!(out.status.success());
+
+    // Alice judges five pairs: A, B with strength 3, tie, both bad, A with a note.
+    let store = duel::store::Store::open(&db).expect("open");
+    let mut app = App::new(store, config("alice")).expect("app");
+    let mut expected = Vec::new(); // (pair id, chosen text, rejected text, margin)
+    let c = app.current.clone().expect("pair");
+    expected.push((c.left_text.clone(), c.right_text.clone(), None));
+    press(&mut app, KeyCode::Char('1'), KeyModifiers::NONE);
+    let c = app.current.clone().expect("pair");
+    expected.push((c.right_text.clone(), c.left_text.clone(), Some(1.0)));
+    press(&mut app, KeyCode::Right, KeyModifiers::SHIFT);
+    press(&mut app, KeyCode::Char('3'), KeyModifiers::NONE);
+    press(&mut app, KeyCode::Char('t'), KeyModifiers::NONE);
+    press(&mut app, KeyCode::Char('x'), KeyModifiers::NONE);
+    let c = app.current.clone().expect("pair");
+    expected.push((c.left_text.clone(), c.right_text.clone(), None));
+    press(&mut app, KeyCode::Char('n'), KeyModifiers::NONE);
+    for ch in "check the maths".chars() {
+        press(&mut app, KeyCode::Char(ch), KeyModifiers::NONE);
+    }
+    press(&mut app, KeyCode::Enter, KeyModifiers::NONE);
+    press(&mut app, KeyCode::Left, KeyModifiers::NONE);
+    // An undone judgement is not exported as a preference, but raw keeps it.
+    press(&mut app, KeyCode::Char('2'), KeyModifiers::NONE);
+    press(&mut app, KeyCode::Char('u'), KeyModifiers::NONE);
+    drop(app);
+
+    let trl = lines(&duel(&db, &["export", "--format", "trl"]));
+    assert_eq!(trl.len(), 3, "ties, both-bad and undone are not in trl");
+    for (row, (chosen, rejected, margin)) in trl.iter().zip(&expected) {
+        let keys: Vec<&str> = row
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut want = vec!["prompt", "chosen", "rejected"];
+        if margin.is_some() {
+            want.push("margin");
+        }
+        assert_eq!(keys, want);
+        // The demo texts are plain, so what was on screen is what is exported.
+        assert_eq!(row["chosen"].as_str(), Some(chosen.as_str()));
+        assert_eq!(row["rejected"].as_str(), Some(rejected.as_str()));
+        assert_eq!(row.get("margin").and_then(Value::as_f64), *margin);
+    }
+
+    let conv = lines(&duel(&db, &["export", "--format", "trl-conversational"]));
+    assert_eq!(conv.len(), 3);
+    assert_eq!(conv[0]["prompt"][0]["role"], "user");
+    assert_eq!(conv[0]["chosen"][0]["role"], "assistant");
+    assert_eq!(conv[0]["chosen"][0]["content"], trl[0]["chosen"]);
+
+    let raw = lines(&duel(&db, &["export", "--format", "raw"]));
+    assert_eq!(raw.len(), 6, "every row, the undone one included");
+    let choices: Vec<&str> = raw
+        .iter()
+        .map(|r| r["choice"].as_str().expect("choice"))
+        .collect();
+    assert_eq!(&choices[2..4], ["tie", "both_bad"]);
+    assert_eq!(raw[4]["note"], "check the maths");
+    assert!(raw[5]["undone_at"].is_string());
+    assert!(raw.iter().all(|r| r["left"] == "a" || r["left"] == "b"));
+    assert!(raw.iter().all(|r| r["elapsed_ms"].is_u64()));
+    assert_eq!(raw[1]["strength"], 3);
+
+    // CSV to a file, read back with a CSV reader.
+    let csv_path = dir.path().join("out.csv");
+    let out = duel(
+        &db,
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--out",
+            csv_path.to_str().expect("utf8"),
+        ],
+    );
+    assert!(out.status.success());
+    let mut rdr = csv::Reader::from_path(&csv_path).expect("csv");
+    let recs: Vec<csv::StringRecord> = rdr.records().map(|r| r.expect("record")).collect();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(&recs[0][1], trl[0]["chosen"].as_str().expect("s"));
+
+    // Filters.
+    assert!(lines(&duel(&db, &["export", "--annotator", "bob"])).is_empty());
+    assert_eq!(
+        lines(&duel(&db, &["export", "--annotator", "alice"])).len(),
+        3
+    );
+    assert!(lines(&duel(&db, &["export", "--since", "2999-01-01"])).is_empty());
+    assert_eq!(
+        lines(&duel(
+            &db,
+            &["export", "--since", "2000-01-01T00:00:00+02:00"]
+        ))
+        .len(),
+        3
+    );
+    let bad = duel(&db, &["export", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since \"yesterday\""));
+
+    // The trl file loads with `datasets.load_dataset("json")`.
+    let trl_path = dir.path().join("trl.jsonl");
+    let out = duel(&db, &["export", "--out", trl_path.to_str().expect("utf8")]);
+    assert!(out.status.success());
+    let script = r#"
+import sys, json
+from datasets import load_dataset
+ds = load_dataset("json", data_files=sys.argv[1], split="train")
+print(json.dumps({"rows": ds.num_rows, "columns": sorted(ds.column_names), "first": ds[0]["chosen"]}))
+"#;
+    let out = Command::new(python())
+        .args(["-c", script, trl_path.to_str().expect("utf8")])
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(
+        out.stdout
+            .rsplit(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .expect("output"),
+    )
+    .expect("json");
+    assert_eq!(got["rows"], 3);
+    assert_eq!(
+        got["columns"],
+        serde_json::json!(["chosen", "margin", "prompt", "rejected"])
+    );
+    assert_eq!(got["first"], trl[0]["chosen"]);
+}
+
+#[test]
+fn stats_count_choices_bias_and_agreement() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    assert!(
+        duel(&db, &["import", demo().to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    // Two annotators judge the same four pairs (overlap 2): screen-left every time
+    // for alice; bob picks left, left, right, tie.
+    for (who, keys) in [("alice", "1111"), ("bob", "1120")] {
+        let store = duel::store::Store::open(&db).expect("open");
+        let mut cfg = config(who);
+        cfg.overlap = 2;
+        let mut app = App::new(store, cfg).expect("app");
+        for k in keys.chars() {
+            press(&mut app, KeyCode::Char(k), KeyModifiers::NONE);
+        }
+    }
+    let out = duel(&db, &["stats", "--json"]);
+    assert!(out.status.success());
+    let s: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(s["pairs"], 36);
+    assert_eq!(s["judged"], 4);
+    assert_eq!(s["labels"], 8);
+    assert_eq!(s["choices"]["tie"], 1);
+    assert_eq!(s["position_bias"]["decisive"], 7);
+    assert_eq!(s["position_bias"]["left_won"], 6);
+    assert_eq!(s["agreement"]["pairs"], 4);
+    assert_eq!(s["annotators"][0]["name"], "alice");
+    assert_eq!(s["annotators"][0]["labels"], 4);
+    // Percent agreement depends on the hidden sides only through which stored
+    // response won, so compute it from the raw export.
+    let raw = lines(&duel(&db, &["export", "--format", "raw"]));
+    let mut by_pair = std::collections::BTreeMap::<i64, Vec<String>>::new();
+    for r in &raw {
+        by_pair
+            .entry(r["pair_id"].as_i64().expect("id"))
+            .or_default()
+            .push(r["choice"].as_str().expect("c").to_owned());
+    }
+    let agree = by_pair.values().filter(|v| v[0] == v[1]).count();
+    let pct = s["agreement"]["percent"].as_f64().expect("percent");
+    assert!(
+        (pct - 100.0 * agree as f64 / 4.0).abs() < 1e-9,
+        "{pct} vs {agree}/4"
+    );
+    let text = duel(&db, &["stats"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("alice / bob: 4 shared"), "{text}");
+}

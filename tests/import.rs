@@ -1,0 +1,313 @@
+//! `duel import` on good and bad files, through the binary as a user runs it.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn duel(db: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("run duel")
+}
+
+fn write(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write");
+    p
+}
+
+fn count(db: &Path, table: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).expect("open");
+    c.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .expect("count")
+}
+
+const GOOD: &str = r#"{"prompt":"p1","response_a":"a1","response_b":"b1"}"#;
+
+/// Each bad file: the error names file:line and the field, exit status 2, and the
+/// database is unchanged (the good first line of the file is not kept either).
+#[test]
+fn bad_input_names_the_place_exits_2_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let seed = write(
+        dir.path(),
+        "seed.jsonl",
+        br#"{"prompt":"s","response_a":"x","response_b":"y","id":"dup"}"#,
+    );
+    assert!(
+        duel(&db, &["import", seed.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "missing.jsonl",
+            br#"{"prompt":"p","response_a":"a"}"#.to_vec(),
+            "field `response_b`: missing",
+        ),
+        (
+            "empty_prompt.jsonl",
+            br#"{"prompt":"   ","response_a":"a","response_b":"b"}"#.to_vec(),
+            "field `prompt`: empty",
+        ),
+        (
+            "empty_response.jsonl",
+            br#"{"prompt":"p","response_a":"a","response_b":""}"#.to_vec(),
+            "field `response_b`: empty",
+        ),
+        (
+            "wrong_type.jsonl",
+            br#"{"prompt":"p","response_a":true,"response_b":"b"}"#.to_vec(),
+            "field `response_a`: expected a string, found a boolean",
+        ),
+        (
+            "number.jsonl",
+            br#"{"prompt":3,"response_a":"a","response_b":"b"}"#.to_vec(),
+            "field `prompt`: expected a string or a list of messages, found a number",
+        ),
+        ("not_json.jsonl", b"{prompt: p}".to_vec(), "invalid JSON"),
+        (
+            "not_object.jsonl",
+            b"\"just a string\"".to_vec(),
+            "expected a JSON object",
+        ),
+        (
+            "bad_utf8.jsonl",
+            b"{\"prompt\":\"caf\xe9\",\"response_a\":\"a\",\"response_b\":\"b\"}".to_vec(),
+            "invalid UTF-8 at byte 15",
+        ),
+        (
+            "dup_id.jsonl",
+            br#"{"prompt":"other","response_a":"a","response_b":"b","id":"dup"}"#.to_vec(),
+            "field `id`: duplicate id \"dup\"",
+        ),
+        (
+            "bad_message.jsonl",
+            br#"{"prompt":[{"role":"user","content":5}],"response_a":"a","response_b":"b"}"#
+                .to_vec(),
+            "field `prompt[0].content`",
+        ),
+        (
+            "labeled_missing.jsonl",
+            br#"{"prompt":"p","chosen":"a"}"#.to_vec(),
+            "field `rejected`: missing",
+        ),
+    ];
+    for (name, bad_line, expect) in cases {
+        let mut content = format!("{GOOD}\n").into_bytes();
+        content.extend_from_slice(&bad_line);
+        content.push(b'\n');
+        let file = write(dir.path(), name, &content);
+        let out = duel(&db, &["import", file.to_str().expect("utf8")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {err}");
+        assert!(err.contains(&format!("{name}:2: ")), "{name}: {err}");
+        assert!(err.contains(expect), "{name}: expected {expect:?} in {err}");
+        assert_eq!(count(&db, "pairs"), 1, "{name}: database unchanged");
+    }
+    // Duplicate ids inside one file, with different content.
+    let file = write(
+        dir.path(),
+        "dup_in_file.jsonl",
+        b"{\"id\":\"k\",\"prompt\":\"p\",\"response_a\":\"a\",\"response_b\":\"b\"}\n{\"id\":\"k\",\"prompt\":\"q\",\"response_a\":\"a\",\"response_b\":\"b\"}\n",
+    );
+    let out = duel(&db, &["import", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        err.contains("dup_in_file.jsonl:2: field `id`: duplicate id \"k\""),
+        "{err}"
+    );
+    assert_eq!(count(&db, "pairs"), 1);
+    assert_eq!(count(&db, "labels"), 0);
+}
+
+#[test]
+fn skip_invalid_imports_the_good_lines_and_reports_every_bad_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let content = format!(
+        "{GOOD}\n{{\"prompt\":\"p\"}}\n\n{}\nnot json\n{}\n",
+        r#"{"prompt":"p2","chosen":"c","rejected":"r"}"#,
+        r#"{"prompt":"p3","response_a":"a","response_b":"a"}"#
+    );
+    let file = write(dir.path(), "mixed.jsonl", content.as_bytes());
+    let out = duel(
+        &db,
+        &["import", "--skip-invalid", file.to_str().expect("utf8")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("mixed.jsonl:2: missing fields"), "{err}");
+    assert!(err.contains("mixed.jsonl:5: invalid JSON"), "{err}");
+    assert!(
+        err.contains("mixed.jsonl:6: field `response_b`: identical"),
+        "{err}"
+    );
+    assert!(err.contains("3 skipped"), "{err}");
+    assert_eq!(count(&db, "pairs"), 2);
+    assert_eq!(
+        count(&db, "labels"),
+        1,
+        "the labeled record brings its judgement"
+    );
+}
+
+#[test]
+fn bom_crlf_and_reimport() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let mut content = b"\xEF\xBB\xBF".to_vec();
+    content.extend_from_slice(format!("{GOOD}\r\n").as_bytes());
+    content.extend_from_slice(
+        b"{\"prompt\":\"line1\\r\\nline2\",\"response_a\":\"x\",\"response_b\":\"y\"}\r\n",
+    );
+    let file = write(dir.path(), "win.jsonl", &content);
+    let out = duel(&db, &["import", file.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db, "pairs"), 2);
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let text: String = c
+        .query_row(
+            "SELECT text FROM prompts WHERE text LIKE 'line1%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("prompt");
+    assert_eq!(text, "line1\nline2");
+    // The same file again adds nothing.
+    let out = duel(&db, &["import", file.to_str().expect("utf8")]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0 new pairs"));
+    assert_eq!(count(&db, "pairs"), 2);
+    assert_eq!(count(&db, "responses"), 4);
+}
+
+#[test]
+fn a_ten_megabyte_line_is_refused_clearly_and_skippable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let huge = format!(
+        "{{\"prompt\":\"p\",\"response_a\":\"{}\",\"response_b\":\"b\"}}",
+        "z".repeat(10 << 20)
+    );
+    let content = format!(
+        "{GOOD}\n{huge}\n{}\n",
+        r#"{"prompt":"p9","response_a":"a","response_b":"b"}"#
+    );
+    let file = write(dir.path(), "huge.jsonl", content.as_bytes());
+    let out = duel(&db, &["import", file.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let expect = format!(
+        "huge.jsonl:2: record is {} bytes, over the limit",
+        huge.len()
+    );
+    assert!(err.contains(&expect), "{err}");
+    assert!(err.contains("--max-record-bytes"), "{err}");
+    assert_eq!(count(&db, "pairs"), 0);
+
+    let out = duel(
+        &db,
+        &["import", "--skip-invalid", file.to_str().expect("utf8")],
+    );
+    assert!(out.status.success());
+    assert_eq!(count(&db, "pairs"), 2, "the lines around it are imported");
+
+    // And a larger limit lets it in.
+    let db2 = dir.path().join("d2.db");
+    let out = duel(
+        &db2,
+        &[
+            "import",
+            "--max-record-bytes",
+            "20000000",
+            file.to_str().expect("utf8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db2, "pairs"), 3);
+}
+
+#[test]
+fn csv_with_the_same_columns() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let file = write(
+        dir.path(),
+        "pairs.csv",
+        "\u{FEFF}id,prompt,response_a,response_b,meta\r\nc1,\"Say \"\"hi\"\"\",\"Hi!\r\nThere\",Hello,\"{\"\"k\"\":1}\"\r\nc2,Second,x,y,\r\n".as_bytes(),
+    );
+    let out = duel(&db, &["import", file.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db, "pairs"), 2);
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let (ext, meta): (String, String) = c
+        .query_row(
+            "SELECT ext_id, meta FROM pairs ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row");
+    assert_eq!((ext.as_str(), meta.as_str()), ("c1", r#"{"k":1}"#));
+
+    let bad = write(
+        dir.path(),
+        "bad.csv",
+        b"prompt,chosen,rejected\nq,good,bad\nq2,,bad\n",
+    );
+    let out = duel(&db, &["import", bad.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.csv:3: field `chosen`: empty"), "{err}");
+    assert_eq!(count(&db, "pairs"), 2);
+    // --format forces the format whatever the extension.
+    let txt = write(
+        dir.path(),
+        "pairs.txt",
+        b"prompt,response_a,response_b\nq,a,b\n",
+    );
+    let out = duel(
+        &db,
+        &["import", "--format", "csv", txt.to_str().expect("utf8")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count(&db, "pairs"), 3);
+}
+
+#[test]
+fn not_a_database_is_refused_and_untouched() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = write(dir.path(), "notes.txt", &b"my precious notes\n".repeat(100));
+    let out = duel(&db, &["import", demo().to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("not a duel database"), "{err}");
+    assert_eq!(
+        std::fs::read(&db).expect("read"),
+        b"my precious notes\n".repeat(100)
+    );
+}

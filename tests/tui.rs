@@ -1,0 +1,394 @@
+//! The labeler driven by key events, drawn on a `TestBackend`.
+
+mod common;
+
+use common::*;
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use duel::domain::{Choice, Side};
+use duel::store::{LabelFilter, LabelRow, StoreError};
+use duel::tui::app::{Action, Mode, Pane, Pick};
+use duel::tui::{App, keys};
+
+fn press(app: &mut App, code: KeyCode) {
+    press_mod(app, code, KeyModifiers::NONE);
+}
+
+fn press_mod(app: &mut App, code: KeyCode, m: KeyModifiers) {
+    let action = keys::key(&KeyEvent::new(code, m), &app.mode).expect("a bound key");
+    app.update(action);
+}
+
+fn rows(app: &App, include_undone: bool) -> Vec<LabelRow> {
+    let mut v = Vec::new();
+    app.store
+        .for_each_label::<StoreError>(
+            &LabelFilter {
+                include_undone,
+                ..Default::default()
+            },
+            |r| {
+                v.push(r);
+                Ok(())
+            },
+        )
+        .expect("read labels");
+    v
+}
+
+#[test]
+fn main_screen_80x24() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let app = App::new(demo_store(&dir.path().join("d.db")), config("alice")).expect("app");
+    let (t, _) = render(&app, 80, 24);
+    insta::assert_snapshot!(t.backend());
+}
+
+#[test]
+fn main_screen_120x40_with_a_conversation() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut app = App::new(demo_store(&dir.path().join("d.db")), config("alice")).expect("app");
+    // Skip to the first multi-turn prompt of the demo set.
+    while app.current.as_ref().is_some_and(|c| c.turns.len() < 2) {
+        press(&mut app, KeyCode::Char('s'));
+    }
+    assert!(app.current.is_some(), "the demo set has a conversation");
+    app.update(Action::Resize {
+        width: 120,
+        height: 40,
+    });
+    let (t, text) = render(&app, 120, 40);
+    assert!(text.contains("Conversation ("), "{text}");
+    insta::assert_snapshot!(t.backend());
+}
+
+#[test]
+fn one_key_commits_the_judgement_of_the_response_on_that_side() {
+    let mut app = App::new(
+        store_with(&[
+            ("q1", "first", "second"),
+            ("q2", "x", "y"),
+            ("q3", "m", "n"),
+        ]),
+        config("alice"),
+    )
+    .expect("app");
+    let cur = app.current.clone().expect("a pair");
+    let left = cur.left;
+    // What the left pane shows is the stored response on the left side.
+    let (_, text) = render(&app, 80, 24);
+    let left_text = cur.pair.response(left);
+    let right_text = cur.pair.response(left.other());
+    let column = |needle: &str| {
+        text.lines()
+            .find_map(|l| l.find(needle).map(|i| l[..i].chars().count()))
+            .expect("text on screen")
+    };
+    assert!(column(left_text) < 40 && column(right_text) > 40, "{text}");
+
+    press(&mut app, KeyCode::Char('1'));
+    let labels = rows(&app, false);
+    assert_eq!(labels.len(), 1, "committed before the next pair shows");
+    assert_eq!(labels[0].choice, Choice::from_side(left));
+    assert_eq!(labels[0].left, Some(left));
+    assert_eq!(labels[0].annotator, "alice");
+    assert!(labels[0].elapsed_ms.is_some());
+    assert_ne!(app.current.as_ref().map(|c| c.pair.id), Some(cur.pair.id));
+
+    // → picks the right pane's response.
+    let left2 = app.current.as_ref().expect("pair 2").left;
+    press(&mut app, KeyCode::Right);
+    assert_eq!(
+        rows(&app, false)[1].choice,
+        Choice::from_side(left2.other())
+    );
+
+    press(&mut app, KeyCode::Char('0'));
+    assert_eq!(rows(&app, false)[2].choice, Choice::Tie);
+    assert!(app.current.is_none(), "all three judged");
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("Nothing left to judge"));
+}
+
+#[test]
+fn left_right_order_is_random_per_pair() {
+    let pairs: Vec<(String, String, String)> = (0..40)
+        .map(|i| (format!("q{i}"), format!("a{i}"), format!("b{i}")))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = pairs
+        .iter()
+        .map(|(p, a, b)| (p.as_str(), a.as_str(), b.as_str()))
+        .collect();
+    let mut app = App::new(store_with(&refs), config("alice")).expect("app");
+    let mut lefts = Vec::new();
+    while let Some(c) = &app.current {
+        lefts.push(c.left);
+        press(&mut app, KeyCode::Char('x'));
+    }
+    let a = lefts.iter().filter(|s| **s == Side::A).count();
+    assert_eq!(lefts.len(), 40);
+    assert!((8..=32).contains(&a), "A on the left {a} times of 40");
+}
+
+#[test]
+fn shift_asks_for_strength_and_one_key_still_suffices_without() {
+    let mut app = App::new(
+        store_with(&[("q1", "a", "b"), ("q2", "c", "d")]),
+        config("alice"),
+    )
+    .expect("app");
+    let left = app.current.as_ref().expect("pair").left;
+    press_mod(&mut app, KeyCode::Left, KeyModifiers::SHIFT);
+    assert_eq!(app.mode, Mode::Strength(Pick::Left));
+    assert!(
+        rows(&app, false).is_empty(),
+        "nothing written before the grade"
+    );
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("how much?"));
+    press(&mut app, KeyCode::Char('3'));
+    let r = &rows(&app, false)[0];
+    assert_eq!(r.choice, Choice::from_side(left));
+    assert_eq!(r.strength.map(|s| s.value()), Some(3));
+
+    // Esc backs out of the grade prompt without judging.
+    press(&mut app, KeyCode::Char('@'));
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.mode, Mode::Label);
+    assert_eq!(rows(&app, false).len(), 1);
+    press(&mut app, KeyCode::Char('2'));
+    assert_eq!(rows(&app, false)[1].strength, None);
+}
+
+#[test]
+fn always_strength_asks_after_every_choice_and_enter_skips_it() {
+    let mut cfg = config("alice");
+    cfg.always_strength = true;
+    let mut app = App::new(store_with(&[("q1", "a", "b")]), cfg).expect("app");
+    press(&mut app, KeyCode::Char('1'));
+    assert!(matches!(app.mode, Mode::Strength(_)));
+    press(&mut app, KeyCode::Enter);
+    let r = rows(&app, false);
+    assert_eq!((r.len(), r[0].strength), (1, None));
+}
+
+#[test]
+fn undo_goes_back_through_the_whole_session_and_keeps_history() {
+    let mut app = App::new(
+        store_with(&[("q1", "a", "b"), ("q2", "c", "d"), ("q3", "e", "f")]),
+        config("alice"),
+    )
+    .expect("app");
+    let first = app.current.as_ref().expect("p").pair.id;
+    press(&mut app, KeyCode::Char('1'));
+    let second = app.current.as_ref().expect("p").pair.id;
+    press(&mut app, KeyCode::Char('s')); // skip
+    let third = app.current.as_ref().expect("p").pair.id;
+    press(&mut app, KeyCode::Char('x'));
+    assert_eq!(app.session_labels, 2);
+
+    press(&mut app, KeyCode::Char('u'));
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(third));
+    press(&mut app, KeyCode::Backspace);
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(second));
+    press(&mut app, KeyCode::Char('u'));
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(first));
+    assert_eq!(app.session_labels, 0);
+    assert!(rows(&app, false).is_empty());
+    // The undone rows stay for the audit trail.
+    let all = rows(&app, true);
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|r| r.undone_at.is_some()));
+    // Re-judging after undo keeps the same side on the left.
+    let left = app.current.as_ref().expect("p").left;
+    press(&mut app, KeyCode::Char('2'));
+    assert_eq!(rows(&app, false)[0].choice, Choice::from_side(left.other()));
+}
+
+#[test]
+fn a_note_is_saved_with_the_judgement() {
+    let mut app = App::new(store_with(&[("q1", "a", "b")]), config("alice")).expect("app");
+    press(&mut app, KeyCode::Char('n'));
+    for c in "B has a typo; q".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    assert!(app.current.is_some(), "typing q in a note does not quit");
+    assert!(!app.should_quit);
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Char('t'));
+    assert_eq!(
+        rows(&app, false)[0].note.as_deref(),
+        Some("B has a typo; q")
+    );
+}
+
+#[test]
+fn quitting_and_starting_again_resumes_at_the_next_unjudged_pair() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("d.db");
+    let mut app = App::new(demo_store(&path), config("alice")).expect("app");
+    for _ in 0..3 {
+        press(&mut app, KeyCode::Char('1'));
+    }
+    let next = app.current.as_ref().expect("more").pair.id;
+    press(&mut app, KeyCode::Char('q'));
+    assert!(app.should_quit);
+    drop(app);
+    let store = duel::store::Store::open(&path).expect("reopen");
+    let app = App::new(store, config("alice")).expect("app");
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(next));
+    assert_eq!(app.progress.mine, 3);
+    // Another annotator is not served pairs already judged (overlap 1)...
+    let store = duel::store::Store::open(&path).expect("reopen");
+    let bob = App::new(store, config("bob")).expect("app");
+    assert_eq!(bob.current.as_ref().map(|c| c.pair.id), Some(next));
+    // ...unless asked for two judgements per pair.
+    let store = duel::store::Store::open(&path).expect("reopen");
+    let mut cfg = config("bob");
+    cfg.overlap = 2;
+    let bob2 = App::new(store, cfg).expect("app");
+    assert_eq!(bob2.current.as_ref().map(|c| c.pair.id), Some(1));
+}
+
+#[test]
+fn scrolling_moves_the_focused_pane_and_stops_at_the_end() {
+    let long: String = (1..=200).map(|i| format!("line {i}\n")).collect();
+    let mut app = App::new(
+        store_with(&[("q", &long, &long.replace("line", "row"))]),
+        config("a"),
+    )
+    .expect("app");
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("line 1 ") || text.contains("row 1 "));
+    assert_eq!(app.focus, Pane::Left);
+    for _ in 0..5 {
+        press(&mut app, KeyCode::Char('j'));
+    }
+    press(&mut app, KeyCode::PageDown);
+    let (_, text) = render(&app, 80, 24);
+    assert!(app.scroll_of(Pane::Left) > 5);
+    assert!(!text.contains("line 1 ") && !text.contains("row 1 ") || text.contains("1 "));
+    for _ in 0..100 {
+        press(&mut app, KeyCode::PageDown);
+    }
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("200"), "the end is reachable");
+    assert!(text.contains("/201"), "position shown: {text}");
+    // Mouse wheel over the right pane scrolls that pane, not the focused one.
+    let before = app.scroll_of(Pane::Right);
+    app.update(Action::ScrollAt {
+        column: 60,
+        row: 10,
+        lines: 3,
+    });
+    render(&app, 80, 24);
+    assert_eq!(app.scroll_of(Pane::Right), before + 3);
+    press(&mut app, KeyCode::Tab);
+    assert_eq!(app.focus, Pane::Right);
+}
+
+#[test]
+fn diff_highlights_only_the_differing_words() {
+    let mut app = App::new(
+        store_with(&[("q", "the cat sat on the mat", "the dog sat on the mat")]),
+        config("a"),
+    )
+    .expect("app");
+    press(&mut app, KeyCode::Char('d'));
+    let (t, _) = render(&app, 80, 24);
+    let buf = t.backend().buffer();
+    let mut highlighted = String::new();
+    for y in 0..buf.area.height - 2 {
+        for x in 0..buf.area.width {
+            let c = &buf[(x, y)];
+            if c.bg == ratatui::style::Color::Yellow {
+                highlighted.push_str(c.symbol());
+            } else {
+                highlighted.push(' ');
+            }
+        }
+    }
+    let mut words: Vec<&str> = vec!["cat", "dog"];
+    words.sort_unstable();
+    let mut found: Vec<&str> = highlighted
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+        .collect();
+    found.sort_unstable();
+    assert_eq!(found, words);
+}
+
+#[test]
+fn hostile_text_is_drawn_inert() {
+    let evil = "ok \x1b[2J\x1b]52;c;ZXZpbA==\x07\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\ \u{202e}drow\u{202c} \u{9b}31m \x00\x08\r end";
+    let mut app = App::new(store_with(&[(evil, evil, "fine")]), config("a")).expect("app");
+    app.update(Action::Resize {
+        width: 80,
+        height: 24,
+    });
+    let (t, text) = render(&app, 80, 24);
+    let buf = t.backend().buffer();
+    for cell in buf.content() {
+        assert!(
+            duel::tui::sanitize::is_inert(cell.symbol()),
+            "cell holds a control: {:?}",
+            cell.symbol()
+        );
+    }
+    assert!(text.contains("␛[2J"), "the escape is shown as text: {text}");
+}
+
+#[test]
+fn wide_characters_and_long_lines_keep_the_layout() {
+    let wide = "世界".repeat(300) + &"👍🏽".repeat(50) + "\t\tindented";
+    let big = "y".repeat(1 << 20);
+    let mut app = App::new(store_with(&[("提示 🎉", &wide, &big)]), config("a")).expect("app");
+    for (w, h) in [(80, 24), (120, 40), (40, 12)] {
+        app.update(Action::Resize {
+            width: w,
+            height: h,
+        });
+        let (t, _) = render(&app, w, h);
+        let buf = t.backend().buffer();
+        // Every row still ends with the right border of the B pane where panes are.
+        let mid = h / 2;
+        let last = buf[(w - 1, mid)].symbol().to_owned();
+        assert_eq!(last, "│", "row {mid} at width {w}");
+    }
+    press(&mut app, KeyCode::Char('v'));
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains(" B [2/→]"), "stacked shows both panes");
+}
+
+#[test]
+fn help_shows_keys_and_guidelines() {
+    let mut app = App::new(store_with(&[("q", "a", "b")]), config("a")).expect("app");
+    press(&mut app, KeyCode::Char('?'));
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("Help"));
+    assert!(text.contains("A is better"));
+    // Guidelines are below the keys: scroll to them.
+    for _ in 0..30 {
+        press(&mut app, KeyCode::Char('j'));
+    }
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("Prefer correct answers."), "{text}");
+    // Keys do not judge while help is open.
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(app.mode, Mode::Label);
+    assert!(rows(&app, false).is_empty());
+}
+
+#[test]
+fn a_failed_write_keeps_the_pair_on_screen_and_says_so() {
+    let mut app = App::new(store_with(&[("q", "a", "b")]), config("a")).expect("app");
+    app.store
+        .conn()
+        .execute_batch("CREATE TRIGGER no_labels BEFORE INSERT ON labels BEGIN SELECT RAISE(ABORT, 'disk is full'); END;")
+        .expect("trigger");
+    let id = app.current.as_ref().expect("p").pair.id;
+    press(&mut app, KeyCode::Char('1'));
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(id));
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("NOT SAVED"), "{text}");
+    assert_eq!(app.session_labels, 0);
+}
