@@ -2,16 +2,19 @@
 DB  ?= duel.db
 BIN := target/release/duel
 
-.PHONY: run build test lint bench-import
+.PHONY: run build models test lint bench-import bench-train
 
-run: build
+run: build models
 	@test -f "$(DB)" || $(BIN) --db "$(DB)" import data/demo_pairs.jsonl
 	$(BIN) --db "$(DB)" label
 
 build:
 	cargo build --release --locked
 
-test:
+models:
+	scripts/fetch-models.sh
+
+test: models
 	scripts/pyenv.sh
 	cargo test --locked --all-targets
 
@@ -21,3 +24,6 @@ lint:
 
 bench-import: build
 	$(BIN) bench import --pairs 1000000
+
+bench-train: build models
+	$(BIN) bench train

@@ -16,6 +16,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "DUEL_DB", default_value = "duel.db")]
     pub db: PathBuf,
 
+    /// Threads for model compute (training, scoring); all cores by default.
+    #[arg(long, global = true, env = "DUEL_THREADS")]
+    pub threads: Option<usize>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,6 +34,12 @@ pub enum Command {
     Export(ExportArgs),
     /// Counts, rates, position bias and agreement.
     Stats(StatsArgs),
+    /// Train the reward model on the judgements in the database.
+    Train(TrainArgs),
+    /// Held-out accuracy of a reward model on `{prompt, chosen, rejected}` lines.
+    Eval(EvalArgs),
+    /// A reward for each response of each line, as JSON Lines.
+    Score(ScoreArgs),
     /// Measure what users wait on.
     Bench {
         #[command(subcommand)]
@@ -98,8 +108,85 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// Longest input in tokens (prompt cut from the left first).
+    #[arg(long, default_value_t = 256)]
+    pub max_length: usize,
+    /// Pairs per batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Passes over the training pairs (ignored with --steps).
+    #[arg(long, default_value_t = 1, conflicts_with = "steps")]
+    pub epochs: u64,
+    /// Optimizer steps to run instead of whole epochs.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Where to write the trained model (Hugging Face layout).
+    #[arg(long, default_value = "reward-model")]
+    pub out: PathBuf,
+    /// The model to start from: a BERT-family folder (config.json,
+    /// model.safetensors, tokenizer.json) or a checkpoint of ours.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Share of prompts held out for evaluation.
+    #[arg(long, default_value_t = 0.15)]
+    pub holdout: f64,
+    /// Use the strength of judgements as margins in the loss.
+    #[arg(long)]
+    pub margin: bool,
+    /// Reward centering coefficient (0.01 is usual), 0 for none.
+    #[arg(long, default_value_t = 0.0)]
+    pub center: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// JSON Lines with `prompt`, `chosen`, `rejected` (any import form with a label).
+    pub file: PathBuf,
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub args: ModelArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// JSON Lines: `{prompt, response}`, or any pair form of `duel import`.
+    pub file: PathBuf,
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub args: ModelArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Reward-model training and scoring speed on the real model.
+    Train {
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Sequence lengths to time, comma-separated.
+        #[arg(long, default_value = "64,128,256", value_delimiter = ',')]
+        seq: Vec<usize>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import speed: writes a synthetic JSON Lines file and imports it into a new
     /// database.
     Import {

@@ -8,6 +8,8 @@ pub mod cli;
 pub mod commands;
 pub mod domain;
 pub mod io;
+pub mod model;
 pub mod stats;
 pub mod store;
+pub mod train;
 pub mod tui;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    set_compute_threads(cli.threads);
     init_logging(&cli.db);
     match duel::commands::run(cli) {
         Ok(code) => code,
@@ -39,4 +40,21 @@ fn init_logging(db: &std::path::Path) {
         .with_ansi(false)
         .with_writer(std::sync::Mutex::new(file))
         .try_init();
+}
+
+/// Tells rayon and candle how many threads to use, once, before any other thread
+/// exists. Left unset, candle reads the CPU count from the OS on every matmul.
+#[allow(unsafe_code)]
+fn set_compute_threads(threads: Option<usize>) {
+    let n = threads
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    // SAFETY: called first thing in `main`, before any thread is spawned, so no other
+    // thread can be reading the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
 }

@@ -1,5 +1,7 @@
 //! What each subcommand does, for the thin binary.
 
+mod model;
+
 use crate::cli::{BenchCommand, Cli, Command, ExportArgs, ImportArgs, LabelArgs, StatsArgs};
 use crate::io::export::{self, ExportError};
 use crate::io::import::{ImportError, ImportOptions, import_file};
@@ -19,7 +21,7 @@ pub const EXIT_BAD_INPUT: u8 = 2;
 #[error("{0}")]
 pub struct BadInput(pub String);
 
-pub const DEFAULT_GUIDELINES: &str = include_str!("../assets/guidelines.md");
+pub const DEFAULT_GUIDELINES: &str = include_str!("../../assets/guidelines.md");
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -27,13 +29,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Label(args) => label(&cli.db, args),
         Command::Export(args) => export_cmd(&cli.db, args),
         Command::Stats(args) => stats_cmd(&cli.db, args),
+        Command::Train(args) => model::train(&cli.db, args),
+        Command::Eval(args) => model::eval(args),
+        Command::Score(args) => model::score(args),
         Command::Bench { what } => match what {
             BenchCommand::Import { pairs, json } => bench_import(pairs, json),
+            BenchCommand::Train {
+                model_dir,
+                seq,
+                json,
+            } => model::bench_train(model_dir.as_deref(), &seq, json),
         },
     }
 }
 
-fn open(db: &Path) -> Result<Store> {
+pub(crate) fn open(db: &Path) -> Result<Store> {
     Store::open(db).map_err(|e| BadInput(e.to_string()).into())
 }
 
@@ -238,4 +248,22 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bundled demo pairs as examples (response A as the chosen one), for benches.
+pub(crate) fn demo_examples() -> Result<Vec<crate::train::Example>> {
+    include_str!("../../data/demo_pairs.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let p = crate::io::import::parse_json_line(l.as_bytes())
+                .map_err(|e| anyhow::anyhow!("demo pairs: {e}"))?;
+            Ok(crate::train::Example {
+                prompt: p.prompt.text,
+                chosen: p.response_a,
+                rejected: p.response_b,
+                margin: None,
+            })
+        })
+        .collect()
 }

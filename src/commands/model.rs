@@ -1,0 +1,421 @@
+//! `duel train`, `eval`, `score` and `bench train`.
+
+use super::{BadInput, open};
+use crate::cli::{EvalArgs, ScoreArgs, TrainArgs};
+use crate::io::import::parse_json_line;
+use crate::model::{DEFAULT_ENCODER_DIR, checkpoint, pad_batch};
+use crate::store::{LabelFilter, StoreError};
+use crate::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches, is_heldout};
+use anyhow::{Context, Result};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+fn model_dir(arg: Option<&Path>) -> Result<PathBuf> {
+    let dir = arg
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ENCODER_DIR));
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        if !dir.join(f).exists() {
+            return Err(BadInput(format!(
+                "{}: no {f} (fetch the models with `scripts/fetch-models.sh`, or pass --model-dir)",
+                dir.display()
+            ))
+            .into());
+        }
+    }
+    Ok(dir)
+}
+
+/// The standing decisive judgements of the store as training examples.
+pub fn examples_from_store(store: &crate::store::Store) -> Result<Vec<Example>, StoreError> {
+    let mut out = Vec::new();
+    store.for_each_label::<StoreError>(&LabelFilter::default(), |row| {
+        if let Some((c, r)) = row.chosen_rejected() {
+            out.push(Example {
+                prompt: row.prompt.text.clone(),
+                chosen: c.to_owned(),
+                rejected: r.to_owned(),
+                margin: row.strength.map(|s| s.margin() as f32),
+            });
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// `{prompt, chosen, rejected}` lines (any labeled import form) of a file.
+fn examples_from_file(path: &Path) -> Result<Vec<Example>> {
+    let f = std::fs::File::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let pair = parse_json_line(line)
+            .map_err(|e| BadInput(format!("{}:{}: {e}", path.display(), i + 1)))?;
+        if pair.label.is_none() {
+            return Err(BadInput(format!(
+                "{}:{}: needs `chosen` and `rejected` to evaluate",
+                path.display(),
+                i + 1
+            ))
+            .into());
+        }
+        out.push(Example {
+            prompt: pair.prompt.text,
+            chosen: pair.response_a,
+            rejected: pair.response_b,
+            margin: None,
+        });
+    }
+    Ok(out)
+}
+
+pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
+    let base = model_dir(args.model_dir.as_deref())?;
+    if !db.exists() {
+        return Err(BadInput(format!("{}: no such database", db.display())).into());
+    }
+    let mut store = open(db)?;
+    let all = examples_from_store(&store)?;
+    let (held, train): (Vec<Example>, Vec<Example>) = all
+        .into_iter()
+        .partition(|e| is_heldout(&e.prompt, args.holdout));
+    if train.is_empty() {
+        return Err(BadInput(format!(
+            "{}: no A/B judgements to train on ({} held out)",
+            db.display(),
+            held.len()
+        ))
+        .into());
+    }
+    let config = TrainConfig {
+        lr: args.lr,
+        batch_pairs: args.model.batch,
+        max_length: args.model.max_length,
+        seed: args.seed,
+        use_margin: args.margin,
+        center_coef: args.center,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::load(&base, config.clone())?;
+    let data = trainer.encode(&train)?;
+    let held_data = trainer.encode(&held)?;
+    let per_epoch = data.len().div_ceil(config.batch_pairs) as u64;
+    let total = args.steps.unwrap_or(per_epoch * args.epochs);
+    trainer.total_steps = total;
+
+    let run_id = {
+        let conn = store.conn_mut();
+        conn.execute(
+            "INSERT INTO train_runs (config) VALUES (?1)",
+            [serde_json::to_string(&serde_json::json!({
+                "train": config, "base": base, "pairs": data.len(), "heldout": held_data.len(),
+                "steps": total,
+            }))?],
+        )?;
+        conn.last_insert_rowid()
+    };
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    if args.json {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let start = Instant::now();
+    let mut step = 0u64;
+    let mut epoch = 0u64;
+    let mut last_loss = f64::NAN;
+    let mut skipped = 0u64;
+    let mut evals = Vec::new();
+    'outer: loop {
+        for b in epoch_batches(&data, config.batch_pairs, config.seed, epoch) {
+            if step >= total {
+                break 'outer;
+            }
+            let batch: Vec<&Encoded> = b.iter().map(|&i| &data[i]).collect();
+            let t0 = Instant::now();
+            let s = trainer.step(&batch)?;
+            let pps = batch.len() as f64 / t0.elapsed().as_secs_f64();
+            step += 1;
+            if s.skipped {
+                skipped += 1;
+                tracing::warn!(step, "non-finite loss or gradient: batch skipped");
+            } else {
+                last_loss = s.loss;
+            }
+            store.conn().execute(
+                "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
+                 VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
+                rusqlite::params![run_id, step as i64, s.loss, s.accuracy, pps, data.len() as i64],
+            )?;
+            bar.set_message(format!("loss {:.4}  {pps:.1} pairs/s", s.loss));
+            bar.inc(1);
+        }
+        epoch += 1;
+        if !held_data.is_empty() {
+            let e = trainer.evaluate(&held_data, config.batch_pairs)?;
+            store.conn().execute(
+                "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, labels_used)
+                 VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
+                rusqlite::params![run_id, step as i64, e.loss, e.accuracy, data.len() as i64],
+            )?;
+            bar.println(format!(
+                "epoch {epoch}: held-out accuracy {:.3} on {} pairs, loss {:.4}",
+                e.accuracy, e.pairs, e.loss
+            ));
+            evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
+        }
+        if step >= total {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let secs = start.elapsed().as_secs_f64();
+    let meta = serde_json::json!({
+        "step": step, "config": config, "base": base, "trained_pairs": data.len(),
+        "evals": evals,
+    });
+    checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
+    store.conn().execute(
+        "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
+        rusqlite::params![
+            run_id,
+            step as i64,
+            args.out.display().to_string(),
+            evals.last().and_then(|e| e["accuracy"].as_f64())
+        ],
+    )?;
+    let summary = serde_json::json!({
+        "steps": step,
+        "train_pairs": data.len(),
+        "heldout_pairs": held_data.len(),
+        "last_loss": last_loss,
+        "heldout_accuracy": evals.last().and_then(|e| e["accuracy"].as_f64()),
+        "skipped_batches": skipped,
+        "seconds": secs,
+        "out": args.out,
+    });
+    if args.json {
+        println!("{summary}");
+    } else {
+        eprintln!(
+            "trained {step} steps on {} pairs in {secs:.0} s; model written to {}",
+            data.len(),
+            args.out.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_trained(dir: &Path, args: &crate::cli::ModelArgs) -> Result<Trainer> {
+    let dir = model_dir(Some(dir))?;
+    Trainer::load(
+        &dir,
+        TrainConfig {
+            max_length: args.max_length,
+            batch_pairs: args.batch,
+            ..Default::default()
+        },
+    )
+}
+
+pub fn eval(args: EvalArgs) -> Result<ExitCode> {
+    let trainer = load_trained(&args.model, &args.args)?;
+    let examples = examples_from_file(&args.file)?;
+    let data = trainer.encode(&examples)?;
+    let e = trainer.evaluate(&data, args.args.batch)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"pairs": e.pairs, "accuracy": e.accuracy, "loss": e.loss})
+        );
+    } else {
+        println!(
+            "{} pairs: accuracy {:.4} (chosen scored higher), loss {:.4}",
+            e.pairs, e.accuracy, e.loss
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A line of a score file: its number, its `id`, and the texts to score by key.
+type ScoreLine = (usize, serde_json::Value, Vec<(&'static str, Vec<u32>)>);
+
+pub fn score(args: ScoreArgs) -> Result<ExitCode> {
+    let trainer = load_trained(&args.model, &args.args)?;
+    let f = std::fs::File::open(&args.file)
+        .map_err(|e| BadInput(format!("{}: {e}", args.file.display())))?;
+    // Each line: the texts to score and the keys to report them under.
+    let mut lines: Vec<ScoreLine> = Vec::new();
+    let max = args.args.max_length;
+    for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {
+        let line = line?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let at = |e: String| BadInput(format!("{}:{}: {e}", args.file.display(), i + 1));
+        let v: serde_json::Value =
+            serde_json::from_slice(line).map_err(|e| at(format!("invalid JSON: {e}")))?;
+        let id = v.get("id").cloned().unwrap_or(serde_json::Value::Null);
+        let texts = match (v.get("prompt"), v.get("response")) {
+            (Some(serde_json::Value::String(p)), Some(serde_json::Value::String(r))) => {
+                vec![("reward", trainer.encoder.encode(p, r, max)?)]
+            }
+            _ => {
+                let pair = parse_json_line(line).map_err(|e| at(e.to_string()))?;
+                let (ka, kb) = if pair.label.is_some() {
+                    ("chosen", "rejected")
+                } else {
+                    ("response_a", "response_b")
+                };
+                vec![
+                    (
+                        ka,
+                        trainer
+                            .encoder
+                            .encode(&pair.prompt.text, &pair.response_a, max)?,
+                    ),
+                    (
+                        kb,
+                        trainer
+                            .encoder
+                            .encode(&pair.prompt.text, &pair.response_b, max)?,
+                    ),
+                ]
+            }
+        };
+        lines.push((i + 1, id, texts));
+    }
+    let seqs: Vec<Vec<u32>> = lines
+        .iter()
+        .flat_map(|(_, _, t)| t.iter().map(|(_, ids)| ids.clone()))
+        .collect();
+    let rewards = trainer.score(&seqs, args.args.batch * 2)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut k = 0;
+    for (line, id, texts) in &lines {
+        let mut obj = serde_json::Map::new();
+        obj.insert("line".into(), serde_json::json!(line));
+        if !id.is_null() {
+            obj.insert("id".into(), id.clone());
+        }
+        for (key, _) in texts {
+            obj.insert((*key).into(), serde_json::json!(rewards[k]));
+            k += 1;
+        }
+        serde_json::to_writer(&mut out, &obj)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Training step and scoring speed at fixed lengths, like the PyTorch baseline:
+/// 8 pairs (16 texts) padded to each length, median of 5 steps after 2 warm-ups;
+/// scoring 64 texts at 128 tokens.
+pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<ExitCode> {
+    let dir = model_dir(dir)?;
+    let demo = crate::commands::demo_examples()?;
+    let mut out = serde_json::Map::new();
+    let mut steps = serde_json::Map::new();
+    for &seq in seqs {
+        let mut trainer = Trainer::load(
+            &dir,
+            TrainConfig {
+                max_length: seq,
+                lr: 2e-5,
+                warmup_ratio: 0.0,
+                ..Default::default()
+            },
+        )?;
+        let mut data = trainer.encode(&demo[..8.min(demo.len())])?;
+        for e in &mut data {
+            e.chosen.resize(seq, trainer.encoder.pad_id());
+            e.rejected.resize(seq, trainer.encoder.pad_id());
+        }
+        let batch: Vec<&Encoded> = data.iter().collect();
+        let mut times = Vec::new();
+        for i in 0..7 {
+            let t = Instant::now();
+            trainer.step(&batch)?;
+            if i >= 2 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let ms = 1000.0 * median(times);
+        steps.insert(
+            seq.to_string(),
+            serde_json::json!({"ms_per_step": ms, "pairs_per_s": 8.0 / (ms / 1000.0)}),
+        );
+        if seq == 128 {
+            out.insert(
+                "train_pairs_per_s".into(),
+                serde_json::json!(8.0 / (ms / 1000.0)),
+            );
+        }
+    }
+    // Scoring: 64 texts of 128 tokens.
+    let trainer = Trainer::load(
+        &dir,
+        TrainConfig {
+            max_length: 128,
+            ..Default::default()
+        },
+    )?;
+    let data = trainer.encode(&demo)?;
+    let mut texts: Vec<Vec<u32>> = data
+        .iter()
+        .flat_map(|e| [e.chosen.clone(), e.rejected.clone()])
+        .cycle()
+        .take(64)
+        .collect();
+    for t in &mut texts {
+        t.resize(128, trainer.encoder.pad_id());
+    }
+    let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
+    let (ids, mask) = pad_batch(&refs, trainer.encoder.pad_id())?;
+    let mut times = Vec::new();
+    for i in 0..7 {
+        let t = Instant::now();
+        trainer.model.forward(&ids, &mask, None)?;
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let ms = 1000.0 * median(times);
+    out.insert(
+        "score_texts_per_s".into(),
+        serde_json::json!(64.0 / (ms / 1000.0)),
+    );
+    out.insert("score_ms_per_64".into(), serde_json::json!(ms));
+    out.insert("train_step".into(), serde_json::Value::Object(steps));
+    out.insert(
+        "threads".into(),
+        serde_json::json!(candle_core::utils::get_num_threads()),
+    );
+    let v = serde_json::Value::Object(out);
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}

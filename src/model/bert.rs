@@ -1,0 +1,410 @@
+//! A trainable BERT reward model in the Hugging Face
+//! `BertForSequenceClassification` layout (`bert.*` + `classifier.*`, one output):
+//! the reward is `classifier(dropout(tanh(pooler(h[CLS]))))`.
+//!
+//! Every op in the forward has a backward (see `ops`); candle-transformers' BERT is
+//! not used because its encoder gets no gradient.
+
+use super::ops::{gelu, layer_norm, softmax_last_dim};
+use candle_core::{D, DType, Device, Result, Tensor, Var, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// The fields of a Hugging Face BERT `config.json` that the forward uses; the rest of
+/// the file is kept as is when a checkpoint is written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+}
+
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_act() -> String {
+    "gelu".into()
+}
+
+impl BertConfig {
+    pub fn check(&self) -> Result<()> {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if self.hidden_act != "gelu" {
+            bail!(
+                "hidden_act {:?} is not supported (only \"gelu\")",
+                self.hidden_act
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Dropout masks come from a counter-based hash of (seed, call, index), so a run is
+/// reproducible from its seed and backward regenerates the mask instead of storing it.
+#[derive(Debug, Clone)]
+pub struct DropoutRng {
+    pub seed: u64,
+    pub calls: u64,
+}
+
+impl DropoutRng {
+    pub fn new(seed: u64) -> DropoutRng {
+        DropoutRng { seed, calls: 0 }
+    }
+    fn next(&mut self) -> u64 {
+        self.calls += 1;
+        splitmix(self.seed ^ splitmix(self.calls))
+    }
+}
+
+pub(crate) fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Dropout {
+    p: f32,
+    key: u64,
+}
+
+impl Dropout {
+    fn keep(&self, i: usize) -> bool {
+        // 24 random bits against the threshold.
+        let r = (splitmix(self.key ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32;
+        r >= self.p
+    }
+    fn apply(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<Vec<f32>> {
+        let candle_core::CpuStorage::F32(v) = s else {
+            bail!("dropout: f32 only")
+        };
+        let Some((a, b)) = l.contiguous_offsets() else {
+            bail!("dropout: input must be contiguous")
+        };
+        let scale = 1.0 / (1.0 - self.p);
+        Ok(v[a..b]
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if self.keep(i) { x * scale } else { 0.0 })
+            .collect())
+    }
+}
+
+impl candle_core::CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "duel-dropout"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &candle_core::CpuStorage,
+        l: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        Ok((
+            candle_core::CpuStorage::F32(self.apply(s, l)?),
+            l.shape().clone(),
+        ))
+    }
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let same = Dropout {
+            p: self.p,
+            key: self.key,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&same)?))
+    }
+}
+
+fn dropout(x: &Tensor, p: f64, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+    match rng {
+        Some(r) if p > 0.0 => x.contiguous()?.apply_op1(Dropout {
+            p: p as f32,
+            key: r.next(),
+        }),
+        _ => Ok(x.clone()),
+    }
+}
+
+/// `x @ w.T + b` for `x` of shape `(..., in)`.
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner;
+        let y = x
+            .reshape((rows, inner))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.bias.dim(0)?;
+        y.reshape(out)
+    }
+}
+
+pub struct Norm {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+pub struct Layer {
+    pub query: Linear,
+    pub key: Linear,
+    pub value: Linear,
+    pub attn_out: Linear,
+    pub attn_norm: Norm,
+    pub intermediate: Linear,
+    pub output: Linear,
+    pub out_norm: Norm,
+}
+
+pub struct RewardModel {
+    pub config: BertConfig,
+    pub word: Var,
+    pub position: Var,
+    pub token_type: Var,
+    pub emb_norm: Norm,
+    pub layers: Vec<Layer>,
+    pub pooler: Linear,
+    pub classifier: Linear,
+}
+
+/// Tensors by their names in the Hugging Face layout.
+pub type Weights = HashMap<String, Tensor>;
+
+impl RewardModel {
+    /// Builds the model from named tensors. Names may carry the `bert.` prefix (a
+    /// sequence-classification checkpoint) or not (a bare `BertModel` file). A
+    /// missing classifier is initialised from `seed` (normal, std 0.02; bias 0).
+    pub fn from_weights(config: BertConfig, weights: &Weights, seed: u64) -> Result<RewardModel> {
+        config.check()?;
+        let get = |name: &str| -> Result<Var> {
+            let t = weights
+                .get(&format!("bert.{name}"))
+                .or_else(|| weights.get(name))
+                .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{name}`")))?;
+            Var::from_tensor(&t.to_dtype(DType::F32)?.contiguous()?)
+        };
+        let linear = |p: &str| -> Result<Linear> {
+            Ok(Linear {
+                weight: get(&format!("{p}.weight"))?,
+                bias: get(&format!("{p}.bias"))?,
+            })
+        };
+        let norm = |p: &str| -> Result<Norm> {
+            Ok(Norm {
+                weight: get(&format!("{p}.weight"))?,
+                bias: get(&format!("{p}.bias"))?,
+            })
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                query: linear(&format!("{p}.attention.self.query"))?,
+                key: linear(&format!("{p}.attention.self.key"))?,
+                value: linear(&format!("{p}.attention.self.value"))?,
+                attn_out: linear(&format!("{p}.attention.output.dense"))?,
+                attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
+                intermediate: linear(&format!("{p}.intermediate.dense"))?,
+                output: linear(&format!("{p}.output.dense"))?,
+                out_norm: norm(&format!("{p}.output.LayerNorm"))?,
+            });
+        }
+        let h = config.hidden_size;
+        let classifier = match (
+            weights.get("classifier.weight"),
+            weights.get("classifier.bias"),
+        ) {
+            (Some(w), Some(b)) => Linear {
+                weight: Var::from_tensor(&w.to_dtype(DType::F32)?)?,
+                bias: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
+            },
+            _ => Linear {
+                weight: Var::from_tensor(&seeded_normal(seed, h, 0.02)?.reshape((1, h))?)?,
+                bias: Var::zeros(1, DType::F32, &Device::Cpu)?,
+            },
+        };
+        Ok(RewardModel {
+            word: get("embeddings.word_embeddings.weight")?,
+            position: get("embeddings.position_embeddings.weight")?,
+            token_type: get("embeddings.token_type_embeddings.weight")?,
+            emb_norm: norm("embeddings.LayerNorm")?,
+            layers,
+            pooler: linear("pooler.dense")?,
+            classifier,
+            config,
+        })
+    }
+
+    /// Loads `config.json` and `model.safetensors` from a folder.
+    pub fn load(dir: &Path, seed: u64) -> Result<RewardModel> {
+        let config: BertConfig =
+            serde_json::from_slice(&std::fs::read(dir.join("config.json")).map_err(|e| {
+                candle_core::Error::Msg(format!("{}/config.json: {e}", dir.display()))
+            })?)
+            .map_err(|e| candle_core::Error::Msg(format!("{}/config.json: {e}", dir.display())))?;
+        let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
+        Self::from_weights(config, &weights, seed)
+    }
+
+    /// Every parameter with its Hugging Face name, in a fixed order.
+    pub fn named_vars(&self) -> Vec<(String, &Var)> {
+        let mut v: Vec<(String, &Var)> = vec![
+            ("bert.embeddings.word_embeddings.weight".into(), &self.word),
+            (
+                "bert.embeddings.position_embeddings.weight".into(),
+                &self.position,
+            ),
+            (
+                "bert.embeddings.token_type_embeddings.weight".into(),
+                &self.token_type,
+            ),
+            (
+                "bert.embeddings.LayerNorm.weight".into(),
+                &self.emb_norm.weight,
+            ),
+            ("bert.embeddings.LayerNorm.bias".into(), &self.emb_norm.bias),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("bert.encoder.layer.{i}");
+            for (name, lin) in [
+                ("attention.self.query", &l.query),
+                ("attention.self.key", &l.key),
+                ("attention.self.value", &l.value),
+                ("attention.output.dense", &l.attn_out),
+                ("intermediate.dense", &l.intermediate),
+                ("output.dense", &l.output),
+            ] {
+                v.push((format!("{p}.{name}.weight"), &lin.weight));
+                v.push((format!("{p}.{name}.bias"), &lin.bias));
+            }
+            for (name, n) in [
+                ("attention.output.LayerNorm", &l.attn_norm),
+                ("output.LayerNorm", &l.out_norm),
+            ] {
+                v.push((format!("{p}.{name}.weight"), &n.weight));
+                v.push((format!("{p}.{name}.bias"), &n.bias));
+            }
+        }
+        v.push(("bert.pooler.dense.weight".into(), &self.pooler.weight));
+        v.push(("bert.pooler.dense.bias".into(), &self.pooler.bias));
+        v.push(("classifier.weight".into(), &self.classifier.weight));
+        v.push(("classifier.bias".into(), &self.classifier.bias));
+        v
+    }
+
+    /// Rewards for a padded batch: `ids` `(B, T)` u32, `mask` `(B, T)` f32 (1 for a
+    /// token, 0 for padding). Dropout is on when `rng` is given (training).
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let cfg = &self.config;
+        if t > cfg.max_position_embeddings {
+            bail!(
+                "sequence of {t} tokens is longer than the model's {}",
+                cfg.max_position_embeddings
+            );
+        }
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps as f32;
+        let hd = h / cfg.num_attention_heads;
+        let nh = cfg.num_attention_heads;
+
+        let words = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, h))?;
+        let pos = self.position.narrow(0, 0, t)?;
+        let typ = self.token_type.narrow(0, 0, 1)?;
+        let emb = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
+        let mut x = layer_norm(&emb, &self.emb_norm.weight, &self.emb_norm.bias, eps)?;
+        x = dropout(&x, cfg.hidden_dropout_prob, &mut rng)?;
+
+        // Padding gets a large negative score before the softmax.
+        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e4)?.reshape((b, 1, 1, t))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        for l in &self.layers {
+            let heads = |lin: &Linear| -> Result<Tensor> {
+                lin.forward(&x)?
+                    .reshape((b, t, nh, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = (heads(&l.query)? * scale)?;
+            let k = heads(&l.key)?;
+            let v = heads(&l.value)?;
+            let scores = q.matmul(&k.t()?.contiguous()?)?.broadcast_add(&bias)?;
+            let probs = softmax_last_dim(&scores)?;
+            let probs = dropout(&probs, cfg.attention_probs_dropout_prob, &mut rng)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b, t, h))?;
+            let attn = dropout(
+                &l.attn_out.forward(&ctx)?,
+                cfg.hidden_dropout_prob,
+                &mut rng,
+            )?;
+            let x1 = layer_norm(&(attn + &x)?, &l.attn_norm.weight, &l.attn_norm.bias, eps)?;
+            let inter = gelu(&l.intermediate.forward(&x1)?)?;
+            let out = dropout(
+                &l.output.forward(&inter)?,
+                cfg.hidden_dropout_prob,
+                &mut rng,
+            )?;
+            x = layer_norm(&(out + &x1)?, &l.out_norm.weight, &l.out_norm.bias, eps)?;
+        }
+        let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let pooled = dropout(&pooled, cfg.hidden_dropout_prob, &mut rng)?;
+        self.classifier.forward(&pooled)?.squeeze(D::Minus1)
+    }
+}
+
+/// Normal(0, std) values from a seed (Box–Muller over the counter hash).
+pub fn seeded_normal(seed: u64, n: usize, std: f32) -> Result<Tensor> {
+    let u = |i: u64| ((splitmix(seed ^ splitmix(i)) >> 40) as f32 + 0.5) / (1u64 << 24) as f32;
+    let v: Vec<f32> = (0..n as u64)
+        .map(|i| {
+            let (u1, u2) = (u(2 * i), u(2 * i + 1));
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect();
+    Tensor::from_vec(v, n, &Device::Cpu)
+}

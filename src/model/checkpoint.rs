@@ -1,0 +1,139 @@
+//! Checkpoints in the Hugging Face layout, written atomically.
+//!
+//! A checkpoint folder holds `model.safetensors` (`bert.*` + `classifier.*`),
+//! `config.json` (`BertForSequenceClassification`, one label), the tokenizer files,
+//! and `duel.json` (how it was trained). It loads unchanged with
+//! `transformers.AutoModelForSequenceClassification.from_pretrained(dir)`.
+
+use super::bert::RewardModel;
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Model(#[from] candle_core::Error),
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Tokenizer files copied from the base model when present.
+const TOKENIZER_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let mut f = fs::File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Writes `model` to `out`: everything goes to a temporary sibling folder first,
+/// which then replaces `out` by rename, so a crash leaves the old checkpoint or the
+/// new one, never half of one.
+pub fn save(
+    model: &RewardModel,
+    base_dir: &Path,
+    out: &Path,
+    meta: &serde_json::Value,
+) -> Result<(), CheckpointError> {
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(io(parent))?;
+    let name =
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| CheckpointError::Invalid {
+                path: out.to_owned(),
+                msg: "not a folder name".into(),
+            })?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+
+    let tensors: HashMap<String, candle_core::Tensor> = model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| (n, v.as_tensor().clone()))
+        .collect();
+    let st = tmp.join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &st)?;
+    fs::File::open(&st)
+        .and_then(|f| f.sync_all())
+        .map_err(io(&st))?;
+
+    // The base config with the classification head declared.
+    let base_cfg = base_dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&fs::read(&base_cfg).map_err(io(&base_cfg))?).map_err(|e| {
+            CheckpointError::Invalid {
+                path: base_cfg.clone(),
+                msg: e.to_string(),
+            }
+        })?;
+    if let Some(m) = cfg.as_object_mut() {
+        m.insert(
+            "architectures".into(),
+            serde_json::json!(["BertForSequenceClassification"]),
+        );
+        m.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
+        m.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
+        m.insert("num_labels".into(), serde_json::json!(1));
+        m.remove("_name_or_path");
+    }
+    let text = serde_json::to_vec_pretty(&cfg).map_err(|e| CheckpointError::Invalid {
+        path: base_cfg.clone(),
+        msg: e.to_string(),
+    })?;
+    write_synced(&tmp.join("config.json"), &text)?;
+    for f in TOKENIZER_FILES {
+        let src = base_dir.join(f);
+        if src.exists() {
+            let bytes = fs::read(&src).map_err(io(&src))?;
+            write_synced(&tmp.join(f), &bytes)?;
+        }
+    }
+    let meta_bytes = serde_json::to_vec_pretty(meta).unwrap_or_default();
+    write_synced(&tmp.join("duel.json"), &meta_bytes)?;
+
+    // Swap: out -> old, tmp -> out, drop old.
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = out.exists();
+    if had_old {
+        fs::rename(out, &old).map_err(io(out))?;
+    }
+    fs::rename(&tmp, out).map_err(io(out))?;
+    if had_old {
+        let _ = fs::remove_dir_all(&old);
+    }
+    if let Ok(d) = fs::File::open(parent) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Reads `duel.json` of a checkpoint, if any.
+pub fn meta(dir: &Path) -> Option<serde_json::Value> {
+    serde_json::from_slice(&fs::read(dir.join("duel.json")).ok()?).ok()
+}

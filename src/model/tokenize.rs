@@ -1,0 +1,96 @@
+//! Text to token ids for the reward model: `[CLS] prompt response [SEP]`, cut from the
+//! left of the prompt so that the last turns and the response survive.
+
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+pub struct TextEncoder {
+    tok: tokenizers::Tokenizer,
+    cls: u32,
+    sep: u32,
+    pad: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TokenizerError(pub String);
+
+impl TextEncoder {
+    pub fn load(path: &Path) -> Result<TextEncoder, TokenizerError> {
+        let mut tok = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
+        // Our own truncation and padding apply; the file's would cut the wrong end.
+        tok.with_truncation(None)
+            .map_err(|e| TokenizerError(e.to_string()))?;
+        tok.with_padding(None);
+        let id = |t: &str| {
+            tok.token_to_id(t)
+                .ok_or_else(|| TokenizerError(format!("{}: no {t} token", path.display())))
+        };
+        Ok(TextEncoder {
+            cls: id("[CLS]")?,
+            sep: id("[SEP]")?,
+            pad: id("[PAD]").unwrap_or(0),
+            tok,
+        })
+    }
+
+    fn ids(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        Ok(self
+            .tok
+            .encode(text, false)
+            .map_err(|e| TokenizerError(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// Token ids of `prompt + " " + response`, at most `max_len` with the special
+    /// tokens. The response keeps up to three quarters of the room; the prompt fills
+    /// the rest from its end.
+    pub fn encode(
+        &self,
+        prompt: &str,
+        response: &str,
+        max_len: usize,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let room = max_len.saturating_sub(2).max(1);
+        let mut r = self.ids(response)?;
+        let p = self.ids(prompt)?;
+        let r_cap = if p.len() + r.len() <= room {
+            r.len()
+        } else {
+            r.len()
+                .min((room * 3 / 4).max(room.saturating_sub(p.len())))
+        };
+        r.truncate(r_cap);
+        let p_keep = room - r.len();
+        let p_tail = &p[p.len().saturating_sub(p_keep)..];
+        let mut out = Vec::with_capacity(p_tail.len() + r.len() + 2);
+        out.push(self.cls);
+        out.extend_from_slice(p_tail);
+        out.extend_from_slice(&r);
+        out.push(self.sep);
+        Ok(out)
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad
+    }
+}
+
+/// Pads sequences to the longest: `(ids (B, T) u32, mask (B, T) f32)`.
+pub fn pad_batch(seqs: &[&[u32]], pad: u32) -> candle_core::Result<(Tensor, Tensor)> {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(seqs.len() * t);
+    let mut mask = Vec::with_capacity(seqs.len() * t);
+    for s in seqs {
+        ids.extend_from_slice(s);
+        ids.extend(std::iter::repeat_n(pad, t - s.len()));
+        mask.extend(std::iter::repeat_n(1f32, s.len()));
+        mask.extend(std::iter::repeat_n(0f32, t - s.len()));
+    }
+    Ok((
+        Tensor::from_vec(ids, (seqs.len(), t), &Device::Cpu)?,
+        Tensor::from_vec(mask, (seqs.len(), t), &Device::Cpu)?,
+    ))
+}

@@ -1,0 +1,331 @@
+//! Training the reward model: data, batching, the Bradley-Terry loss, the loop.
+
+pub mod optim;
+
+use crate::model::ops::log_sigmoid;
+use crate::model::{DropoutRng, RewardModel, TextEncoder, pad_batch};
+use candle_core::{Result, Tensor, Var};
+use optim::{AdamW, AdamWConfig, grad_norm};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+use std::path::Path;
+
+/// One preference: `chosen` was judged better than `rejected` for `prompt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    /// From the judgement's strength (0, 1/3, 2/3, 1), when one was given.
+    pub margin: Option<f32>,
+}
+
+/// Token ids of both sides of an example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+    pub margin: f32,
+}
+
+impl Encoded {
+    fn len(&self) -> usize {
+        self.chosen.len().max(self.rejected.len())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrainConfig {
+    pub lr: f64,
+    pub batch_pairs: usize,
+    pub max_length: usize,
+    /// Share of the steps spent warming the learning rate up from 0.
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    /// Use the strength margins in the loss (`-log σ(r_c − r_r − margin)`).
+    pub use_margin: bool,
+    /// Reward centering coefficient (`coef · mean((r_c + r_r)²)`), 0 for none.
+    pub center_coef: f64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lr: 5e-5,
+            batch_pairs: 8,
+            max_length: 256,
+            warmup_ratio: 0.1,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 0,
+            use_margin: false,
+            center_coef: 0.0,
+        }
+    }
+}
+
+/// Whether a prompt belongs to the held-out split: a fixed share of prompts by hash,
+/// so every pair of one prompt lands on the same side.
+pub fn is_heldout(prompt: &str, fraction: f64) -> bool {
+    let h = blake3::hash(prompt.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    (u64::from_le_bytes(b) % 10_000) < (fraction * 10_000.0).round() as u64
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StepStats {
+    pub loss: f64,
+    /// Share of the batch's pairs where the chosen response scored higher.
+    pub accuracy: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// The loss or the gradient was not finite: no update was made.
+    pub skipped: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EvalStats {
+    pub pairs: usize,
+    pub accuracy: f64,
+    pub loss: f64,
+}
+
+pub struct Trainer {
+    pub model: RewardModel,
+    pub encoder: TextEncoder,
+    pub config: TrainConfig,
+    vars: Vec<Var>,
+    opt: AdamW,
+    rng: DropoutRng,
+    /// Steps in the schedule (for warm-up and decay); 0 for a constant rate.
+    pub total_steps: u64,
+}
+
+impl Trainer {
+    pub fn new(model: RewardModel, encoder: TextEncoder, config: TrainConfig) -> Result<Trainer> {
+        let vars: Vec<Var> = model
+            .named_vars()
+            .into_iter()
+            .map(|(_, v)| v.clone())
+            .collect();
+        let opt = AdamW::new(
+            vars.clone(),
+            AdamWConfig {
+                weight_decay: config.weight_decay as f32,
+                ..Default::default()
+            },
+        )?;
+        Ok(Trainer {
+            rng: DropoutRng::new(config.seed),
+            model,
+            encoder,
+            config,
+            vars,
+            opt,
+            total_steps: 0,
+        })
+    }
+
+    /// Loads the model and tokenizer from a folder (a base encoder or a checkpoint).
+    pub fn load(dir: &Path, config: TrainConfig) -> anyhow::Result<Trainer> {
+        let model = RewardModel::load(dir, config.seed)?;
+        let encoder = TextEncoder::load(&dir.join("tokenizer.json"))?;
+        Ok(Trainer::new(model, encoder, config)?)
+    }
+
+    pub fn steps_done(&self) -> u64 {
+        self.opt.step
+    }
+
+    pub fn encode(&self, examples: &[Example]) -> anyhow::Result<Vec<Encoded>> {
+        examples
+            .iter()
+            .map(|e| {
+                Ok(Encoded {
+                    chosen: self
+                        .encoder
+                        .encode(&e.prompt, &e.chosen, self.config.max_length)?,
+                    rejected: self.encoder.encode(
+                        &e.prompt,
+                        &e.rejected,
+                        self.config.max_length,
+                    )?,
+                    margin: if self.config.use_margin {
+                        e.margin.unwrap_or(0.0)
+                    } else {
+                        0.0
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Linear warm-up, then linear decay to zero at `total_steps`.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        let base = self.config.lr;
+        if self.total_steps == 0 {
+            return base;
+        }
+        let total = self.total_steps as f64;
+        let warm = (self.config.warmup_ratio * total).round().max(1.0);
+        let s = step as f64 + 1.0;
+        if s <= warm {
+            base * s / warm
+        } else {
+            base * ((total - s) / (total - warm).max(1.0)).max(0.0)
+        }
+    }
+
+    fn rewards(
+        &self,
+        batch: &[&Encoded],
+        train: bool,
+        rng: &mut DropoutRng,
+    ) -> Result<(Tensor, Tensor)> {
+        let n = batch.len();
+        let seqs: Vec<&[u32]> = batch
+            .iter()
+            .map(|e| e.chosen.as_slice())
+            .chain(batch.iter().map(|e| e.rejected.as_slice()))
+            .collect();
+        let (ids, mask) = pad_batch(&seqs, self.encoder.pad_id())?;
+        let r = self.model.forward(&ids, &mask, train.then_some(rng))?;
+        Ok((r.narrow(0, 0, n)?, r.narrow(0, n, n)?))
+    }
+
+    /// Bradley-Terry loss and strict accuracy of a batch.
+    fn loss(&self, rc: &Tensor, rr: &Tensor, margins: &Tensor) -> Result<(Tensor, f64)> {
+        let diff = ((rc - rr)? - margins)?;
+        let mut loss = log_sigmoid(&diff)?.mean_all()?.neg()?;
+        if self.config.center_coef > 0.0 {
+            let center = (rc + rr)?.sqr()?.mean_all()?;
+            loss = (loss + (center * self.config.center_coef)?)?;
+        }
+        let c: Vec<f32> = rc.to_vec1()?;
+        let r: Vec<f32> = rr.to_vec1()?;
+        let right = c.iter().zip(&r).filter(|(a, b)| a > b).count();
+        Ok((loss, right as f64 / c.len().max(1) as f64))
+    }
+
+    /// One optimizer step on `batch`. A non-finite loss or gradient skips the update.
+    pub fn step(&mut self, batch: &[&Encoded]) -> Result<StepStats> {
+        let lr = self.lr_at(self.opt.step);
+        let mut rng = self.rng.clone();
+        let (rc, rr) = self.rewards(batch, true, &mut rng)?;
+        self.rng = rng;
+        let margins: Vec<f32> = batch.iter().map(|e| e.margin).collect();
+        let margins = Tensor::new(margins.as_slice(), &candle_core::Device::Cpu)?;
+        let (loss, accuracy) = self.loss(&rc, &rr, &margins)?;
+        let loss_v = f64::from(loss.to_scalar::<f32>()?);
+        let skipped = StepStats {
+            loss: loss_v,
+            accuracy,
+            grad_norm: f64::NAN,
+            lr,
+            skipped: true,
+        };
+        if !loss_v.is_finite() {
+            return Ok(skipped);
+        }
+        let grads = loss.backward()?;
+        let norm = grad_norm(&grads, &self.vars)?;
+        if !norm.is_finite() {
+            return Ok(StepStats {
+                grad_norm: norm,
+                ..skipped
+            });
+        }
+        let scale = if self.config.max_grad_norm > 0.0 && norm > self.config.max_grad_norm {
+            (self.config.max_grad_norm / norm) as f32
+        } else {
+            1.0
+        };
+        self.opt.step(&grads, lr, scale)?;
+        Ok(StepStats {
+            loss: loss_v,
+            accuracy,
+            grad_norm: norm,
+            lr,
+            skipped: false,
+        })
+    }
+
+    /// Held-out accuracy (strict `r_chosen > r_rejected`) and loss, dropout off.
+    pub fn evaluate(&self, data: &[Encoded], batch_pairs: usize) -> Result<EvalStats> {
+        let mut right = 0usize;
+        let mut loss_sum = 0f64;
+        let mut rng = DropoutRng::new(0);
+        let order = length_sorted(data);
+        for chunk in order.chunks(batch_pairs.max(1) * 2) {
+            let batch: Vec<&Encoded> = chunk.iter().map(|&i| &data[i]).collect();
+            let (rc, rr) = self.rewards(&batch, false, &mut rng)?;
+            let c: Vec<f32> = rc.to_vec1()?;
+            let r: Vec<f32> = rr.to_vec1()?;
+            for (a, b) in c.iter().zip(&r) {
+                right += usize::from(a > b);
+                let d = f64::from(a - b);
+                loss_sum += -(d.min(0.0) - (-d.abs()).exp().ln_1p());
+            }
+        }
+        let n = data.len();
+        Ok(EvalStats {
+            pairs: n,
+            accuracy: if n > 0 {
+                right as f64 / n as f64
+            } else {
+                f64::NAN
+            },
+            loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
+        })
+    }
+
+    /// Rewards of single texts, dropout off, in batches of `batch`.
+    pub fn score(&self, seqs: &[Vec<u32>], batch: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; seqs.len()];
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        for chunk in order.chunks(batch.max(1)) {
+            let s: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
+            let (ids, mask) = pad_batch(&s, self.encoder.pad_id())?;
+            let r: Vec<f32> = self.model.forward(&ids, &mask, None)?.to_vec1()?;
+            for (&i, v) in chunk.iter().zip(r) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn length_sorted(data: &[Encoded]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.sort_by_key(|&i| data[i].len());
+    order
+}
+
+/// One epoch's batches: shuffled, then bucketed by length within windows of 32
+/// batches (so padding is small but the order stays random), then shuffled again.
+pub fn epoch_batches(
+    data: &[Encoded],
+    batch_pairs: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
+    let bp = batch_pairs.max(1);
+    let mut rng = StdRng::seed_from_u64(crate::model::bert::splitmix(seed ^ (epoch + 1)));
+    let mut idx: Vec<usize> = (0..data.len()).collect();
+    idx.shuffle(&mut rng);
+    let mut batches = Vec::new();
+    for window in idx.chunks_mut(bp * 32) {
+        window.sort_by_key(|&i| data[i].len());
+        for b in window.chunks(bp) {
+            batches.push(b.to_vec());
+        }
+    }
+    batches.shuffle(&mut rng);
+    batches
+}

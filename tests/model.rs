@@ -1,0 +1,394 @@
+//! The reward model learns: gradients against PyTorch, every parameter trains, a
+//! learnable rule is learned, checkpoints round-trip, and the real MiniLM trains.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use common::repo;
+use duel::model::bert::{BertConfig, RewardModel};
+use duel::model::ops::log_sigmoid;
+use duel::model::{TextEncoder, checkpoint};
+use duel::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches};
+use std::path::PathBuf;
+
+fn fixture() -> PathBuf {
+    repo().join("tests/fixtures/tiny_bert")
+}
+
+fn encoder_dir() -> PathBuf {
+    let d = repo().join("assets/models/all-MiniLM-L6-v2");
+    assert!(
+        d.join("model.safetensors").exists(),
+        "{} missing: run `make test` (it fetches the models)",
+        d.display()
+    );
+    d
+}
+
+/// Parameters whose gradient is zero by mathematics under the Bradley-Terry loss:
+/// attention key biases (softmax ignores a constant shift) and the classifier bias
+/// (it cancels in r_chosen − r_rejected).
+fn zero_by_math(name: &str) -> bool {
+    name.ends_with("attention.self.key.bias") || name == "classifier.bias"
+}
+
+#[test]
+fn gradients_match_pytorch_on_a_fixed_model_and_batch() {
+    let dir = fixture();
+    let model = RewardModel::load(&dir, 0).expect("load fixture");
+    let case: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("case.json")).expect("case")).expect("json");
+    let rows: Vec<Vec<u32>> = serde_json::from_value(case["ids"].clone()).expect("ids");
+    let mask: Vec<Vec<f32>> = serde_json::from_value(case["mask"].clone()).expect("mask");
+    let margin: Vec<f32> = serde_json::from_value(case["margin"].clone()).expect("margin");
+    let want_r: Vec<f32> = serde_json::from_value(case["rewards"].clone()).expect("rewards");
+    let (b, t) = (rows.len(), rows[0].len());
+    let ids = Tensor::from_vec(rows.concat(), (b, t), &Device::Cpu).expect("ids");
+    let mask = Tensor::from_vec(mask.concat(), (b, t), &Device::Cpu).expect("mask");
+    let r = model.forward(&ids, &mask, None).expect("forward");
+    let got_r: Vec<f32> = r.to_vec1().expect("r");
+    for (g, w) in got_r.iter().zip(&want_r) {
+        assert!((g - w).abs() < 1e-5, "rewards {got_r:?} vs {want_r:?}");
+    }
+    let n = b / 2;
+    let m = Tensor::new(margin.as_slice(), &Device::Cpu).expect("m");
+    let diff = ((r.narrow(0, 0, n).expect("c") - r.narrow(0, n, n).expect("r")).expect("d") - m)
+        .expect("d");
+    let loss = log_sigmoid(&diff)
+        .expect("ls")
+        .mean_all()
+        .expect("mean")
+        .neg()
+        .expect("neg");
+    let want_loss = case["loss"].as_f64().expect("loss") as f32;
+    assert!((loss.to_scalar::<f32>().expect("s") - want_loss).abs() < 1e-5);
+
+    let grads = loss.backward().expect("backward");
+    let reference =
+        candle_core::safetensors::load(dir.join("grads.safetensors"), &Device::Cpu).expect("grads");
+    let named = model.named_vars();
+    assert_eq!(named.len(), reference.len(), "one gradient per parameter");
+    for (name, var) in named {
+        let want = reference
+            .get(&name)
+            .unwrap_or_else(|| panic!("no reference for {name}"));
+        let got = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} got no gradient"));
+        let diff: f32 = (got - want)
+            .expect("sub")
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar()
+            .expect("s");
+        let scale: f32 = want
+            .abs()
+            .expect("abs")
+            .max_all()
+            .expect("max")
+            .to_scalar()
+            .expect("s");
+        assert!(
+            diff <= 1e-4 * scale.max(1e-3),
+            "{name}: max diff {diff} (largest gradient {scale})"
+        );
+        if zero_by_math(&name) {
+            assert!(scale < 1e-6, "{name} should be ~0, is {scale}");
+        } else {
+            assert!(scale > 1e-7, "{name} has no gradient");
+        }
+    }
+}
+
+/// A tiny random model with MiniLM's vocabulary, so the real tokenizer applies.
+fn tiny_trainer(config: TrainConfig) -> Trainer {
+    let cfg = BertConfig {
+        vocab_size: 30522,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 128,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        hidden_act: "gelu".into(),
+    };
+    let mut weights = std::collections::HashMap::new();
+    let mut seed = 1u64;
+    let mut put = |name: String, shape: &[usize], std: f32, base: f32| {
+        seed += 1;
+        let n: usize = shape.iter().product();
+        let t = (duel::model::bert::seeded_normal(seed, n, std).expect("normal") + f64::from(base))
+            .expect("add")
+            .reshape(shape)
+            .expect("reshape");
+        weights.insert(name, t);
+    };
+    let h = cfg.hidden_size;
+    put(
+        "embeddings.word_embeddings.weight".into(),
+        &[cfg.vocab_size, h],
+        0.02,
+        0.0,
+    );
+    put(
+        "embeddings.position_embeddings.weight".into(),
+        &[cfg.max_position_embeddings, h],
+        0.02,
+        0.0,
+    );
+    put(
+        "embeddings.token_type_embeddings.weight".into(),
+        &[2, h],
+        0.02,
+        0.0,
+    );
+    put("embeddings.LayerNorm.weight".into(), &[h], 0.0, 1.0);
+    put("embeddings.LayerNorm.bias".into(), &[h], 0.0, 0.0);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("encoder.layer.{i}");
+        for (n, o, inn) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", cfg.intermediate_size, h),
+            ("output.dense", h, cfg.intermediate_size),
+        ] {
+            put(format!("{p}.{n}.weight"), &[o, inn], 0.02, 0.0);
+            put(format!("{p}.{n}.bias"), &[o], 0.0, 0.0);
+        }
+        for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            put(format!("{p}.{n}.weight"), &[h], 0.0, 1.0);
+            put(format!("{p}.{n}.bias"), &[h], 0.0, 0.0);
+        }
+    }
+    put("pooler.dense.weight".into(), &[h, h], 0.02, 0.0);
+    put("pooler.dense.bias".into(), &[h], 0.0, 0.0);
+    let model = RewardModel::from_weights(cfg, &weights, 7).expect("model");
+    let encoder = TextEncoder::load(&encoder_dir().join("tokenizer.json")).expect("tokenizer");
+    Trainer::new(model, encoder, config).expect("trainer")
+}
+
+/// Pairs with a rule to learn: the chosen answer is polite, the rejected one rude,
+/// around varied filler.
+fn rule_examples(n: usize) -> Vec<Example> {
+    let topics = [
+        "the weather",
+        "a recipe",
+        "train times",
+        "my homework",
+        "a poem",
+        "the news",
+        "a bug in my code",
+        "a book",
+        "the museum",
+        "taxes",
+        "a gift idea",
+        "the garden",
+    ];
+    (0..n)
+        .map(|i| {
+            let t = topics[i % topics.len()];
+            Example {
+                prompt: format!("Can you help me with {t}? (case {i})"),
+                chosen: format!("Thank you for asking, I would be glad to help with {t}."),
+                rejected: format!("No. Figure out {t} yourself, idiot."),
+                margin: None,
+            }
+        })
+        .collect()
+}
+
+fn snapshot(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
+    tr.model
+        .named_vars()
+        .into_iter()
+        .map(|(n, v)| {
+            (
+                n,
+                v.as_tensor()
+                    .flatten_all()
+                    .expect("f")
+                    .to_vec1()
+                    .expect("v"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_parameter_changes_and_a_learnable_rule_is_learned() {
+    let mut tr = tiny_trainer(TrainConfig {
+        lr: 2e-3,
+        batch_pairs: 8,
+        max_length: 64,
+        warmup_ratio: 0.0,
+        seed: 3,
+        ..Default::default()
+    });
+    let data = tr.encode(&rule_examples(64)).expect("encode");
+    let before = tr.evaluate(&data, 16).expect("eval");
+    let start = snapshot(&tr);
+    let mut first_losses = Vec::new();
+    let mut last_losses = Vec::new();
+    for epoch in 0..6 {
+        for b in epoch_batches(&data, 8, 3, epoch) {
+            let batch: Vec<&Encoded> = b.iter().map(|&i| &data[i]).collect();
+            let s = tr.step(&batch).expect("step");
+            assert!(!s.skipped);
+            if epoch == 0 {
+                first_losses.push(s.loss);
+            }
+            if epoch == 5 {
+                last_losses.push(s.loss);
+            }
+        }
+    }
+    let end = snapshot(&tr);
+    for ((name, a), (_, b)) in start.iter().zip(&end) {
+        if zero_by_math(name) {
+            continue;
+        }
+        assert!(a != b, "{name} did not change");
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&last_losses) < 0.5 * mean(&first_losses),
+        "loss {} -> {}",
+        mean(&first_losses),
+        mean(&last_losses)
+    );
+    let after = tr.evaluate(&data, 16).expect("eval");
+    assert!(
+        after.accuracy > 0.9,
+        "training accuracy {} (was {})",
+        after.accuracy,
+        before.accuracy
+    );
+}
+
+#[test]
+fn a_non_finite_loss_skips_the_batch_and_training_continues() {
+    let mut tr = tiny_trainer(TrainConfig::default());
+    let mut data = tr.encode(&rule_examples(4)).expect("encode");
+    data[0].margin = f32::NAN;
+    let before = snapshot(&tr);
+    let batch: Vec<&Encoded> = data.iter().collect();
+    let s = tr.step(&batch).expect("step");
+    assert!(s.skipped && s.loss.is_nan());
+    assert_eq!(before, snapshot(&tr), "nothing was updated");
+    data[0].margin = 0.0;
+    let batch: Vec<&Encoded> = data.iter().collect();
+    assert!(!tr.step(&batch).expect("step").skipped);
+}
+
+#[test]
+fn a_checkpoint_round_trips_bit_for_bit() {
+    let mut tr = tiny_trainer(TrainConfig {
+        lr: 1e-3,
+        ..Default::default()
+    });
+    let data = tr.encode(&rule_examples(8)).expect("encode");
+    let batch: Vec<&Encoded> = data.iter().collect();
+    tr.step(&batch).expect("step");
+    let dir = tempfile::tempdir().expect("tmp");
+    // The base folder supplies config and tokenizer files.
+    let base = dir.path().join("base");
+    std::fs::create_dir_all(&base).expect("mkdir");
+    std::fs::write(
+        base.join("config.json"),
+        serde_json::to_vec(&tr.model.config).expect("cfg"),
+    )
+    .expect("write");
+    std::fs::copy(
+        encoder_dir().join("tokenizer.json"),
+        base.join("tokenizer.json"),
+    )
+    .expect("copy");
+    let out = dir.path().join("ckpt");
+    checkpoint::save(&tr.model, &base, &out, &serde_json::json!({"step": 1})).expect("save");
+    // Saving again over it replaces it atomically.
+    checkpoint::save(&tr.model, &base, &out, &serde_json::json!({"step": 1})).expect("save again");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).expect("read"))
+            .expect("json");
+    assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
+    assert_eq!(cfg["num_labels"], 1);
+    let loaded = RewardModel::load(&out, 99).expect("load");
+    for ((n1, a), (n2, b)) in tr.model.named_vars().iter().zip(loaded.named_vars()) {
+        assert_eq!(n1, &n2);
+        assert_eq!(a.dtype(), DType::F32);
+        let x: Vec<f32> = a
+            .as_tensor()
+            .flatten_all()
+            .expect("f")
+            .to_vec1()
+            .expect("v");
+        let y: Vec<f32> = b
+            .as_tensor()
+            .flatten_all()
+            .expect("f")
+            .to_vec1()
+            .expect("v");
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{n1} differs"
+        );
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary folders left: {leftovers:?}"
+    );
+}
+
+#[test]
+fn the_real_minilm_loads_trains_and_separates_a_batch() {
+    let mut tr = Trainer::load(
+        &encoder_dir(),
+        TrainConfig {
+            lr: 5e-5,
+            max_length: 64,
+            warmup_ratio: 0.0,
+            ..Default::default()
+        },
+    )
+    .expect("load MiniLM");
+    // 103 tensors of the file (position ids aside) and the two of the head.
+    assert_eq!(tr.model.named_vars().len(), 105);
+    let data = tr.encode(&rule_examples(8)).expect("encode");
+    let batch: Vec<&Encoded> = data.iter().collect();
+    let start = snapshot(&tr);
+    let first = tr.step(&batch).expect("step");
+    let mut last = first;
+    for _ in 0..5 {
+        last = tr.step(&batch).expect("step");
+    }
+    assert!(
+        last.loss < first.loss,
+        "loss {} -> {}",
+        first.loss,
+        last.loss
+    );
+    let end = snapshot(&tr);
+    for ((name, a), (_, b)) in start.iter().zip(&end) {
+        if !zero_by_math(name) {
+            assert!(a != b, "{name} did not change");
+        }
+    }
+    let eval = tr.evaluate(&data, 8).expect("eval");
+    assert!(
+        eval.accuracy >= 0.75,
+        "accuracy on the batch it trained on: {}",
+        eval.accuracy
+    );
+}
