@@ -83,6 +83,25 @@ pub struct LabelArgs {
     /// Seed for the left/right order (random by default).
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
+    /// Label without training a reward model.
+    #[arg(long)]
+    pub no_train: bool,
+    /// Training pairs needed before training starts.
+    #[arg(long, default_value_t = 16)]
+    pub min_labels: usize,
+    /// The encoder to start from (BERT-family folder).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Where the live model's checkpoints go (default: next to the database, with
+    /// the extension `.model`); training resumes from it.
+    #[arg(long)]
+    pub model_out: Option<PathBuf>,
+    /// Learning rate of live training.
+    #[arg(long, default_value_t = 5e-5)]
+    pub lr: f64,
+    /// Longest model input in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_length: usize,
 }
 
 #[derive(Debug, Args)]

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::repo;
-use duel::model::bert::{BertConfig, RewardModel};
+use duel::model::bert::RewardModel;
 use duel::model::ops::log_sigmoid;
 use duel::model::{TextEncoder, checkpoint};
 use duel::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches};
@@ -104,71 +104,8 @@ fn gradients_match_pytorch_on_a_fixed_model_and_batch() {
 
 /// A tiny random model with MiniLM's vocabulary, so the real tokenizer applies.
 fn tiny_trainer(config: TrainConfig) -> Trainer {
-    let cfg = BertConfig {
-        vocab_size: 30522,
-        hidden_size: 32,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        intermediate_size: 64,
-        max_position_embeddings: 128,
-        type_vocab_size: 2,
-        layer_norm_eps: 1e-12,
-        hidden_dropout_prob: 0.1,
-        attention_probs_dropout_prob: 0.1,
-        hidden_act: "gelu".into(),
-    };
-    let mut weights = std::collections::HashMap::new();
-    let mut seed = 1u64;
-    let mut put = |name: String, shape: &[usize], std: f32, base: f32| {
-        seed += 1;
-        let n: usize = shape.iter().product();
-        let t = (duel::model::bert::seeded_normal(seed, n, std).expect("normal") + f64::from(base))
-            .expect("add")
-            .reshape(shape)
-            .expect("reshape");
-        weights.insert(name, t);
-    };
-    let h = cfg.hidden_size;
-    put(
-        "embeddings.word_embeddings.weight".into(),
-        &[cfg.vocab_size, h],
-        0.02,
-        0.0,
-    );
-    put(
-        "embeddings.position_embeddings.weight".into(),
-        &[cfg.max_position_embeddings, h],
-        0.02,
-        0.0,
-    );
-    put(
-        "embeddings.token_type_embeddings.weight".into(),
-        &[2, h],
-        0.02,
-        0.0,
-    );
-    put("embeddings.LayerNorm.weight".into(), &[h], 0.0, 1.0);
-    put("embeddings.LayerNorm.bias".into(), &[h], 0.0, 0.0);
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("encoder.layer.{i}");
-        for (n, o, inn) in [
-            ("attention.self.query", h, h),
-            ("attention.self.key", h, h),
-            ("attention.self.value", h, h),
-            ("attention.output.dense", h, h),
-            ("intermediate.dense", cfg.intermediate_size, h),
-            ("output.dense", h, cfg.intermediate_size),
-        ] {
-            put(format!("{p}.{n}.weight"), &[o, inn], 0.02, 0.0);
-            put(format!("{p}.{n}.bias"), &[o], 0.0, 0.0);
-        }
-        for n in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            put(format!("{p}.{n}.weight"), &[h], 0.0, 1.0);
-            put(format!("{p}.{n}.bias"), &[h], 0.0, 0.0);
-        }
-    }
-    put("pooler.dense.weight".into(), &[h, h], 0.02, 0.0);
-    put("pooler.dense.bias".into(), &[h], 0.0, 0.0);
+    let cfg = duel::model::bert::tiny_config();
+    let weights = duel::model::bert::random_weights(&cfg, 1).expect("weights");
     let model = RewardModel::from_weights(cfg, &weights, 7).expect("model");
     let encoder = TextEncoder::load(&encoder_dir().join("tokenizer.json")).expect("tokenizer");
     Trainer::new(model, encoder, config).expect("trainer")
@@ -391,4 +328,124 @@ fn the_real_minilm_loads_trains_and_separates_a_batch() {
         "accuracy on the batch it trained on: {}",
         eval.accuracy
     );
+}
+
+/// The Python with `transformers` and `torch`, made by `scripts/pyenv.sh` (which
+/// `make test` runs).
+fn python() -> PathBuf {
+    let p = std::env::var_os("DUEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(p.exists(), "{} missing: run `make test`", p.display());
+    p
+}
+
+#[test]
+fn an_exported_model_loads_in_transformers_and_scores_the_same() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("base");
+    duel::model::bert::write_tiny_model(&base, &encoder_dir().join("tokenizer.json"), 11)
+        .expect("tiny");
+    // The tokenizer's companions, so AutoTokenizer finds a complete set.
+    for f in [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+    ] {
+        std::fs::copy(encoder_dir().join(f), base.join(f)).expect("copy");
+    }
+    let mut tr = Trainer::load(
+        &base,
+        TrainConfig {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    )
+    .expect("load");
+    let data = tr.encode(&rule_examples(8)).expect("encode");
+    let batch: Vec<&Encoded> = data.iter().collect();
+    for _ in 0..3 {
+        tr.step(&batch).expect("step");
+    }
+    let out = dir.path().join("exported");
+    checkpoint::save(&tr.model, &base, &out, &serde_json::json!({})).expect("save");
+
+    let input = dir.path().join("score.jsonl");
+    std::fs::write(
+        &input,
+        "{\"prompt\":\"What is the capital of France?\",\"response\":\"Paris.\"}\n\
+         {\"prompt\":\"Be kind.\",\"chosen\":\"Thank you, glad to help!\",\"rejected\":\"No, idiot.\"}\n",
+    )
+    .expect("write");
+    let ours = std::process::Command::new(common::bin())
+        .args([
+            "score",
+            input.to_str().expect("utf8"),
+            "--model",
+            out.to_str().expect("utf8"),
+        ])
+        .output()
+        .expect("duel score");
+    assert!(
+        ours.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ours.stderr)
+    );
+    let ours: Vec<f64> = String::from_utf8(ours.stdout)
+        .expect("utf8")
+        .lines()
+        .flat_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            ["reward", "chosen", "rejected"]
+                .into_iter()
+                .filter_map(move |k| v.get(k).and_then(serde_json::Value::as_f64))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let script = r#"
+import json, sys, torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+d, path = sys.argv[1], sys.argv[2]
+m = AutoModelForSequenceClassification.from_pretrained(d).eval()
+tok = AutoTokenizer.from_pretrained(d)
+out = []
+for line in open(path):
+    r = json.loads(line)
+    for k in ("response", "chosen", "rejected"):
+        if k in r:
+            enc = tok(r["prompt"] + " " + r[k], return_tensors="pt")
+            with torch.no_grad():
+                out.append(m(**enc).logits.item())
+print(json.dumps(out))
+"#;
+    let theirs = std::process::Command::new(python())
+        .args([
+            "-c",
+            script,
+            out.to_str().expect("utf8"),
+            input.to_str().expect("utf8"),
+        ])
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("HF_HOME", dir.path().join("hf"))
+        .output()
+        .expect("python");
+    assert!(
+        theirs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&theirs.stderr)
+    );
+    let line = String::from_utf8(theirs.stdout).expect("utf8");
+    let theirs: Vec<f64> =
+        serde_json::from_str(line.lines().last().expect("output")).expect("json");
+    assert_eq!(ours.len(), 3);
+    assert_eq!(ours.len(), theirs.len());
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!(
+            (a - b).abs() < 1e-4,
+            "duel {ours:?} vs transformers {theirs:?}"
+        );
+    }
+    // The rewards are not all equal (the head was trained).
+    assert!((ours[1] - ours[2]).abs() > 1e-6);
 }

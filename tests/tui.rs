@@ -392,3 +392,86 @@ fn a_failed_write_keeps_the_pair_on_screen_and_says_so() {
     assert!(text.contains("NOT SAVED"), "{text}");
     assert_eq!(app.session_labels, 0);
 }
+
+#[test]
+fn the_training_view_charts_loss_and_accuracy_and_metrics_are_stored() {
+    use duel::train::messages::{Command, Event, TrainerState};
+    let mut app = App::new(
+        store_with(&[("q1", "a", "b"), ("q2", "c", "d")]),
+        config("a"),
+    )
+    .expect("app");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    app.attach_trainer(tx, &serde_json::json!({"test": true}));
+    for e in [
+        Event::State(TrainerState::Training),
+        Event::Step {
+            step: 1,
+            loss: 0.69,
+            accuracy: 0.5,
+            pairs_per_s: 6.5,
+            labels_used: 40,
+        },
+        Event::Step {
+            step: 2,
+            loss: 0.6,
+            accuracy: 0.75,
+            pairs_per_s: 6.0,
+            labels_used: 40,
+        },
+        Event::Eval {
+            step: 2,
+            accuracy: 0.64,
+            loss: 0.66,
+            pairs: 11,
+        },
+    ] {
+        app.update(Action::Trainer(e));
+    }
+    // The compact sparkline shows while labeling.
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("acc ") && text.contains("64%"), "{text}");
+    // A judgement tells the trainer that the labels changed.
+    press(&mut app, KeyCode::Char('1'));
+    assert_eq!(rx.try_recv().ok(), Some(Command::LabelsChanged));
+    press(&mut app, KeyCode::Char('p'));
+    assert_eq!(rx.try_recv().ok(), Some(Command::Pause));
+    app.update(Action::Trainer(Event::State(TrainerState::Paused)));
+    press(&mut app, KeyCode::Char('p'));
+    assert_eq!(rx.try_recv().ok(), Some(Command::Resume));
+
+    press(&mut app, KeyCode::Char('m'));
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("training loss"), "{text}");
+    assert!(text.contains("held-out accuracy"), "{text}");
+    assert!(text.contains("64.0% on 11 held-out pairs"), "{text}");
+    assert!(text.contains("6.0 pairs/s"), "{text}");
+    let (t, _) = render(&app, 120, 40);
+    insta::assert_snapshot!(t.backend());
+    // Metrics went to SQLite, so the charts survive a restart.
+    let n: i64 = app
+        .store
+        .conn()
+        .query_row("SELECT count(*) FROM train_metrics", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 3);
+    let (tx2, _rx2) = crossbeam_channel::unbounded();
+    let mut again = App::new(
+        duel::store::Store::open_in_memory().expect("store"),
+        config("a"),
+    )
+    .expect("app");
+    // (A fresh database has no history.)
+    again.attach_trainer(tx2, &serde_json::json!({}));
+    assert!(again.train.losses.is_empty());
+}
+
+#[test]
+fn without_a_trainer_p_says_so_and_labeling_works() {
+    let mut app = App::new(store_with(&[("q", "a", "b")]), config("a")).expect("app");
+    press(&mut app, KeyCode::Char('p'));
+    let (_, text) = render(&app, 80, 24);
+    assert!(text.contains("no trainer"), "{text}");
+    press(&mut app, KeyCode::Char('1'));
+    assert_eq!(rows(&app, false).len(), 1);
+}

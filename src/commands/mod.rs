@@ -111,7 +111,54 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     )?;
     tracing::info!(annotator = %app.config.annotator, "labeling started");
     let mut app = app;
-    tui::run(&mut app, !args.no_mouse)?;
+    let trainer = if args.no_train {
+        None
+    } else {
+        let cfg = crate::train::worker::WorkerConfig {
+            db: db.to_owned(),
+            base_dir: args
+                .model_dir
+                .clone()
+                .unwrap_or_else(|| crate::model::DEFAULT_ENCODER_DIR.into()),
+            out_dir: args
+                .model_out
+                .clone()
+                .unwrap_or_else(|| db.with_extension("model")),
+            train: crate::train::TrainConfig {
+                lr: args.lr,
+                max_length: args.max_length,
+                ..Default::default()
+            },
+            min_labels: args.min_labels,
+            holdout: 0.15,
+            eval_every: 25,
+            checkpoint_every: 100,
+        };
+        let h = crate::train::worker::spawn(cfg.clone());
+        app.attach_trainer(
+            h.commands.clone(),
+            &serde_json::json!({
+                "live": true, "base": cfg.base_dir, "out": cfg.out_dir, "train": cfg.train,
+                "min_labels": cfg.min_labels,
+            }),
+        );
+        Some(h)
+    };
+    let result = tui::run(
+        &mut app,
+        !args.no_mouse,
+        trainer.as_ref().map(|h| h.events.clone()),
+    );
+    if let Some(h) = trainer {
+        eprintln!("stopping the trainer (it saves the model)...");
+        let events = h.events.clone();
+        h.stop();
+        // Record what it said while stopping (its last checkpoint).
+        for e in events.try_iter() {
+            app.update(tui::Action::Trainer(e));
+        }
+    }
+    result?;
     let judged = app.session_labels;
     eprintln!(
         "{judged} judgements this session, all saved in {}",

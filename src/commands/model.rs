@@ -4,8 +4,9 @@ use super::{BadInput, open};
 use crate::cli::{EvalArgs, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
 use crate::model::{DEFAULT_ENCODER_DIR, checkpoint, pad_batch};
-use crate::store::{LabelFilter, StoreError};
-use crate::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches, is_heldout};
+use crate::train::{
+    Encoded, Example, TrainConfig, Trainer, epoch_batches, examples_from_store, is_heldout,
+};
 use anyhow::{Context, Result};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -28,23 +29,6 @@ fn model_dir(arg: Option<&Path>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The standing decisive judgements of the store as training examples.
-pub fn examples_from_store(store: &crate::store::Store) -> Result<Vec<Example>, StoreError> {
-    let mut out = Vec::new();
-    store.for_each_label::<StoreError>(&LabelFilter::default(), |row| {
-        if let Some((c, r)) = row.chosen_rejected() {
-            out.push(Example {
-                prompt: row.prompt.text.clone(),
-                chosen: c.to_owned(),
-                rejected: r.to_owned(),
-                margin: row.strength.map(|s| s.margin() as f32),
-            });
-        }
-        Ok(())
-    })?;
-    Ok(out)
-}
-
 /// `{prompt, chosen, rejected}` lines (any labeled import form) of a file.
 fn examples_from_file(path: &Path) -> Result<Vec<Example>> {
     let f = std::fs::File::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
@@ -53,6 +37,23 @@ fn examples_from_file(path: &Path) -> Result<Vec<Example>> {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
         if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        // Plain string records are taken as they are, empty texts included: an
+        // evaluation set is scored whole, as other tools score it.
+        if let Ok(serde_json::Value::Object(m)) = serde_json::from_slice::<serde_json::Value>(line)
+            && let (
+                Some(serde_json::Value::String(p)),
+                Some(serde_json::Value::String(c)),
+                Some(serde_json::Value::String(r)),
+            ) = (m.get("prompt"), m.get("chosen"), m.get("rejected"))
+        {
+            out.push(Example {
+                prompt: p.clone(),
+                chosen: c.clone(),
+                rejected: r.clone(),
+                margin: None,
+            });
             continue;
         }
         let pair = parse_json_line(line)

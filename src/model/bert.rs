@@ -408,3 +408,93 @@ pub fn seeded_normal(seed: u64, n: usize, std: f32) -> Result<Tensor> {
         .collect();
     Tensor::from_vec(v, n, &Device::Cpu)
 }
+
+/// Random weights for `cfg` in the bare `BertModel` naming (normal std 0.02 for
+/// matrices, ones and zeros for norms and biases): tiny models for tests and benches.
+pub fn random_weights(cfg: &BertConfig, seed: u64) -> Result<Weights> {
+    let mut w = Weights::new();
+    let mut n = 0u64;
+    let h = cfg.hidden_size;
+    let mut normal = |w: &mut Weights, name: String, shape: &[usize]| -> Result<()> {
+        n += 1;
+        let count: usize = shape.iter().product();
+        w.insert(
+            name,
+            seeded_normal(splitmix(seed ^ n), count, 0.02)?.reshape(shape)?,
+        );
+        Ok(())
+    };
+    let ones = |s: usize| Tensor::ones(s, DType::F32, &Device::Cpu);
+    let zeros = |s: usize| Tensor::zeros(s, DType::F32, &Device::Cpu);
+    normal(
+        &mut w,
+        "embeddings.word_embeddings.weight".into(),
+        &[cfg.vocab_size, h],
+    )?;
+    normal(
+        &mut w,
+        "embeddings.position_embeddings.weight".into(),
+        &[cfg.max_position_embeddings, h],
+    )?;
+    normal(
+        &mut w,
+        "embeddings.token_type_embeddings.weight".into(),
+        &[cfg.type_vocab_size, h],
+    )?;
+    w.insert("embeddings.LayerNorm.weight".into(), ones(h)?);
+    w.insert("embeddings.LayerNorm.bias".into(), zeros(h)?);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("encoder.layer.{i}");
+        for (name, o, inn) in [
+            ("attention.self.query", h, h),
+            ("attention.self.key", h, h),
+            ("attention.self.value", h, h),
+            ("attention.output.dense", h, h),
+            ("intermediate.dense", cfg.intermediate_size, h),
+            ("output.dense", h, cfg.intermediate_size),
+        ] {
+            normal(&mut w, format!("{p}.{name}.weight"), &[o, inn])?;
+            w.insert(format!("{p}.{name}.bias"), zeros(o)?);
+        }
+        for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
+            w.insert(format!("{p}.{name}.weight"), ones(h)?);
+            w.insert(format!("{p}.{name}.bias"), zeros(h)?);
+        }
+    }
+    normal(&mut w, "pooler.dense.weight".into(), &[h, h])?;
+    w.insert("pooler.dense.bias".into(), zeros(h)?);
+    Ok(w)
+}
+
+/// A small configuration with MiniLM's vocabulary, so its tokenizer applies.
+pub fn tiny_config() -> BertConfig {
+    BertConfig {
+        vocab_size: 30522,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 128,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+        hidden_dropout_prob: 0.1,
+        attention_probs_dropout_prob: 0.1,
+        hidden_act: "gelu".into(),
+    }
+}
+
+/// Writes a tiny random model folder (config, safetensors, and the tokenizer copied
+/// from `tokenizer_from`), loadable like any BERT folder.
+pub fn write_tiny_model(dir: &Path, tokenizer_from: &Path, seed: u64) -> Result<()> {
+    let cfg = tiny_config();
+    std::fs::create_dir_all(dir).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let weights = random_weights(&cfg, seed)?;
+    candle_core::safetensors::save(&weights, dir.join("model.safetensors"))?;
+    let json =
+        serde_json::to_vec_pretty(&cfg).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    std::fs::write(dir.join("config.json"), json)
+        .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    std::fs::copy(tokenizer_from, dir.join("tokenizer.json"))
+        .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", tokenizer_from.display())))?;
+    Ok(())
+}

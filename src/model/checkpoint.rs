@@ -100,6 +100,8 @@ pub fn save(
         m.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
         m.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
         m.insert("num_labels".into(), serde_json::json!(1));
+        m.entry("model_type")
+            .or_insert_with(|| serde_json::json!("bert"));
         m.remove("_name_or_path");
     }
     let text = serde_json::to_vec_pretty(&cfg).map_err(|e| CheckpointError::Invalid {

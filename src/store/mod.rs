@@ -119,6 +119,12 @@ impl Store {
         Ok(Store { conn, path })
     }
 
+    /// Wraps a read-only connection opened by the caller (the trainer's): no
+    /// migration, no pragmas that write.
+    pub fn from_readonly(conn: Connection, path: PathBuf) -> Store {
+        Store { conn, path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -1,6 +1,8 @@
 //! Training the reward model: data, batching, the Bradley-Terry loss, the loop.
 
+pub mod messages;
 pub mod optim;
+pub mod worker;
 
 use crate::model::ops::log_sigmoid;
 use crate::model::{DropoutRng, RewardModel, TextEncoder, pad_batch};
@@ -67,6 +69,9 @@ impl Default for TrainConfig {
         }
     }
 }
+
+/// Warm-up of live training, in steps.
+const LIVE_WARMUP_STEPS: f64 = 20.0;
 
 /// Whether a prompt belongs to the held-out split: a fixed share of prompts by hash,
 /// so every pair of one prompt lands on the same side.
@@ -165,11 +170,12 @@ impl Trainer {
             .collect()
     }
 
-    /// Linear warm-up, then linear decay to zero at `total_steps`.
+    /// Linear warm-up, then linear decay to zero at `total_steps`; with no total
+    /// (live training, where labels keep coming) a short warm-up, then constant.
     pub fn lr_at(&self, step: u64) -> f64 {
         let base = self.config.lr;
         if self.total_steps == 0 {
-            return base;
+            return base * ((step as f64 + 1.0) / LIVE_WARMUP_STEPS).min(1.0);
         }
         let total = self.total_steps as f64;
         let warm = (self.config.warmup_ratio * total).round().max(1.0);
@@ -328,4 +334,27 @@ pub fn epoch_batches(
     }
     batches.shuffle(&mut rng);
     batches
+}
+
+/// The standing A/B judgements of the store as examples (ties and both-bad carry no
+/// preference and are left out).
+pub fn examples_from_store(
+    store: &crate::store::Store,
+) -> std::result::Result<Vec<Example>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    store.for_each_label::<crate::store::StoreError>(
+        &crate::store::LabelFilter::default(),
+        |row| {
+            if let Some((c, r)) = row.chosen_rejected() {
+                out.push(Example {
+                    prompt: row.prompt.text.clone(),
+                    chosen: c.to_owned(),
+                    rejected: r.to_owned(),
+                    margin: row.strength.map(|s| s.margin() as f32),
+                });
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
 }

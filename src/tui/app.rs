@@ -2,8 +2,11 @@
 //! `App` with `Action`s and draw it on a `TestBackend`.
 
 use super::sanitize::sanitize;
+use super::training::TrainView;
 use crate::domain::{Choice, NewLabel, Pair, Side, Strength};
 use crate::store::{Progress, Store};
+use crate::train::messages::{Command, Event, TrainerState};
+use crossbeam_channel::Sender;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ratatui::layout::Rect;
@@ -21,7 +24,7 @@ pub enum Pick {
     BothBad,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// A judgement; with `ask_strength` the next key says how much better.
     Choose {
@@ -58,6 +61,12 @@ pub enum Action {
     },
     Tick,
     Quit,
+    /// Show or hide the training view.
+    ToggleTraining,
+    /// Pause or resume the trainer.
+    TogglePause,
+    /// Something the trainer thread reported.
+    Trainer(Event),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +161,10 @@ pub struct App {
     pub flash: Option<Flash>,
     pub should_quit: bool,
     pub help_scroll: usize,
+    pub train: TrainView,
+    pub show_training: bool,
+    trainer: Option<Sender<Command>>,
+    run_id: Option<i64>,
     history: Vec<Done>,
     skipped: HashSet<i64>,
     left_of: HashMap<i64, Side>,
@@ -186,6 +199,10 @@ impl App {
             flash: None,
             should_quit: false,
             help_scroll: 0,
+            train: TrainView::default(),
+            show_training: false,
+            trainer: None,
+            run_id: None,
             history: Vec::new(),
             skipped: HashSet::new(),
             left_of: HashMap::new(),
@@ -199,14 +216,133 @@ impl App {
         Ok(app)
     }
 
+    /// Connects the trainer thread's command channel. Starts a run in the metrics
+    /// table and loads earlier metrics, so the charts survive a restart.
+    pub fn attach_trainer(&mut self, commands: Sender<Command>, config: &serde_json::Value) {
+        self.trainer = Some(commands);
+        let run = {
+            let conn = self.store.conn();
+            conn.execute(
+                "INSERT INTO train_runs (config) VALUES (?1)",
+                [config.to_string()],
+            )
+            .map(|_| conn.last_insert_rowid())
+        };
+        match run {
+            Ok(id) => self.run_id = Some(id),
+            Err(e) => self.say(format!("cannot record training metrics: {e}"), true),
+        }
+        let earlier = self
+            .store
+            .conn()
+            .prepare(
+                "SELECT step, kind, loss, accuracy FROM train_metrics
+                 WHERE run_id IN (SELECT id FROM train_runs ORDER BY id DESC LIMIT 20)
+                 ORDER BY run_id, step",
+            )
+            .and_then(|mut st| {
+                st.query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<f64>>(2)?,
+                        r.get::<_, Option<f64>>(3)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            });
+        if let Ok(rows) = earlier {
+            for (step, kind, loss, acc) in rows {
+                match (kind.as_str(), loss, acc) {
+                    ("train", Some(l), _) => self.train.losses.push((step as f64, l)),
+                    ("eval", _, Some(a)) => self.train.accuracy.push((step as f64, a)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub fn has_trainer(&self) -> bool {
+        self.trainer.is_some()
+    }
+
+    fn notify_trainer(&mut self, c: Command) {
+        if let Some(t) = &self.trainer
+            && t.send(c).is_err()
+        {
+            self.trainer = None;
+        }
+    }
+
+    /// Records the trainer's news, in the view and in the metrics table.
+    fn on_trainer(&mut self, e: Event) {
+        if let Some(run) = self.run_id {
+            let row = match &e {
+                Event::Step {
+                    step,
+                    loss,
+                    accuracy,
+                    pairs_per_s,
+                    labels_used,
+                } => Some((
+                    *step,
+                    "train",
+                    *loss,
+                    *accuracy,
+                    Some(*pairs_per_s),
+                    *labels_used,
+                )),
+                Event::Eval {
+                    step,
+                    accuracy,
+                    loss,
+                    ..
+                } => Some((
+                    *step,
+                    "eval",
+                    *loss,
+                    *accuracy,
+                    None,
+                    self.train.labels_used,
+                )),
+                _ => None,
+            };
+            if let Some((step, kind, loss, acc, pps, used)) = row {
+                let _ = self.store.conn().execute(
+                    "INSERT OR REPLACE INTO train_metrics
+                     (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    rusqlite::params![run, step as i64, kind, loss, acc, pps, used as i64],
+                );
+            }
+            if let Event::Checkpointed { step, path } = &e {
+                let _ = self.store.conn().execute(
+                    "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
+                    rusqlite::params![
+                        run,
+                        *step as i64,
+                        path.display().to_string(),
+                        self.train.accuracy.last().map(|a| a.1)
+                    ],
+                );
+            }
+        }
+        if let Event::Failed(msg) = &e {
+            self.say(format!("training stopped: {msg}"), true);
+        }
+        self.train.apply(&e);
+    }
+
     pub fn scroll_of(&self, pane: Pane) -> usize {
         self.scroll[pane.index()].min(self.max_scroll.get()[pane.index()])
     }
 
-    /// Judgements per hour this session, once there is one.
+    /// Judgements per hour this session, after its first minute (a rate over a few
+    /// seconds is noise).
     pub fn rate_per_hour(&self) -> Option<f64> {
         let secs = self.session_started.elapsed().as_secs_f64();
-        (self.session_labels > 0 && secs > 0.0).then(|| self.session_labels as f64 * 3600.0 / secs)
+        (self.session_labels > 0 && secs >= 60.0)
+            .then(|| self.session_labels as f64 * 3600.0 / secs)
     }
 
     pub fn history_len(&self) -> usize {
@@ -324,6 +460,7 @@ impl App {
                 });
                 self.session_labels += 1;
                 self.mode = Mode::Label;
+                self.notify_trainer(Command::LabelsChanged);
                 self.advance();
             }
             Err(e) => {
@@ -344,6 +481,7 @@ impl App {
         match last {
             Done::Label { label_id, pair_id } => match self.store.undo_label(label_id) {
                 Ok(_) => {
+                    self.notify_trainer(Command::LabelsChanged);
                     self.session_labels = self.session_labels.saturating_sub(1);
                     self.show(Some(pair_id));
                     self.refresh_progress();
@@ -389,6 +527,7 @@ impl App {
             (_, Action::Quit) => self.should_quit = true,
             (_, Action::Resize { width, height }) => self.size = Rect::new(0, 0, width, height),
             (_, Action::Tick) => {}
+            (_, Action::Trainer(e)) => self.on_trainer(e),
 
             (Mode::Help, Action::ToggleHelp | Action::Cancel) => self.mode = Mode::Label,
             (Mode::Help, Action::Scroll(n)) => {
@@ -506,6 +645,15 @@ impl App {
                 self.wrap_cache.borrow_mut().clear();
             }
             (Mode::Label, Action::ToggleDiff) => self.diff = !self.diff,
+            (Mode::Label, Action::ToggleTraining) => self.show_training = !self.show_training,
+            (Mode::Label, Action::TogglePause) => match self.train.state {
+                _ if self.trainer.is_none() => self.say(
+                    "no trainer: started with --no-train, or the model is missing",
+                    false,
+                ),
+                Some(TrainerState::Paused) => self.notify_trainer(Command::Resume),
+                _ => self.notify_trainer(Command::Pause),
+            },
             (Mode::Label, Action::ToggleHelp) => {
                 self.help_scroll = 0;
                 self.mode = Mode::Help;

@@ -81,6 +81,8 @@ pub fn key(k: &KeyEvent, mode: &Mode) -> Option<Action> {
             KeyCode::BackTab => Some(Action::FocusPrev),
             KeyCode::Char('d') => Some(Action::ToggleDiff),
             KeyCode::Char('v') => Some(Action::ToggleLayout),
+            KeyCode::Char('m') => Some(Action::ToggleTraining),
+            KeyCode::Char('p') => Some(Action::TogglePause),
             KeyCode::Char('?') => Some(Action::ToggleHelp),
             KeyCode::Char('q') => Some(Action::Quit),
             KeyCode::Esc => Some(Action::Cancel),

@@ -5,6 +5,7 @@ pub mod diff;
 pub mod keys;
 pub mod sanitize;
 pub mod text;
+pub mod training;
 pub mod view;
 
 pub use app::{Action, App, Config};
@@ -18,6 +19,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum AppEvent {
     Input(Event),
+    Trainer(crate::train::messages::Event),
     Tick,
 }
 
@@ -51,8 +53,13 @@ impl Drop for Restore {
     }
 }
 
-/// Runs the labeler in the terminal until the annotator quits.
-pub fn run(app: &mut App, mouse: bool) -> anyhow::Result<()> {
+/// Runs the labeler in the terminal until the annotator quits. Trainer events, when
+/// a trainer runs, arrive on `trainer`.
+pub fn run(
+    app: &mut App,
+    mouse: bool,
+    trainer: Option<Receiver<crate::train::messages::Event>>,
+) -> anyhow::Result<()> {
     let mut terminal = ratatui::try_init()?;
     let _restore = Restore { mouse };
     if mouse {
@@ -65,12 +72,19 @@ pub fn run(app: &mut App, mouse: bool) -> anyhow::Result<()> {
     });
     let input = spawn_input();
     let ticker = tick(Duration::from_millis(500));
+    let never = crossbeam_channel::never();
+    let trainer = trainer.unwrap_or(never);
     loop {
         terminal.draw(|f| view::draw(app, f))?;
         let ev = select! {
             recv(input) -> ev => match ev {
                 Ok(ev) => AppEvent::Input(ev),
                 Err(_) => break,
+            },
+            recv(trainer) -> ev => match ev {
+                Ok(ev) => AppEvent::Trainer(ev),
+                // The trainer is gone: keep labeling.
+                Err(_) => AppEvent::Tick,
             },
             recv(ticker) -> _ => AppEvent::Tick,
         };
@@ -80,6 +94,7 @@ pub fn run(app: &mut App, mouse: bool) -> anyhow::Result<()> {
                     app.update(action);
                 }
             }
+            AppEvent::Trainer(ev) => app.update(Action::Trainer(ev)),
             AppEvent::Tick => app.update(Action::Tick),
         }
         if app.should_quit {

@@ -177,6 +177,18 @@ pub fn draw(app: &App, f: &mut Frame) {
     let r = layout(area, app);
     draw_header(app, f, r.header);
 
+    if app.show_training {
+        let body = Rect {
+            y: r.prompt.y,
+            height: r.status.y.saturating_sub(r.prompt.y),
+            ..r.prompt
+        };
+        super::training::draw(&app.train, f, body);
+        draw_status(app, f, r.status);
+        draw_hints(app, f, r.hints);
+        return;
+    }
+
     match &app.current {
         Some(cur) => {
             let turns = cur.turns.len();
@@ -251,9 +263,12 @@ fn draw_header(app: &App, f: &mut Frame, area: Rect) {
             p.judged, p.pairs, p.mine, app.session_labels
         )),
     ]);
-    let who = Line::from(format!("{} ", sanitize(&app.config.annotator)))
-        .right_aligned()
-        .dark_gray();
+    let mut right = app.train.compact();
+    right.spans.push(Span::styled(
+        format!("{} ", sanitize(&app.config.annotator)),
+        Style::new().dark_gray(),
+    ));
+    let who = right.right_aligned();
     f.render_widget(Paragraph::new(left), area);
     f.render_widget(Paragraph::new(who), area);
 }
@@ -317,6 +332,24 @@ fn draw_status(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(line), area);
 }
 
+const HINTS_TRAINING: &[(&str, &str)] = &[
+    ("1/←", "A better"),
+    ("2/→", "B better"),
+    ("0", "tie"),
+    ("x", "both bad"),
+    ("s", "skip"),
+    ("u", "undo"),
+    ("n", "note"),
+    ("?", "help"),
+    ("q", "quit"),
+    ("m", "model"),
+    ("p", "pause"),
+    ("d", "diff"),
+    ("v", "view"),
+    ("Tab", "focus"),
+    ("j/k", "scroll"),
+];
+
 const HINTS: &[(&str, &str)] = &[
     ("1/←", "A better"),
     ("2/→", "B better"),
@@ -342,6 +375,12 @@ fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
             ("Enter", "no strength"),
             ("Esc", "back"),
         ],
+        Mode::Label if app.show_training => &[
+            ("m", "back to labeling"),
+            ("p", "pause/resume"),
+            ("q", "quit"),
+        ],
+        Mode::Label if app.has_trainer() => HINTS_TRAINING,
         Mode::Label => HINTS,
     };
     let mut spans = vec![Span::raw(" ")];
@@ -373,6 +412,8 @@ j/k ↓/↑         scroll the focused pane (or the mouse wheel)
 PgUp/PgDn       scroll a page
 Tab             focus the next pane
 v               side by side / stacked
+m               the reward model's training view (loss, held-out accuracy)
+p               pause / resume training
 ?               this help
 q               quit: every judgement is already saved
 

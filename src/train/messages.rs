@@ -1,0 +1,58 @@
+//! What the UI and the trainer thread say to each other. No model types here: the
+//! UI depends on these messages only.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    LabelsChanged,
+    Pause,
+    Resume,
+    Checkpoint,
+    Stop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainerState {
+    Loading,
+    /// Fewer training pairs than needed to start.
+    Waiting {
+        have: usize,
+        need: usize,
+    },
+    Training,
+    Paused,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    State(TrainerState),
+    /// The step count the run starts from (a resumed checkpoint's).
+    Started {
+        step: u64,
+        resumed_from: Option<PathBuf>,
+    },
+    Step {
+        step: u64,
+        loss: f64,
+        accuracy: f64,
+        pairs_per_s: f64,
+        labels_used: usize,
+    },
+    /// The batch had a non-finite loss or gradient and was skipped.
+    Skipped {
+        step: u64,
+    },
+    Eval {
+        step: u64,
+        accuracy: f64,
+        loss: f64,
+        pairs: usize,
+    },
+    Checkpointed {
+        step: u64,
+        path: PathBuf,
+    },
+    Failed(String),
+}

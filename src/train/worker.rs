@@ -1,0 +1,304 @@
+//! The trainer thread: trains on the judgements as they arrive, fed and read only
+//! through channels.
+//!
+//! It opens its own read-only connection to the database, reloads the labels when
+//! told they changed, evaluates on held-out prompts, and writes checkpoints
+//! atomically. It never blocks the UI: commands are read between steps, and it stops
+//! when told to or when the UI's end of the channel is gone.
+
+use super::{Encoded, Example, TrainConfig, Trainer, epoch_batches, is_heldout};
+use crate::model::checkpoint;
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
+use rusqlite::OpenFlags;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub use super::messages::{Command, Event, TrainerState};
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub db: PathBuf,
+    /// The base encoder folder (config, safetensors, tokenizer).
+    pub base_dir: PathBuf,
+    /// Where checkpoints go; training resumes from it when it holds one.
+    pub out_dir: PathBuf,
+    pub train: TrainConfig,
+    /// Training pairs needed before the first step.
+    pub min_labels: usize,
+    pub holdout: f64,
+    /// Evaluate on the held-out pairs every this many steps (and at each epoch end).
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+}
+
+pub struct Handle {
+    pub commands: Sender<Command>,
+    pub events: Receiver<Event>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Handle {
+    pub fn send(&self, c: Command) {
+        let _ = self.commands.send(c);
+    }
+
+    /// Asks the thread to stop and waits for it (it finishes its current step and
+    /// writes a checkpoint if it trained since the last one).
+    pub fn stop(mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn spawn(cfg: WorkerConfig) -> Handle {
+    let (ctx, crx) = unbounded();
+    // Bounded: if the UI stops reading, the trainer waits rather than piling up.
+    let (etx, erx) = bounded(1024);
+    let thread = std::thread::Builder::new()
+        .name("trainer".into())
+        .spawn(move || {
+            let mut w = Worker {
+                cfg,
+                commands: crx,
+                events: etx,
+            };
+            if let Err(e) = w.run() {
+                match e {
+                    Stop::Gone => {}
+                    Stop::Failed(msg) => {
+                        tracing::error!("trainer failed: {msg}");
+                        let _ = w.events.send(Event::Failed(msg));
+                    }
+                }
+            }
+            let _ = w.events.send(Event::State(TrainerState::Stopped));
+        })
+        .ok();
+    Handle {
+        commands: ctx,
+        events: erx,
+        thread,
+    }
+}
+
+enum Stop {
+    /// The UI is gone or asked to stop: not an error.
+    Gone,
+    Failed(String),
+}
+
+impl<E: std::fmt::Display> From<E> for Stop {
+    fn from(e: E) -> Stop {
+        Stop::Failed(e.to_string())
+    }
+}
+
+struct Worker {
+    cfg: WorkerConfig,
+    commands: Receiver<Command>,
+    events: Sender<Event>,
+}
+
+struct Data {
+    train: Vec<Encoded>,
+    held: Vec<Encoded>,
+}
+
+/// What the training loop should do after looking at the commands.
+enum Next {
+    Continue,
+    Reload,
+}
+
+impl Worker {
+    fn emit(&self, e: Event) -> Result<(), Stop> {
+        self.events.send(e).map_err(|_| Stop::Gone)
+    }
+
+    fn load_examples(&self) -> Result<Vec<Example>, Stop> {
+        let conn = rusqlite::Connection::open_with_flags(
+            &self.cfg.db,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let store = crate::store::Store::from_readonly(conn, self.cfg.db.clone());
+        Ok(super::examples_from_store(&store)?)
+    }
+
+    fn load_data(&self, trainer: &Trainer) -> Result<Data, Stop> {
+        let (held, train): (Vec<Example>, Vec<Example>) = self
+            .load_examples()?
+            .into_iter()
+            .partition(|e| is_heldout(&e.prompt, self.cfg.holdout));
+        Ok(Data {
+            train: trainer
+                .encode(&train)
+                .map_err(|e| Stop::Failed(e.to_string()))?,
+            held: trainer
+                .encode(&held)
+                .map_err(|e| Stop::Failed(e.to_string()))?,
+        })
+    }
+
+    /// Handles queued commands; blocks while paused.
+    fn poll(&self, trainer: &Trainer, step: u64, dirty: &mut bool) -> Result<Next, Stop> {
+        let mut next = Next::Continue;
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::LabelsChanged) => next = Next::Reload,
+                Ok(Command::Checkpoint) => self.checkpoint(trainer, step, dirty)?,
+                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                    self.checkpoint(trainer, step, dirty)?;
+                    return Err(Stop::Gone);
+                }
+                Ok(Command::Resume) => {}
+                Ok(Command::Pause) => {
+                    self.emit(Event::State(TrainerState::Paused))?;
+                    loop {
+                        match self.commands.recv() {
+                            Ok(Command::Resume) => break,
+                            Ok(Command::LabelsChanged) => next = Next::Reload,
+                            Ok(Command::Checkpoint) => self.checkpoint(trainer, step, dirty)?,
+                            Ok(Command::Pause) => {}
+                            Ok(Command::Stop) | Err(_) => {
+                                self.checkpoint(trainer, step, dirty)?;
+                                return Err(Stop::Gone);
+                            }
+                        }
+                    }
+                    self.emit(Event::State(TrainerState::Training))?;
+                }
+                Err(TryRecvError::Empty) => return Ok(next),
+            }
+        }
+    }
+
+    fn checkpoint(&self, trainer: &Trainer, step: u64, dirty: &mut bool) -> Result<(), Stop> {
+        if !*dirty {
+            return Ok(());
+        }
+        let meta =
+            serde_json::json!({"step": step, "config": trainer.config, "base": self.cfg.base_dir});
+        checkpoint::save(&trainer.model, &self.cfg.base_dir, &self.cfg.out_dir, &meta)?;
+        *dirty = false;
+        // The UI may be gone by now (stopping): that is fine.
+        let _ = self.events.send(Event::Checkpointed {
+            step,
+            path: self.cfg.out_dir.clone(),
+        });
+        Ok(())
+    }
+
+    fn evaluate(&self, trainer: &Trainer, data: &Data, step: u64) -> Result<(), Stop> {
+        if data.held.is_empty() {
+            return Ok(());
+        }
+        let e = trainer.evaluate(&data.held, trainer.config.batch_pairs)?;
+        self.emit(Event::Eval {
+            step,
+            accuracy: e.accuracy,
+            loss: e.loss,
+            pairs: e.pairs,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), Stop> {
+        self.emit(Event::State(TrainerState::Loading))?;
+        let resume = has_checkpoint(&self.cfg.out_dir);
+        let from = if resume {
+            &self.cfg.out_dir
+        } else {
+            &self.cfg.base_dir
+        };
+        let mut trainer = Trainer::load(from, self.cfg.train.clone()).map_err(|e| {
+            Stop::Failed(format!(
+                "cannot load the model from {}: {e}",
+                from.display()
+            ))
+        })?;
+        let mut step = if resume {
+            checkpoint::meta(&self.cfg.out_dir)
+                .and_then(|m| m["step"].as_u64())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        self.emit(Event::Started {
+            step,
+            resumed_from: resume.then(|| self.cfg.out_dir.clone()),
+        })?;
+        let mut dirty = false;
+        let mut epoch = 0u64;
+        'reload: loop {
+            let data = self.load_data(&trainer)?;
+            if data.train.len() < self.cfg.min_labels {
+                self.emit(Event::State(TrainerState::Waiting {
+                    have: data.train.len(),
+                    need: self.cfg.min_labels,
+                }))?;
+                // Wait for labels (or a stop), without spinning.
+                loop {
+                    match self.commands.recv() {
+                        Ok(Command::LabelsChanged) => continue 'reload,
+                        Ok(Command::Stop) | Err(_) => {
+                            self.checkpoint(&trainer, step, &mut dirty)?;
+                            return Err(Stop::Gone);
+                        }
+                        Ok(Command::Checkpoint) => self.checkpoint(&trainer, step, &mut dirty)?,
+                        Ok(Command::Pause | Command::Resume) => {}
+                    }
+                }
+            }
+            self.emit(Event::State(TrainerState::Training))?;
+            loop {
+                let batches = epoch_batches(
+                    &data.train,
+                    trainer.config.batch_pairs,
+                    trainer.config.seed,
+                    epoch,
+                );
+                epoch += 1;
+                for b in batches {
+                    if let Next::Reload = self.poll(&trainer, step, &mut dirty)? {
+                        continue 'reload;
+                    }
+                    let batch: Vec<&Encoded> = b.iter().map(|&i| &data.train[i]).collect();
+                    let t0 = Instant::now();
+                    let s = trainer.step(&batch)?;
+                    step += 1;
+                    if s.skipped {
+                        self.emit(Event::Skipped { step })?;
+                        continue;
+                    }
+                    dirty = true;
+                    self.emit(Event::Step {
+                        step,
+                        loss: s.loss,
+                        accuracy: s.accuracy,
+                        pairs_per_s: batch.len() as f64 / t0.elapsed().as_secs_f64(),
+                        labels_used: data.train.len(),
+                    })?;
+                    if self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every) {
+                        self.evaluate(&trainer, &data, step)?;
+                    }
+                    if self.cfg.checkpoint_every > 0
+                        && step.is_multiple_of(self.cfg.checkpoint_every)
+                    {
+                        self.checkpoint(&trainer, step, &mut dirty)?;
+                    }
+                }
+                self.evaluate(&trainer, &data, step)?;
+            }
+        }
+    }
+}
+
+/// Whether `dir` holds a complete checkpoint to resume from.
+pub fn has_checkpoint(dir: &Path) -> bool {
+    ["config.json", "model.safetensors", "tokenizer.json"]
+        .iter()
+        .all(|f| dir.join(f).exists())
+}

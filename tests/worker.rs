@@ -1,0 +1,213 @@
+//! The trainer thread: waits for labels, trains, picks up new labels, pauses,
+//! evaluates, checkpoints, stops cleanly and resumes.
+
+mod common;
+
+use common::repo;
+use crossbeam_channel::Receiver;
+use duel::domain::{Choice, NewLabel, Prompt};
+use duel::store::{NewPair, Store};
+use duel::train::TrainConfig;
+use duel::train::worker::{Command, Event, TrainerState, WorkerConfig, has_checkpoint, spawn};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn add_labeled(store: &mut Store, from: usize, n: usize) {
+    let pairs: Vec<NewPair> = (from..from + n)
+        .map(|i| {
+            NewPair::new(
+                Prompt::from_text(format!("Help me with task number {i}, please.")),
+                format!("Thank you for asking, I would be glad to help with task {i}."),
+                format!("No. Do task {i} yourself, idiot."),
+            )
+        })
+        .collect();
+    let out = store.insert_pairs(&pairs).expect("pairs");
+    for o in out {
+        let duel::store::InsertOutcome::Inserted(id) = o else {
+            panic!("duplicate")
+        };
+        store
+            .record_label(&NewLabel {
+                pair_id: id,
+                annotator: "ann".into(),
+                choice: Choice::A,
+                strength: None,
+                left: None,
+                note: None,
+                elapsed_ms: None,
+                source: "test".into(),
+            })
+            .expect("label");
+    }
+}
+
+/// Collects events until `pred` holds for one, or panics after `secs`.
+fn wait_for(rx: &Receiver<Event>, secs: u64, mut pred: impl FnMut(&Event) -> bool) -> Vec<Event> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut seen = Vec::new();
+    while Instant::now() < end {
+        if let Ok(e) = rx.recv_timeout(Duration::from_millis(100)) {
+            if let Event::Failed(msg) = &e {
+                panic!("trainer failed: {msg}");
+            }
+            let hit = pred(&e);
+            seen.push(e);
+            if hit {
+                return seen;
+            }
+        }
+    }
+    panic!("timed out; saw {seen:?}");
+}
+
+fn config(db: &Path, base: &Path, out: &Path) -> WorkerConfig {
+    WorkerConfig {
+        db: db.to_owned(),
+        base_dir: base.to_owned(),
+        out_dir: out.to_owned(),
+        train: TrainConfig {
+            lr: 2e-3,
+            max_length: 48,
+            batch_pairs: 4,
+            ..Default::default()
+        },
+        min_labels: 16,
+        holdout: 0.2,
+        eval_every: 5,
+        checkpoint_every: 0,
+    }
+}
+
+#[test]
+fn trains_live_as_labels_arrive_and_stops_cleanly() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let base = dir.path().join("base");
+    let out = dir.path().join("model");
+    duel::model::bert::write_tiny_model(
+        &base,
+        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
+        5,
+    )
+    .expect("tiny model");
+    let mut store = Store::open(&db).expect("store");
+    add_labeled(&mut store, 0, 6);
+
+    let h = spawn(config(&db, &base, &out));
+    // Too few labels: it waits, and says how many it has.
+    wait_for(
+        &h.events,
+        60,
+        |e| matches!(e, Event::State(TrainerState::Waiting { have, need: 16 }) if *have < 16),
+    );
+    // Labels arrive; the UI says so; training starts without a restart.
+    add_labeled(&mut store, 6, 40);
+    h.send(Command::LabelsChanged);
+    let seen = wait_for(&h.events, 120, |e| matches!(e, Event::Eval { .. }));
+    let steps: Vec<(u64, f64, usize)> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Step {
+                step,
+                loss,
+                labels_used,
+                ..
+            } => Some((*step, *loss, *labels_used)),
+            _ => None,
+        })
+        .collect();
+    assert!(steps.len() >= 5, "{seen:?}");
+    assert!(steps.iter().all(|(_, l, _)| l.is_finite()));
+    let used = steps[0].2;
+    assert!(used >= 16, "trains on the labels it was told about: {used}");
+
+    // More labels: the next steps use them.
+    add_labeled(&mut store, 46, 20);
+    h.send(Command::LabelsChanged);
+    wait_for(
+        &h.events,
+        120,
+        |e| matches!(e, Event::Step { labels_used, .. } if *labels_used > used),
+    );
+
+    // Pause: no steps until resumed.
+    h.send(Command::Pause);
+    wait_for(&h.events, 60, |e| {
+        matches!(e, Event::State(TrainerState::Paused))
+    });
+    let quiet = h.events.recv_timeout(Duration::from_millis(700));
+    assert!(
+        !matches!(quiet, Ok(Event::Step { .. })),
+        "stepped while paused: {quiet:?}"
+    );
+    h.send(Command::Resume);
+    let seen = wait_for(&h.events, 60, |e| matches!(e, Event::Step { .. }));
+    let last_step = seen
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Step { step, .. } => Some(*step),
+            _ => None,
+        })
+        .expect("a step");
+
+    // Stop: the thread ends promptly and leaves a checkpoint.
+    let events = h.events.clone();
+    let t = Instant::now();
+    h.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    let rest: Vec<Event> = events.try_iter().collect();
+    assert!(
+        rest.iter().any(|e| matches!(e, Event::Checkpointed { .. })),
+        "{rest:?}"
+    );
+    assert!(has_checkpoint(&out));
+
+    // Starting again resumes from the checkpoint's step.
+    let h = spawn(config(&db, &base, &out));
+    let seen = wait_for(&h.events, 60, |e| matches!(e, Event::Started { .. }));
+    match seen.last() {
+        Some(Event::Started {
+            step,
+            resumed_from: Some(p),
+        }) => {
+            assert!(
+                *step >= last_step,
+                "resumed at {step}, had reached {last_step}"
+            );
+            assert_eq!(p, &out);
+        }
+        other => panic!("expected a resume, got {other:?}"),
+    }
+    h.stop();
+}
+
+#[test]
+fn missing_model_files_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    Store::open(&db).expect("store");
+    let h = spawn(config(
+        &db,
+        &dir.path().join("nope"),
+        &dir.path().join("out"),
+    ));
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut msg = None;
+    while Instant::now() < end && msg.is_none() {
+        if let Ok(Event::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
+            msg = Some(m);
+        }
+    }
+    let msg = msg.expect("a failure event");
+    assert!(
+        msg.contains("cannot load the model") && msg.contains("nope"),
+        "{msg}"
+    );
+    h.stop();
+}
