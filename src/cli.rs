@@ -87,8 +87,8 @@ pub struct LabelArgs {
     #[arg(long)]
     pub no_train: bool,
     /// Training pairs needed before training starts.
-    #[arg(long, default_value_t = 16)]
-    pub min_labels: usize,
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_labels: u64,
     /// The encoder to start from (BERT-family folder).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
@@ -133,8 +133,8 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 256)]
     pub max_length: usize,
     /// Pairs per batch.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
 }
 
 #[derive(Debug, Args)]

@@ -3,12 +3,8 @@ use duel::cli::Cli;
 use duel::commands::{BadInput, EXIT_BAD_INPUT};
 use std::process::ExitCode;
 
-/// glibc's malloc maps and unmaps every large tensor, and the page faults and
-/// zeroing that follow showed up as a tenth of a training step; mimalloc reuses them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     set_compute_threads(cli.threads);
     init_logging(&cli.db);
@@ -62,4 +58,19 @@ fn set_compute_threads(threads: Option<usize>) {
     // SAFETY: called first thing in `main`, before any thread is spawned, so no other
     // thread can be reading the environment.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+}
+
+/// glibc's malloc maps every tensor over 128 KiB fresh and unmaps it when freed, so
+/// each training step page-faults and zeroes its activations again (a third of a
+/// step, measured). Tensors up to 32 MiB come from the heap instead, and freed memory
+/// stays with the process.
+#[allow(unsafe_code)]
+fn keep_freed_memory() {
+    // SAFETY: mallopt only changes allocator thresholds; called before any thread
+    // exists and before large allocations.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
 }

@@ -311,3 +311,49 @@ fn not_a_database_is_refused_and_untouched() {
         b"my precious notes\n".repeat(100)
     );
 }
+
+#[test]
+fn labels_for_pairs_already_stored_are_added_in_the_stored_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let unlabeled = write(
+        dir.path(),
+        "u.jsonl",
+        br#"{"prompt":"p","response_a":"x","response_b":"y"}"#,
+    );
+    assert!(
+        duel(&db, &["import", unlabeled.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    // Two raters' judgements of the same pair, one each way, arrive later.
+    let labeled = write(
+        dir.path(),
+        "l.jsonl",
+        b"{\"prompt\":\"p\",\"chosen\":\"y\",\"rejected\":\"x\"}\n{\"prompt\":\"p\",\"chosen\":\"x\",\"rejected\":\"y\"}\n",
+    );
+    assert!(
+        duel(&db, &["import", labeled.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let mut st = c
+        .prepare("SELECT choice FROM labels ORDER BY id")
+        .expect("prep");
+    let choices: Vec<String> = st
+        .query_map([], |r| r.get(0))
+        .expect("q")
+        .map(|r| r.expect("row"))
+        .collect();
+    // Stored order is x (a), y (b): "y chosen" is b, "x chosen" is a.
+    assert_eq!(choices, ["b", "a"]);
+    assert_eq!(count(&db, "pairs"), 1);
+    // Importing the same file again adds no second copy of those judgements.
+    assert!(
+        duel(&db, &["import", labeled.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    assert_eq!(count(&db, "labels"), 2);
+}

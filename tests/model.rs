@@ -449,3 +449,21 @@ print(json.dumps(out))
     // The rewards are not all equal (the head was trained).
     assert!((ours[1] - ours[2]).abs() > 1e-6);
 }
+
+#[test]
+fn a_checkpoint_set_aside_by_an_interrupted_save_is_recovered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = dir.path().join("ckpt");
+    let aside = dir.path().join(".ckpt.old-4242");
+    std::fs::create_dir_all(&aside).expect("mkdir");
+    std::fs::write(aside.join("model.safetensors"), b"weights").expect("write");
+    checkpoint::recover(&out);
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).expect("read"),
+        b"weights"
+    );
+    assert!(!aside.exists());
+    // With a checkpoint in place, nothing is touched.
+    checkpoint::recover(&out);
+    assert!(out.exists());
+}

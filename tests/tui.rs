@@ -475,3 +475,36 @@ fn without_a_trainer_p_says_so_and_labeling_works() {
     press(&mut app, KeyCode::Char('1'));
     assert_eq!(rows(&app, false).len(), 1);
 }
+
+#[test]
+fn a_note_survives_skip_and_undo() {
+    let mut app = App::new(
+        store_with(&[("q1", "a", "b"), ("q2", "c", "d")]),
+        config("a"),
+    )
+    .expect("app");
+    let first = app.current.as_ref().expect("p").pair.id;
+    press(&mut app, KeyCode::Char('n'));
+    for c in "typo in B".chars() {
+        press(&mut app, KeyCode::Char(c));
+    }
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Char('s'));
+    press(&mut app, KeyCode::Char('u'));
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(first));
+    assert_eq!(
+        app.current.as_ref().and_then(|c| c.note.as_deref()),
+        Some("typo in B")
+    );
+    press(&mut app, KeyCode::Char('1'));
+    press(&mut app, KeyCode::Char('u'));
+    assert_eq!(
+        app.current.as_ref().and_then(|c| c.note.as_deref()),
+        Some("typo in B"),
+        "undo brings the note back with the pair"
+    );
+    press(&mut app, KeyCode::Char('2'));
+    let r = rows(&app, false);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].note.as_deref(), Some("typo in B"));
+}

@@ -129,7 +129,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
                 max_length: args.max_length,
                 ..Default::default()
             },
-            min_labels: args.min_labels,
+            min_labels: args.min_labels as usize,
             holdout: 0.15,
             eval_every: 25,
             checkpoint_every: 100,

@@ -96,7 +96,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     }
     let config = TrainConfig {
         lr: args.lr,
-        batch_pairs: args.model.batch,
+        batch_pairs: args.model.batch as usize,
         max_length: args.model.max_length,
         seed: args.seed,
         use_margin: args.margin,
@@ -177,6 +177,16 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             break;
         }
     }
+    // Stopped by --steps in the middle of an epoch: evaluate what was trained.
+    if !held_data.is_empty() && evals.last().and_then(|e| e["step"].as_u64()) != Some(step) {
+        let e = trainer.evaluate(&held_data, config.batch_pairs)?;
+        store.conn().execute(
+            "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, labels_used)
+             VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
+            rusqlite::params![run_id, step as i64, e.loss, e.accuracy, data.len() as i64],
+        )?;
+        evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
+    }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let meta = serde_json::json!({
@@ -221,7 +231,7 @@ fn load_trained(dir: &Path, args: &crate::cli::ModelArgs) -> Result<Trainer> {
         &dir,
         TrainConfig {
             max_length: args.max_length,
-            batch_pairs: args.batch,
+            batch_pairs: args.batch as usize,
             ..Default::default()
         },
     )
@@ -231,7 +241,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let trainer = load_trained(&args.model, &args.args)?;
     let examples = examples_from_file(&args.file)?;
     let data = trainer.encode(&examples)?;
-    let e = trainer.evaluate(&data, args.args.batch)?;
+    let e = trainer.evaluate(&data, args.args.batch as usize)?;
     if args.json {
         println!(
             "{}",
@@ -299,7 +309,7 @@ pub fn score(args: ScoreArgs) -> Result<ExitCode> {
         .iter()
         .flat_map(|(_, _, t)| t.iter().map(|(_, ids)| ids.clone()))
         .collect();
-    let rewards = trainer.score(&seqs, args.args.batch * 2)?;
+    let rewards = trainer.score(&seqs, args.args.batch as usize * 2)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut k = 0;
     for (line, id, texts) in &lines {

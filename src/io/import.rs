@@ -66,8 +66,9 @@ impl RecordError {
 
 impl fmt::Display for RecordError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Field names can come from a CSV header (data): controls are escaped.
         match &self.field {
-            Some(field) => write!(f, "field `{field}`: {}", self.message),
+            Some(field) => write!(f, "field `{}`: {}", field.escape_debug(), self.message),
             None => f.write_str(&self.message),
         }
     }

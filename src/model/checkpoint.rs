@@ -125,7 +125,13 @@ pub fn save(
     if had_old {
         fs::rename(out, &old).map_err(io(out))?;
     }
-    fs::rename(&tmp, out).map_err(io(out))?;
+    if let Err(e) = fs::rename(&tmp, out) {
+        // Put the old one back rather than leave nothing.
+        if had_old {
+            let _ = fs::rename(&old, out);
+        }
+        return Err(io(out)(e));
+    }
     if had_old {
         let _ = fs::remove_dir_all(&old);
     }
@@ -138,4 +144,38 @@ pub fn save(
 /// Reads `duel.json` of a checkpoint, if any.
 pub fn meta(dir: &Path) -> Option<serde_json::Value> {
     serde_json::from_slice(&fs::read(dir.join("duel.json")).ok()?).ok()
+}
+
+/// Puts back a checkpoint left aside by a `save` that was interrupted between its two
+/// renames (the old folder is `.<name>.old-<pid>` beside `out`).
+pub fn recover(out: &Path) {
+    if out.exists() {
+        return;
+    }
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{name}.old-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix)
+            && e.path().join("model.safetensors").exists()
+            && fs::rename(e.path(), out).is_ok()
+        {
+            tracing::warn!(
+                "recovered checkpoint {} from {}",
+                out.display(),
+                e.path().display()
+            );
+            return;
+        }
+    }
 }

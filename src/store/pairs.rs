@@ -193,6 +193,9 @@ impl<'c> PairWriter<'c> {
             None
         };
         if let Some(id) = existing {
+            if let Some(choice) = pair.label {
+                self.label_existing(id, pair, choice)?;
+            }
             return Ok(InsertOutcome::Duplicate(id));
         }
         if let (Some(k), Some(ext)) = (&self.known, &pair.ext_id)
@@ -259,6 +262,45 @@ impl<'c> PairWriter<'c> {
             )?;
         }
         Ok(InsertOutcome::Inserted(id))
+    }
+
+    /// A labeled record whose pair is already stored: its judgement is added to that
+    /// pair (mapped to the stored order), unless the same import judgement stands.
+    fn label_existing(&self, pair_id: i64, pair: &NewPair, choice: Choice) -> Result<()> {
+        let stored_a: String = self
+            .conn
+            .prepare_cached(
+                "SELECT r.text FROM pairs p JOIN responses r ON r.id = p.response_a WHERE p.id = ?1",
+            )?
+            .query_row([pair_id], |r| r.get(0))?;
+        let choice = match choice {
+            Choice::A if stored_a != pair.response_a => Choice::B,
+            Choice::B if stored_a != pair.response_b => Choice::A,
+            c => c,
+        };
+        let already: bool = self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM labels WHERE pair_id = ?1 AND annotator = 'import'
+                                AND choice = ?2 AND undone_at IS NULL)",
+            )?
+            .query_row(params![pair_id, choice.as_str()], |r| r.get(0))?;
+        if !already {
+            super::labels::insert_label(
+                self.conn,
+                &NewLabel {
+                    pair_id,
+                    annotator: "import".into(),
+                    choice,
+                    strength: None,
+                    left: None,
+                    note: None,
+                    elapsed_ms: None,
+                    source: "import".into(),
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn prompt_id(&mut self, prompt: &Prompt, hash: Digest) -> Result<i64> {

@@ -177,13 +177,15 @@ impl Trainer {
         if self.total_steps == 0 {
             return base * ((step as f64 + 1.0) / LIVE_WARMUP_STEPS).min(1.0);
         }
+        // As transformers' linear schedule, with `step` counted from 0: the last
+        // step still learns.
         let total = self.total_steps as f64;
-        let warm = (self.config.warmup_ratio * total).round().max(1.0);
-        let s = step as f64 + 1.0;
-        if s <= warm {
-            base * s / warm
+        let warm = (self.config.warmup_ratio * total).round();
+        let s = step as f64;
+        if s < warm {
+            base * (s + 1.0) / (warm + 1.0)
         } else {
-            base * ((total - s) / (total - warm).max(1.0)).max(0.0)
+            base * ((total - s) / (total - warm).max(1.0)).clamp(0.0, 1.0)
         }
     }
 
@@ -357,4 +359,49 @@ pub fn examples_from_store(
         },
     )?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_warms_up_then_decays_and_the_last_step_still_learns() {
+        let cfg = crate::model::bert::tiny_config();
+        let w = crate::model::bert::random_weights(&cfg, 1).expect("w");
+        let model = RewardModel::from_weights(cfg, &w, 1).expect("m");
+        let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/models/all-MiniLM-L6-v2/tokenizer.json");
+        let Ok(encoder) = TextEncoder::load(&tok) else {
+            panic!("{} missing: run `make test`", tok.display())
+        };
+        let mut t = Trainer::new(
+            model,
+            encoder,
+            TrainConfig {
+                lr: 1.0,
+                warmup_ratio: 0.2,
+                ..Default::default()
+            },
+        )
+        .expect("trainer");
+        t.total_steps = 10;
+        let lrs: Vec<f64> = (0..10).map(|s| t.lr_at(s)).collect();
+        assert!(lrs[0] > 0.0 && lrs[0] < lrs[1] && lrs[1] <= 1.0, "{lrs:?}");
+        assert!((lrs[2] - 1.0).abs() < 1e-12, "{lrs:?}");
+        assert!(lrs.windows(2).skip(2).all(|w| w[1] < w[0]), "{lrs:?}");
+        assert!(lrs[9] > 0.0, "{lrs:?}");
+        t.total_steps = 0;
+        assert!(t.lr_at(0) < t.lr_at(19) && (t.lr_at(100) - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn heldout_split_is_by_prompt_and_near_its_share() {
+        let n = (0..2000)
+            .filter(|i| is_heldout(&format!("prompt {i}"), 0.15))
+            .count();
+        assert!((240..=360).contains(&n), "{n}");
+        assert_eq!(is_heldout("same", 0.15), is_heldout("same", 0.15));
+        assert!(!is_heldout("anything", 0.0));
+    }
 }

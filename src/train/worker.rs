@@ -70,11 +70,12 @@ pub fn spawn(cfg: WorkerConfig) -> Handle {
                     Stop::Gone => {}
                     Stop::Failed(msg) => {
                         tracing::error!("trainer failed: {msg}");
-                        let _ = w.events.send(Event::Failed(msg));
+                        // Never block on a full channel while stopping.
+                        let _ = w.events.try_send(Event::Failed(msg));
                     }
                 }
             }
-            let _ = w.events.send(Event::State(TrainerState::Stopped));
+            let _ = w.events.try_send(Event::State(TrainerState::Stopped));
         })
         .ok();
     Handle {
@@ -184,8 +185,8 @@ impl Worker {
             serde_json::json!({"step": step, "config": trainer.config, "base": self.cfg.base_dir});
         checkpoint::save(&trainer.model, &self.cfg.base_dir, &self.cfg.out_dir, &meta)?;
         *dirty = false;
-        // The UI may be gone by now (stopping): that is fine.
-        let _ = self.events.send(Event::Checkpointed {
+        // The UI may be gone or not reading by now (stopping): never block on it.
+        let _ = self.events.try_send(Event::Checkpointed {
             step,
             path: self.cfg.out_dir.clone(),
         });
@@ -207,6 +208,7 @@ impl Worker {
 
     fn run(&mut self) -> Result<(), Stop> {
         self.emit(Event::State(TrainerState::Loading))?;
+        checkpoint::recover(&self.cfg.out_dir);
         let resume = has_checkpoint(&self.cfg.out_dir);
         let from = if resume {
             &self.cfg.out_dir
@@ -234,7 +236,7 @@ impl Worker {
         let mut epoch = 0u64;
         'reload: loop {
             let data = self.load_data(&trainer)?;
-            if data.train.len() < self.cfg.min_labels {
+            if data.train.len() < self.cfg.min_labels.max(1) {
                 self.emit(Event::State(TrainerState::Waiting {
                     have: data.train.len(),
                     need: self.cfg.min_labels,
@@ -261,6 +263,9 @@ impl Worker {
                     epoch,
                 );
                 epoch += 1;
+                if let Next::Reload = self.poll(&trainer, step, &mut dirty)? {
+                    continue 'reload;
+                }
                 for b in batches {
                     if let Next::Reload = self.poll(&trainer, step, &mut dirty)? {
                         continue 'reload;

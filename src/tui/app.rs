@@ -168,6 +168,8 @@ pub struct App {
     history: Vec<Done>,
     skipped: HashSet<i64>,
     left_of: HashMap<i64, Side>,
+    /// Notes written this session, by pair, kept across skip and undo.
+    notes: HashMap<i64, String>,
     scroll: [usize; 3],
     /// Largest useful scroll per pane, written by `draw` (it knows the wrapped sizes).
     pub(crate) max_scroll: Cell<[usize; 3]>,
@@ -206,6 +208,7 @@ impl App {
             history: Vec::new(),
             skipped: HashSet::new(),
             left_of: HashMap::new(),
+            notes: HashMap::new(),
             scroll: [0; 3],
             max_scroll: Cell::new([usize::MAX; 3]),
             help_max_scroll: Cell::new(usize::MAX),
@@ -367,6 +370,14 @@ impl App {
 
     /// Shows `pair_id`, or the next pair in the queue when `None`.
     fn show(&mut self, pair_id: Option<i64>) {
+        // The pair on screen goes first: if reading the next one fails, nothing
+        // already judged stays up to be judged twice.
+        if let Some(cur) = self.current.take()
+            && let Some(note) = cur.note
+        {
+            self.notes.insert(cur.pair.id, note);
+        }
+        self.wrap_cache.borrow_mut().clear();
         let id = match pair_id {
             Some(id) => Some(id),
             None => match self.store.next_pair_id(
@@ -416,9 +427,9 @@ impl App {
             right_text: sanitize(pair.response(left.other())),
             turns,
             left,
+            note: self.notes.get(&pair.id).cloned(),
             pair,
             shown_at: Instant::now(),
-            note: None,
         });
     }
 
@@ -454,6 +465,10 @@ impl App {
         };
         match self.store.record_label(&label) {
             Ok(label_id) => {
+                self.notes.remove(&label.pair_id);
+                if let Some(c) = &mut self.current {
+                    c.note = None;
+                }
                 self.history.push(Done::Label {
                     label_id,
                     pair_id: label.pair_id,
@@ -483,6 +498,14 @@ impl App {
                 Ok(_) => {
                     self.notify_trainer(Command::LabelsChanged);
                     self.session_labels = self.session_labels.saturating_sub(1);
+                    // The undone judgement's note comes back with its pair.
+                    if let Ok(Some(note)) = self.store.conn().query_row(
+                        "SELECT note FROM labels WHERE id = ?1",
+                        [label_id],
+                        |r| r.get::<_, Option<String>>(0),
+                    ) {
+                        self.notes.insert(pair_id, note);
+                    }
                     self.show(Some(pair_id));
                     self.refresh_progress();
                     self.say("undone: judge this pair again", false);

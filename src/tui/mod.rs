@@ -72,8 +72,7 @@ pub fn run(
     });
     let input = spawn_input();
     let ticker = tick(Duration::from_millis(500));
-    let never = crossbeam_channel::never();
-    let trainer = trainer.unwrap_or(never);
+    let mut trainer = trainer.unwrap_or_else(crossbeam_channel::never);
     loop {
         terminal.draw(|f| view::draw(app, f))?;
         let ev = select! {
@@ -83,8 +82,11 @@ pub fn run(
             },
             recv(trainer) -> ev => match ev {
                 Ok(ev) => AppEvent::Trainer(ev),
-                // The trainer is gone: keep labeling.
-                Err(_) => AppEvent::Tick,
+                // The trainer is gone: keep labeling, and stop listening to it.
+                Err(_) => {
+                    trainer = crossbeam_channel::never();
+                    AppEvent::Tick
+                }
             },
             recv(ticker) -> _ => AppEvent::Tick,
         };

@@ -1,5 +1,6 @@
 //! What the labeler knows of the trainer, and the training view (`m`).
 
+use super::sanitize::sanitize;
 use crate::train::messages::{Event, TrainerState};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -64,7 +65,7 @@ impl TrainView {
 
     pub fn state_text(&self) -> String {
         if let Some(f) = &self.failed {
-            return format!("not training: {f}");
+            return format!("not training: {}", sanitize(f));
         }
         match &self.state {
             None => "off".into(),
@@ -116,7 +117,7 @@ fn bounds(points: &[(f64, f64)]) -> [f64; 2] {
 pub fn draw(view: &TrainView, f: &mut Frame, area: Rect) {
     let rows = Layout::vertical([Constraint::Length(4), Constraint::Min(6)]).split(area);
     let ck = match &view.last_checkpoint {
-        Some((s, p)) => format!("step {s} in {}", p.display()),
+        Some((s, p)) => format!("step {s} in {}", sanitize(&p.display().to_string())),
         None => "none yet".into(),
     };
     let pps = view

@@ -35,8 +35,9 @@ pub fn layout(area: Rect, app: &App) -> Regions {
     .split(area);
     let body = rows[1];
     // The prompt takes what it needs, between 3 rows and 40% of the body.
-    let want = prompt_lines(app, body.width.saturating_sub(2)).len() as u16 + 2;
-    let cap = (body.height * 2 / 5).max(3);
+    let want = (prompt_lines(app, body.width.saturating_sub(2)).len() + 2)
+        .min(usize::from(u16::MAX)) as u16;
+    let cap = ((u32::from(body.height) * 2 / 5) as u16).max(3);
     let prompt_h = want.clamp(3, cap).min(body.height);
     let parts = Layout::vertical([Constraint::Length(prompt_h), Constraint::Min(0)]).split(body);
     let dir = match app.arrangement {
