@@ -508,3 +508,21 @@ fn a_note_survives_skip_and_undo() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].note.as_deref(), Some("typo in B"));
 }
+
+#[test]
+fn the_top_line_keeps_progress_readable_next_to_the_model_state() {
+    use duel::train::messages::{Event, TrainerState};
+    let mut app = App::new(store_with(&[("q1", "a", "b")]), config("annotator")).expect("app");
+    let (tx, _rx) = crossbeam_channel::unbounded();
+    app.attach_trainer(tx, &serde_json::json!({}));
+    app.update(Action::Trainer(Event::State(TrainerState::Waiting {
+        have: 0,
+        need: 16,
+    })));
+    for w in [80u16, 100, 120] {
+        let (_, text) = render(&app, w, 24);
+        let top = text.lines().next().expect("line");
+        assert!(top.contains("model: waiting 0/16"), "{top}");
+        assert!(top.contains("judged 0/1"), "{top}");
+    }
+}

@@ -103,7 +103,16 @@ impl TrainView {
                 Span::styled(spark, Style::new().fg(Color::Green)),
                 Span::raw(format!(" {:.0}% ", a * 100.0)),
             ]),
-            None => Line::from(format!("model: {} ", self.state_text())).dark_gray(),
+            None => {
+                let short = match &self.state {
+                    Some(TrainerState::Waiting { have, need }) => format!("waiting {have}/{need}"),
+                    Some(TrainerState::Loading) => "loading".into(),
+                    Some(TrainerState::Training) => "training".into(),
+                    Some(TrainerState::Paused) => "paused".into(),
+                    _ => "off".into(),
+                };
+                Line::from(format!("model: {short} ")).dark_gray()
+            }
         }
     }
 }

@@ -269,9 +269,11 @@ fn draw_header(app: &App, f: &mut Frame, area: Rect) {
         format!("{} ", sanitize(&app.config.annotator)),
         Style::new().dark_gray(),
     ));
-    let who = right.right_aligned();
-    f.render_widget(Paragraph::new(left), area);
-    f.render_widget(Paragraph::new(who), area);
+    // The right part gets its width (at most half the line); the left is cut short.
+    let right_w = (right.width() as u16).min(area.width / 2);
+    let cols = Layout::horizontal([Constraint::Min(0), Constraint::Length(right_w)]).split(area);
+    f.render_widget(Paragraph::new(left), cols[0]);
+    f.render_widget(Paragraph::new(right.right_aligned()), cols[1]);
 }
 
 fn draw_status(app: &App, f: &mut Frame, area: Rect) {
