@@ -157,6 +157,9 @@ pub struct TrainArgs {
     /// Share of prompts held out for evaluation.
     #[arg(long, default_value_t = 0.15)]
     pub holdout: f64,
+    /// Share of the steps spent warming the learning rate up.
+    #[arg(long, default_value_t = 0.1)]
+    pub warmup: f64,
     /// Use the strength of judgements as margins in the loss.
     #[arg(long)]
     pub margin: bool,

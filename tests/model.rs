@@ -467,3 +467,29 @@ fn a_checkpoint_set_aside_by_an_interrupted_save_is_recovered() {
     checkpoint::recover(&out);
     assert!(out.exists());
 }
+
+#[test]
+fn truncation_keeps_the_response_and_the_end_of_the_prompt() {
+    let enc = TextEncoder::load(&encoder_dir().join("tokenizer.json")).expect("tokenizer");
+    let tok = |w: &str| enc.encode("", w, 8).expect("encode")[1];
+    let prompt = format!("apple {}banana", "word ".repeat(300));
+    let ids = enc.encode(&prompt, "the final answer", 32).expect("encode");
+    assert_eq!(ids.len(), 32);
+    let resp = enc.encode("", "the final answer", 32).expect("encode");
+    // The whole response ends the sequence, before [SEP].
+    let r = &resp[1..resp.len() - 1];
+    assert_eq!(&ids[ids.len() - 1 - r.len()..ids.len() - 1], r);
+    assert!(
+        !ids.contains(&tok("apple")),
+        "the oldest prompt words are cut"
+    );
+    assert!(
+        ids.contains(&tok("banana")),
+        "the newest prompt words survive"
+    );
+    // A response longer than the room is cut at its end, with no prompt left.
+    let long: String = (0..100).map(|i| format!("r{i} ")).collect();
+    let ids = enc.encode("prompt", &long, 16).expect("encode");
+    let alone = enc.encode("", &long, 16).expect("encode");
+    assert_eq!(ids, alone);
+}

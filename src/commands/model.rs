@@ -101,6 +101,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         seed: args.seed,
         use_margin: args.margin,
         center_coef: args.center,
+        warmup_ratio: args.warmup,
         ..Default::default()
     };
     let mut trainer = Trainer::load(&base, config.clone())?;

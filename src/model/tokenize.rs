@@ -45,8 +45,9 @@ impl TextEncoder {
     }
 
     /// Token ids of `prompt + " " + response`, at most `max_len` with the special
-    /// tokens. The response keeps up to three quarters of the room; the prompt fills
-    /// the rest from its end.
+    /// tokens: the response first (cut at the end if it alone is too long), then as
+    /// much of the prompt as fits, from its end, so the last turns survive. This is
+    /// the rule of the baseline scripts (and of TRL's left truncation of the prompt).
     pub fn encode(
         &self,
         prompt: &str,
@@ -55,14 +56,8 @@ impl TextEncoder {
     ) -> Result<Vec<u32>, TokenizerError> {
         let room = max_len.saturating_sub(2).max(1);
         let mut r = self.ids(response)?;
+        r.truncate(room);
         let p = self.ids(prompt)?;
-        let r_cap = if p.len() + r.len() <= room {
-            r.len()
-        } else {
-            r.len()
-                .min((room * 3 / 4).max(room.saturating_sub(p.len())))
-        };
-        r.truncate(r_cap);
         let p_keep = room - r.len();
         let p_tail = &p[p.len().saturating_sub(p_keep)..];
         let mut out = Vec::with_capacity(p_tail.len() + r.len() + 2);
