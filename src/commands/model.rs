@@ -76,6 +76,21 @@ fn examples_from_file(path: &Path) -> Result<Vec<Example>> {
     Ok(out)
 }
 
+fn record_eval(
+    store: &crate::store::Store,
+    run_id: i64,
+    step: u64,
+    e: &crate::train::EvalStats,
+    labels: usize,
+) -> Result<()> {
+    store.conn().execute(
+        "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, labels_used)
+         VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
+        rusqlite::params![run_id, step as i64, e.loss, e.accuracy, labels as i64],
+    )?;
+    Ok(())
+}
+
 pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let base = model_dir(args.model_dir.as_deref())?;
     if !db.exists() {
@@ -163,11 +178,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         epoch += 1;
         if !held_data.is_empty() {
             let e = trainer.evaluate(&held_data, config.batch_pairs)?;
-            store.conn().execute(
-                "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, labels_used)
-                 VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
-                rusqlite::params![run_id, step as i64, e.loss, e.accuracy, data.len() as i64],
-            )?;
+            record_eval(&store, run_id, step, &e, data.len())?;
             bar.println(format!(
                 "epoch {epoch}: held-out accuracy {:.3} on {} pairs, loss {:.4}",
                 e.accuracy, e.pairs, e.loss
@@ -181,11 +192,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     // Stopped by --steps in the middle of an epoch: evaluate what was trained.
     if !held_data.is_empty() && evals.last().and_then(|e| e["step"].as_u64()) != Some(step) {
         let e = trainer.evaluate(&held_data, config.batch_pairs)?;
-        store.conn().execute(
-            "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, labels_used)
-             VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
-            rusqlite::params![run_id, step as i64, e.loss, e.accuracy, data.len() as i64],
-        )?;
+        record_eval(&store, run_id, step, &e, data.len())?;
         evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
     }
     bar.finish_and_clear();

@@ -247,21 +247,26 @@ impl<'c> PairWriter<'c> {
             }
         }
         if let Some(choice) = pair.label {
-            super::labels::insert_label(
-                self.conn,
-                &NewLabel {
-                    pair_id: id,
-                    annotator: "import".into(),
-                    choice,
-                    strength: None,
-                    left: None,
-                    note: None,
-                    elapsed_ms: None,
-                    source: "import".into(),
-                },
-            )?;
+            self.import_label(id, choice)?;
         }
         Ok(InsertOutcome::Inserted(id))
+    }
+
+    /// The judgement a labeled record brings, by annotator `import`.
+    fn import_label(&self, pair_id: i64, choice: Choice) -> Result<i64> {
+        super::labels::insert_label(
+            self.conn,
+            &NewLabel {
+                pair_id,
+                annotator: "import".into(),
+                choice,
+                strength: None,
+                left: None,
+                note: None,
+                elapsed_ms: None,
+                source: "import".into(),
+            },
+        )
     }
 
     /// A labeled record whose pair is already stored: its judgement is added to that
@@ -286,19 +291,7 @@ impl<'c> PairWriter<'c> {
             )?
             .query_row(params![pair_id, choice.as_str()], |r| r.get(0))?;
         if !already {
-            super::labels::insert_label(
-                self.conn,
-                &NewLabel {
-                    pair_id,
-                    annotator: "import".into(),
-                    choice,
-                    strength: None,
-                    left: None,
-                    note: None,
-                    elapsed_ms: None,
-                    source: "import".into(),
-                },
-            )?;
+            self.import_label(pair_id, choice)?;
         }
         Ok(())
     }

@@ -335,24 +335,6 @@ fn draw_status(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(line), area);
 }
 
-const HINTS_TRAINING: &[(&str, &str)] = &[
-    ("1/←", "A better"),
-    ("2/→", "B better"),
-    ("0", "tie"),
-    ("x", "both bad"),
-    ("s", "skip"),
-    ("u", "undo"),
-    ("n", "note"),
-    ("?", "help"),
-    ("q", "quit"),
-    ("m", "model"),
-    ("p", "pause"),
-    ("d", "diff"),
-    ("v", "view"),
-    ("Tab", "focus"),
-    ("j/k", "scroll"),
-];
-
 const HINTS: &[(&str, &str)] = &[
     ("1/←", "A better"),
     ("2/→", "B better"),
@@ -383,8 +365,20 @@ fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
             ("p", "pause/resume"),
             ("q", "quit"),
         ],
-        Mode::Label if app.has_trainer() => HINTS_TRAINING,
         Mode::Label => HINTS,
+    };
+    // With a trainer, its keys come right after the essentials.
+    let with_model: Vec<(&str, &str)>;
+    let items = if app.mode == Mode::Label && !app.show_training && app.has_trainer() {
+        with_model = items[..9]
+            .iter()
+            .copied()
+            .chain([("m", "model"), ("p", "pause")])
+            .chain(items[9..].iter().copied())
+            .collect();
+        &with_model[..]
+    } else {
+        items
     };
     let mut spans = vec![Span::raw(" ")];
     let mut used = 1usize;
