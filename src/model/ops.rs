@@ -13,12 +13,27 @@ use rayon::prelude::*;
 /// Rows smaller than this are not worth a task of their own.
 const MIN_ROWS_PER_TASK: usize = 16;
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         bail!("{name}: f32 only")
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
+        None => bail!("{name}: input must be contiguous"),
+    }
+}
+
+/// The f32 elements of a contiguous storage, for writing in place.
+pub(crate) fn slice_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    name: &str,
+) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(v) = s else {
+        bail!("{name}: f32 only")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&mut v[a..b]),
         None => bail!("{name}: input must be contiguous"),
     }
 }

@@ -4,7 +4,7 @@
 //! half a second a step for MiniLM on two cores); this writes into the existing
 //! storage with candle's in-place ops, one pass per tensor.
 
-use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var, bail};
+use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result, Tensor, Var};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -34,23 +34,11 @@ pub struct AdamW {
 }
 
 fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("adamw: f32 only")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&mut v[a..b]),
-        None => bail!("adamw: tensors must be contiguous"),
-    }
+    crate::model::ops::slice_mut(s, l, "adamw")
 }
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("adamw: f32 only")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("adamw: tensors must be contiguous"),
-    }
+    crate::model::ops::slice(s, l, "adamw")
 }
 
 /// `m = b * m + (1 - b) * g` (or with `g²` when `square`).

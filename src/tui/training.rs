@@ -117,6 +117,21 @@ impl TrainView {
     }
 }
 
+fn series<'a>(name: &'a str, color: Color, data: &'a [(f64, f64)]) -> Dataset<'a> {
+    Dataset::default()
+        .name(name)
+        .marker(symbols::Marker::Braille)
+        .graph_type(GraphType::Line)
+        .style(Style::new().fg(color))
+        .data(data)
+}
+
+fn step_axis(b: [f64; 2]) -> Axis<'static> {
+    Axis::default()
+        .bounds(b)
+        .labels([format!("{:.0}", b[0]), format!("{:.0}", b[1])])
+}
+
 fn bounds(points: &[(f64, f64)]) -> [f64; 2] {
     let lo = points.first().map_or(0.0, |p| p.0);
     let hi = points.last().map_or(1.0, |p| p.0);
@@ -189,49 +204,24 @@ pub fn draw(view: &TrainView, f: &mut Frame, area: Rect) {
         .collect();
     let ymax = smooth.iter().map(|p| p.1).fold(0.8f64, f64::max);
     let xb = bounds(&smooth);
-    let loss = Chart::new(vec![
-        Dataset::default()
-            .name("loss (10-step mean)")
-            .marker(symbols::Marker::Braille)
-            .graph_type(GraphType::Line)
-            .style(Style::new().fg(Color::Yellow))
-            .data(&smooth),
-    ])
-    .block(Block::bordered().title(" training loss "))
-    .x_axis(
-        Axis::default()
-            .bounds(xb)
-            .labels([format!("{:.0}", xb[0]), format!("{:.0}", xb[1])]),
-    )
-    .y_axis(
-        Axis::default()
-            .bounds([0.0, ymax])
-            .labels(["0".to_owned(), format!("{ymax:.2}")]),
-    );
+    let loss = Chart::new(vec![series("loss (10-step mean)", Color::Yellow, &smooth)])
+        .block(Block::bordered().title(" training loss "))
+        .x_axis(step_axis(xb))
+        .y_axis(
+            Axis::default()
+                .bounds([0.0, ymax])
+                .labels(["0".to_owned(), format!("{ymax:.2}")]),
+        );
     f.render_widget(loss, charts[0]);
 
     let xb = bounds(&view.accuracy);
     let half = [(xb[0], 0.5), (xb[1], 0.5)];
     let acc = Chart::new(vec![
-        Dataset::default()
-            .name("50% (chance)")
-            .marker(symbols::Marker::Braille)
-            .graph_type(GraphType::Line)
-            .style(Style::new().fg(Color::DarkGray))
-            .data(&half),
-        Dataset::default()
-            .name("held-out accuracy")
-            .marker(symbols::Marker::Braille)
-            .graph_type(GraphType::Line)
-            .style(Style::new().fg(Color::Green))
-            .data(&view.accuracy),
+        series("50% (chance)", Color::DarkGray, &half),
+        series("held-out accuracy", Color::Green, &view.accuracy),
     ])
     .block(Block::bordered().title(" held-out accuracy "))
-    .x_axis(
-        Axis::default()
-            .bounds(xb)
-            .labels([format!("{:.0}", xb[0]), format!("{:.0}", xb[1])]),
-    )
+    .x_axis(step_axis(xb))
     .y_axis(Axis::default().bounds([0.0, 1.0]).labels([
         "0".to_owned(),
         "0.5".to_owned(),
