@@ -34,6 +34,8 @@ pub enum Command {
     Export(ExportArgs),
     /// Counts, rates, position bias and agreement.
     Stats(StatsArgs),
+    /// Generate pairs with the local model: two responses for each prompt of a file.
+    Generate(GenerateArgs),
     /// Train the reward model on the judgements in the database.
     Train(TrainArgs),
     /// Held-out accuracy of a reward model on `{prompt, chosen, rejected}` lines.
@@ -102,6 +104,72 @@ pub struct LabelArgs {
     /// Longest model input in tokens.
     #[arg(long, default_value_t = 256)]
     pub max_length: usize,
+    /// Generate pairs from these prompts in the background whenever fewer than
+    /// --low-water pairs are left to judge.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 8, requires = "prompts")]
+    pub low_water: i64,
+    #[command(flatten)]
+    pub sampling: GenOptions,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GenerateArgs {
+    /// Prompts: text with one prompt a line, or JSON Lines with `prompt` (a string or
+    /// a list of `{role, content}`).
+    pub prompts: PathBuf,
+    #[command(flatten)]
+    pub sampling: GenOptions,
+    /// Generate new pairs also for prompts that already have some.
+    #[arg(long)]
+    pub more: bool,
+    /// Stop after this many prompts.
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// How responses are sampled (shared by `generate` and `label --prompts`).
+#[derive(Debug, Args, Clone)]
+pub struct GenOptions {
+    /// The GGUF model (llama architecture; default: the bundled SmolLM2).
+    #[arg(long)]
+    pub generator: Option<PathBuf>,
+    /// Longest response in tokens.
+    #[arg(long, default_value_t = 256)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature of response A and B (one value for all with
+    /// `--strategy seeds` or `system-prompts`).
+    #[arg(long, value_delimiter = ',', default_value = "0.7,1.0")]
+    pub temperature: Vec<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A system prompt (give it twice with `--strategy system-prompts`).
+    #[arg(long)]
+    pub system: Vec<String>,
+    /// What differs between the two responses of a pair.
+    #[arg(long, value_enum, default_value = "temperatures")]
+    pub strategy: crate::generator::pairs::Strategy,
+}
+
+impl GenOptions {
+    pub fn plan(&self) -> crate::generator::pairs::PairPlan {
+        let mut temperatures = self.temperature.clone();
+        if self.strategy != crate::generator::pairs::Strategy::Temperatures {
+            temperatures.truncate(1);
+        }
+        crate::generator::pairs::PairPlan {
+            strategy: self.strategy,
+            temperatures,
+            top_p: self.top_p,
+            seed: self.seed,
+            systems: self.system.clone(),
+            max_new_tokens: self.max_new_tokens,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +274,21 @@ pub enum BenchCommand {
         /// Sequence lengths to time, comma-separated.
         #[arg(long, default_value = "64,128,256", value_delimiter = ',')]
         seq: Vec<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generation speed: prompt and generated tokens per second on the GGUF model.
+    Generate {
+        /// The GGUF model (default: the bundled SmolLM2).
+        #[arg(long)]
+        generator: Option<PathBuf>,
+        /// Tokens to generate per run.
+        #[arg(long, default_value_t = 128)]
+        new_tokens: usize,
+        /// JSON Lines whose longest prompt is timed as the long prompt (default: the
+        /// demo pairs).
+        #[arg(long)]
+        data: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

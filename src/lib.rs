@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod commands;
 pub mod domain;
+pub mod generator;
 pub mod io;
 pub mod model;
 pub mod stats;

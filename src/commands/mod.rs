@@ -1,5 +1,6 @@
 //! What each subcommand does, for the thin binary.
 
+mod generate;
 mod model;
 
 use crate::cli::{BenchCommand, Cli, Command, ExportArgs, ImportArgs, LabelArgs, StatsArgs};
@@ -29,6 +30,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Label(args) => label(&cli.db, args),
         Command::Export(args) => export_cmd(&cli.db, args),
         Command::Stats(args) => stats_cmd(&cli.db, args),
+        Command::Generate(args) => generate::generate(&cli.db, args),
         Command::Train(args) => model::train(&cli.db, args),
         Command::Eval(args) => model::eval(args),
         Command::Score(args) => model::score(args),
@@ -39,6 +41,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 seq,
                 json,
             } => model::bench_train(model_dir.as_deref(), &seq, json),
+            BenchCommand::Generate {
+                generator,
+                new_tokens,
+                data,
+                json,
+            } => generate::bench_generate(generator.as_deref(), new_tokens, data.as_deref(), json),
         },
     }
 }
@@ -144,11 +152,39 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
         );
         Some(h)
     };
+    let feed = match &args.prompts {
+        Some(path) => {
+            let plan = args.sampling.plan();
+            plan.validate().map_err(BadInput)?;
+            let prompts = crate::generator::pairs::read_prompts(path).map_err(BadInput)?;
+            let generator = generate::generator_path(args.sampling.generator.as_deref());
+            if !generator.exists() {
+                bail!(BadInput(format!(
+                    "{}: no such generator model",
+                    generator.display()
+                )));
+            }
+            let h = crate::generator::feed::spawn(crate::generator::feed::FeedConfig {
+                db: db.to_owned(),
+                generator,
+                prompts,
+                plan,
+                low_water: args.low_water,
+            });
+            app.attach_feed(h.commands.clone());
+            Some(h)
+        }
+        None => None,
+    };
     let result = tui::run(
         &mut app,
         !args.no_mouse,
         trainer.as_ref().map(|h| h.events.clone()),
+        feed.as_ref().map(|h| h.events.clone()),
     );
+    if let Some(h) = feed {
+        h.stop();
+    }
     if let Some(h) = trainer {
         eprintln!("stopping the trainer (it saves the model)...");
         let events = h.events.clone();

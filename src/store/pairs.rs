@@ -436,6 +436,17 @@ impl Store {
         Ok(None)
     }
 
+    /// How many pairs hold this prompt (generation skips prompts that have some).
+    pub fn pairs_for_prompt(&self, prompt: &Prompt) -> Result<i64> {
+        let hash = digest(&[&prompt.text]);
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id WHERE pr.hash = ?1",
+            )?
+            .query_row([&hash[..]], |r| r.get(0))?)
+    }
+
     /// When the pair was last touched, for messages.
     pub fn now(&self) -> Result<String> {
         Ok(self

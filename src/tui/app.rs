@@ -67,6 +67,8 @@ pub enum Action {
     TogglePause,
     /// Something the trainer thread reported.
     Trainer(Event),
+    /// News from the thread generating pairs.
+    Feed(crate::generator::feed::FeedEvent),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +166,9 @@ pub struct App {
     pub train: TrainView,
     pub show_training: bool,
     trainer: Option<Sender<Command>>,
+    feed: Option<Sender<crate::generator::feed::FeedCommand>>,
+    /// What the generator is doing, for the status line.
+    pub feed_status: Option<String>,
     run_id: Option<i64>,
     history: Vec<Done>,
     skipped: HashSet<i64>,
@@ -204,6 +209,8 @@ impl App {
             train: TrainView::default(),
             show_training: false,
             trainer: None,
+            feed: None,
+            feed_status: None,
             run_id: None,
             history: Vec::new(),
             skipped: HashSet::new(),
@@ -261,6 +268,62 @@ impl App {
                     ("eval", _, Some(a)) => self.train.accuracy.push((step as f64, a)),
                     _ => {}
                 }
+            }
+        }
+    }
+
+    /// Connects the generator feed: it hears how many pairs are left after every
+    /// change and generates when they run low.
+    pub fn attach_feed(&mut self, commands: Sender<crate::generator::feed::FeedCommand>) {
+        self.feed = Some(commands);
+        self.feed_status = Some("generator: loading".into());
+        self.tell_feed();
+    }
+
+    fn tell_feed(&mut self) {
+        let left = self.progress.pairs - self.progress.mine - self.skipped.len() as i64;
+        if let Some(f) = &self.feed
+            && f.send(crate::generator::feed::FeedCommand::Remaining(left.max(0)))
+                .is_err()
+        {
+            self.feed = None;
+        }
+    }
+
+    fn on_feed(&mut self, e: crate::generator::feed::FeedEvent) {
+        use crate::generator::feed::FeedEvent;
+        match e {
+            FeedEvent::Ready { total } => {
+                self.feed_status = Some(format!("generator: ready, {total} prompts to go"));
+            }
+            FeedEvent::PairAdded {
+                done,
+                total,
+                tokens_per_s,
+            } => {
+                self.feed_status = Some(format!(
+                    "generating: {done}/{total} prompts · {tokens_per_s:.0} tokens/s"
+                ));
+                if self.current.is_none() {
+                    self.advance();
+                } else {
+                    self.refresh_progress();
+                }
+            }
+            FeedEvent::Skipped { done, total, line } => {
+                self.feed_status = Some(format!(
+                    "generating: {done}/{total} prompts (line {line} gave no pair)"
+                ));
+            }
+            FeedEvent::Finished { made } => {
+                self.feed_status = Some(format!("generator: done, {made} pairs added"));
+                self.feed = None;
+            }
+            FeedEvent::Failed(msg) => {
+                self.say(format!("generator stopped: {msg}"), true);
+                self.feed_status = Some("generator: failed (see the log)".into());
+                tracing::error!(%msg, "generator feed failed");
+                self.feed = None;
             }
         }
     }
@@ -366,6 +429,7 @@ impl App {
             Ok(p) => self.progress = p,
             Err(e) => self.say(format!("cannot read progress: {e}"), true),
         }
+        self.tell_feed();
     }
 
     /// Shows `pair_id`, or the next pair in the queue when `None`.
@@ -551,6 +615,7 @@ impl App {
             (_, Action::Resize { width, height }) => self.size = Rect::new(0, 0, width, height),
             (_, Action::Tick) => {}
             (_, Action::Trainer(e)) => self.on_trainer(e),
+            (_, Action::Feed(e)) => self.on_feed(e),
 
             (Mode::Help, Action::ToggleHelp | Action::Cancel) => self.mode = Mode::Label,
             (Mode::Help, Action::Scroll(n)) => {

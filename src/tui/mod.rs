@@ -20,6 +20,7 @@ use std::time::Duration;
 pub enum AppEvent {
     Input(Event),
     Trainer(crate::train::messages::Event),
+    Feed(crate::generator::feed::FeedEvent),
     Tick,
 }
 
@@ -59,6 +60,7 @@ pub fn run(
     app: &mut App,
     mouse: bool,
     trainer: Option<Receiver<crate::train::messages::Event>>,
+    feed: Option<Receiver<crate::generator::feed::FeedEvent>>,
 ) -> anyhow::Result<()> {
     let mut terminal = ratatui::try_init()?;
     let _restore = Restore { mouse };
@@ -73,6 +75,7 @@ pub fn run(
     let input = spawn_input();
     let ticker = tick(Duration::from_millis(500));
     let mut trainer = trainer.unwrap_or_else(crossbeam_channel::never);
+    let mut feed = feed.unwrap_or_else(crossbeam_channel::never);
     loop {
         terminal.draw(|f| view::draw(app, f))?;
         let ev = select! {
@@ -88,6 +91,13 @@ pub fn run(
                     AppEvent::Tick
                 }
             },
+            recv(feed) -> ev => match ev {
+                Ok(ev) => AppEvent::Feed(ev),
+                Err(_) => {
+                    feed = crossbeam_channel::never();
+                    AppEvent::Tick
+                }
+            },
             recv(ticker) -> _ => AppEvent::Tick,
         };
         match ev {
@@ -97,6 +107,7 @@ pub fn run(
                 }
             }
             AppEvent::Trainer(ev) => app.update(Action::Trainer(ev)),
+            AppEvent::Feed(ev) => app.update(Action::Feed(ev)),
             AppEvent::Tick => app.update(Action::Tick),
         }
         if app.should_quit {

@@ -229,7 +229,15 @@ pub fn draw(app: &App, f: &mut Frame) {
                     "{} of {} pairs are judged; you judged {}.",
                     app.progress.judged, app.progress.pairs, app.progress.mine
                 )),
-                Line::from("Import more with `duel import FILE`, u to undo, q to quit."),
+                match &app.feed_status {
+                    Some(st) => Line::from(format!(
+                        "More are on the way ({}); u to undo, q to quit.",
+                        sanitize(st)
+                    )),
+                    None => {
+                        Line::from("Import more with `duel import FILE`, u to undo, q to quit.")
+                    }
+                },
             ];
             f.render_widget(
                 Paragraph::new(msg).centered().block(Block::bordered()),
@@ -329,7 +337,13 @@ fn draw_status(app: &App, f: &mut Frame, area: Rect) {
                 " differing words highlighted (d to hide)",
                 HIGHLIGHT,
             )),
-            (None, None) => Line::from(""),
+            (None, None) => match &app.feed_status {
+                Some(st) => Line::from(Span::styled(
+                    format!(" {}", sanitize(st)),
+                    Style::new().dark_gray(),
+                )),
+                None => Line::from(""),
+            },
         },
     };
     f.render_widget(Paragraph::new(line), area);
