@@ -104,6 +104,12 @@ pub struct LabelArgs {
     /// Longest model input in tokens.
     #[arg(long, default_value_t = 256)]
     pub max_length: usize,
+    /// Drive the labeler with these keys instead of a terminal (for scripts and
+    /// tests): each character is a key, `<left>`, `<right>`, `<S-left>`, `<enter>`,
+    /// `<esc>`, `<bs>`… name others; `@FILE` reads them from a file. Each committed
+    /// judgement is printed as a JSON line. Implies --no-train.
+    #[arg(long)]
+    pub script: Option<String>,
     /// Generate pairs from these prompts in the background whenever fewer than
     /// --low-water pairs are left to judge.
     #[arg(long)]

@@ -5,7 +5,7 @@
 mod common;
 
 use duel::domain::{Message, Prompt};
-use duel::generator::pairs::{PairOutcome, PairPlan, Strategy, generate_pair};
+use duel::generator::pairs::{PairOutcome, PairPlan, PromptLine, Strategy, generate_pair};
 use duel::generator::{Generator, Sampling};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -186,13 +186,18 @@ fn a_generated_pair_carries_its_settings() {
         systems: vec![],
         max_new_tokens: 20,
     };
-    let prompt = Prompt::from_text("Name a colour.".into());
+    let line = PromptLine {
+        line: 1,
+        prompt: Prompt::from_text("Name a colour.".into()),
+        id: Some("c-1".into()),
+    };
     let PairOutcome::Made(pair, _) =
-        generate_pair(&mut g, &prompt, &plan, 0, &AtomicBool::new(false)).expect("pair")
+        generate_pair(&mut g, &line, &plan, 0, &AtomicBool::new(false)).expect("pair")
     else {
         panic!("no pair made");
     };
     assert_ne!(pair.response_a, pair.response_b);
+    assert_eq!(pair.ext_id.as_deref(), Some("c-1"));
     let (a, b) = pair.generated.as_ref().expect("generator metadata");
     assert_eq!(a.generator, "SmolLM2-135M-Instruct.Q4_1");
     assert!((a.meta["temperature"].as_f64().expect("t") - 0.7).abs() < 1e-6);
@@ -316,4 +321,68 @@ fn ctrl_c_keeps_every_finished_pair() {
         2 * after,
         "no half pair"
     );
+}
+
+/// The labeler's feed: it waits while enough pairs are left, generates when told the
+/// queue is low, stores the pairs and says so.
+#[test]
+fn the_feed_generates_when_the_queue_runs_low() {
+    use duel::generator::feed::{FeedCommand, FeedConfig, FeedEvent, spawn};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("f.db");
+    drop(duel::store::Store::open(&db).expect("create"));
+    let prompts = dir.path().join("p.txt");
+    std::fs::write(&prompts, "Name a bird.\nName a fish.\n").expect("write");
+    let h = spawn(FeedConfig {
+        db: db.clone(),
+        generator: gguf(),
+        prompts: duel::generator::pairs::read_prompts(&prompts).expect("prompts"),
+        plan: PairPlan {
+            strategy: Strategy::Temperatures,
+            temperatures: vec![0.7, 1.0],
+            top_p: 0.95,
+            seed: 3,
+            systems: vec![],
+            max_new_tokens: 8,
+        },
+        low_water: 2,
+    });
+    let wait = |what: &str| {
+        h.events
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| panic!("no {what}"))
+    };
+    assert_eq!(wait("ready"), FeedEvent::Ready { total: 2 });
+    // Plenty left: nothing is generated.
+    h.commands.send(FeedCommand::Remaining(5)).expect("send");
+    assert!(
+        h.events
+            .recv_timeout(std::time::Duration::from_millis(1500))
+            .is_err()
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM pairs"), 0);
+    // Low: it generates until every prompt has its pair.
+    h.commands.send(FeedCommand::Remaining(0)).expect("send");
+    assert!(matches!(
+        wait("pair"),
+        FeedEvent::PairAdded {
+            done: 1,
+            total: 2,
+            ..
+        }
+    ));
+    assert!(matches!(
+        wait("pair"),
+        FeedEvent::PairAdded {
+            done: 2,
+            total: 2,
+            ..
+        }
+    ));
+    assert_eq!(wait("end"), FeedEvent::Finished { made: 2 });
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM pairs WHERE source = 'generate'"),
+        2
+    );
+    h.stop();
 }

@@ -234,19 +234,27 @@ fn quitting_and_starting_again_resumes_at_the_next_unjudged_pair() {
     assert!(app.should_quit);
     drop(app);
     let store = duel::store::Store::open(&path).expect("reopen");
-    let app = App::new(store, config("alice")).expect("app");
-    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(next));
-    assert_eq!(app.progress.mine, 3);
-    // Another annotator is not served pairs already judged (overlap 1)...
+    let mut alice = App::new(store, config("alice")).expect("app");
+    assert_eq!(alice.current.as_ref().map(|c| c.pair.id), Some(next));
+    assert_eq!(alice.progress.mine, 3);
+    // Another annotator is served neither pairs already judged (overlap 1) nor the
+    // pair alice has on screen...
     let store = duel::store::Store::open(&path).expect("reopen");
-    let bob = App::new(store, config("bob")).expect("app");
-    assert_eq!(bob.current.as_ref().map(|c| c.pair.id), Some(next));
-    // ...unless asked for two judgements per pair.
+    let mut bob = App::new(store, config("bob")).expect("app");
+    let bobs = bob.current.as_ref().expect("a pair").pair.id;
+    assert!(bobs > next, "bob got {bobs}, alice has {next}");
+    // ...which is free again once she quits.
+    press(&mut alice, KeyCode::Char('q'));
+    press(&mut bob, KeyCode::Char('s'));
     let store = duel::store::Store::open(&path).expect("reopen");
-    let mut cfg = config("bob");
+    let carol = App::new(store, config("carol")).expect("app");
+    assert_eq!(carol.current.as_ref().map(|c| c.pair.id), Some(next));
+    // With two judgements per pair, judged pairs come round again for others.
+    let store = duel::store::Store::open(&path).expect("reopen");
+    let mut cfg = config("dave");
     cfg.overlap = 2;
-    let bob2 = App::new(store, cfg).expect("app");
-    assert_eq!(bob2.current.as_ref().map(|c| c.pair.id), Some(1));
+    let dave = App::new(store, cfg).expect("app");
+    assert_eq!(dave.current.as_ref().map(|c| c.pair.id), Some(1));
 }
 
 #[test]
@@ -548,4 +556,48 @@ fn the_top_line_keeps_progress_readable_next_to_the_model_state() {
         assert!(top.contains("model: waiting 0/16"), "{top}");
         assert!(top.contains("judged 0/1"), "{top}");
     }
+}
+
+/// With a generator feeding the queue: the app tells it how many pairs are left, a
+/// pair it stores shows at once on the "nothing left" screen, and its progress is in
+/// the status line.
+#[test]
+fn pairs_from_the_generator_feed_show_up_as_they_are_stored() {
+    use duel::generator::feed::{FeedCommand, FeedEvent};
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("f.db");
+    let store = duel::store::Store::open(&path).expect("store");
+    let mut app = App::new(store, config("alice")).expect("app");
+    assert!(app.current.is_none());
+    let (tx, rx) = crossbeam_channel::unbounded();
+    app.attach_feed(tx);
+    assert_eq!(rx.try_recv(), Ok(FeedCommand::Remaining(0)));
+    let (_, screen) = render(&app, 80, 24);
+    assert!(screen.contains("More are on the way"), "{screen}");
+
+    // The feed thread stores a pair through its own connection, then says so.
+    let mut other = duel::store::Store::open(&path).expect("second connection");
+    let pair = duel::store::NewPair::new(
+        duel::domain::Prompt::from_text("Name a bird.".into()),
+        "A robin.".into(),
+        "A heron.".into(),
+    );
+    other.insert_pairs(&[pair]).expect("insert");
+    app.update(Action::Feed(FeedEvent::PairAdded {
+        done: 1,
+        total: 3,
+        tokens_per_s: 42.0,
+    }));
+    assert!(app.current.is_some(), "the new pair is shown");
+    assert_eq!(app.progress.pairs, 1);
+    let (_, screen) = render(&app, 80, 24);
+    assert!(screen.contains("Name a bird."), "{screen}");
+    assert!(
+        screen.contains("generating: 1/3 prompts · 42 tokens/s"),
+        "{screen}"
+    );
+    // After the judgement, the feed hears that nothing is left.
+    while rx.try_recv().is_ok() {}
+    press(&mut app, KeyCode::Char('1'));
+    assert_eq!(rx.try_iter().last(), Some(FeedCommand::Remaining(0)));
 }

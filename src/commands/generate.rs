@@ -76,7 +76,7 @@ pub fn generate(db: &Path, args: GenerateArgs) -> Result<ExitCode> {
     let (mut made, mut degenerate, mut dup) = (0u64, 0u64, 0u64);
     let (mut tokens, mut gen_ms) = (0usize, 0f64);
     for (p, round) in &todo {
-        match generate_pair(&mut g, &p.prompt, &plan, *round, &cancel)? {
+        match generate_pair(&mut g, p, &plan, *round, &cancel)? {
             PairOutcome::Cancelled => break,
             PairOutcome::Degenerate => {
                 degenerate += 1;

@@ -119,6 +119,25 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     )?;
     tracing::info!(annotator = %app.config.annotator, "labeling started");
     let mut app = app;
+    if let Some(script) = &args.script {
+        let text = match script.strip_prefix('@') {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| BadInput(format!("{path}: {e}")))?
+            }
+            None => script.clone(),
+        };
+        let keys =
+            tui::keys::parse_script(text.trim_end_matches(['\n', '\r'])).map_err(BadInput)?;
+        let result = tui::run_script(&mut app, &keys, std::io::stdout().lock());
+        app.release();
+        result?;
+        eprintln!(
+            "{} judgements this session, all saved in {}",
+            app.session_labels,
+            db.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let trainer = if args.no_train {
         None
     } else {
@@ -185,6 +204,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     if let Some(h) = feed {
         h.stop();
     }
+    app.release();
     if let Some(h) = trainer {
         eprintln!("stopping the trainer (it saves the model)...");
         let events = h.events.clone();

@@ -138,7 +138,7 @@ fn run(
                 Ok(FeedCommand::Stop) | Err(_) => return Ok(()),
             }
         }
-        match generate_pair(&mut g, &p.prompt, &cfg.plan, 0, stop)? {
+        match generate_pair(&mut g, p, &cfg.plan, 0, stop)? {
             PairOutcome::Cancelled => return Ok(()),
             PairOutcome::Degenerate => {
                 let _ = events.send(FeedEvent::Skipped {

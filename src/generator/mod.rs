@@ -266,12 +266,13 @@ const LOGIT_CUT: f32 = 30.0;
 
 impl Sampler {
     fn sample(&mut self, logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
-        let (best, max) = logits
-            .iter()
-            .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
-                if v > b.1 { (i, v) } else { b }
-            });
+        let (best, max) =
+            logits
+                .iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |b, (i, &v)| {
+                    if v > b.1 { (i, v) } else { b }
+                });
         if s.temperature <= 0.0 || !max.is_finite() {
             return best as u32;
         }

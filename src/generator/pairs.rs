@@ -98,6 +98,8 @@ impl PairPlan {
 pub struct PromptLine {
     pub line: usize,
     pub prompt: Prompt,
+    /// The record's `id`, given to the first pair generated for it.
+    pub id: Option<String>,
 }
 
 /// A prompts file: JSON Lines with `prompt` (a string or a list of `{role, content}`)
@@ -127,10 +129,11 @@ pub fn read_prompts(path: &Path) -> Result<Vec<PromptLine>, String> {
             continue;
         }
         let at = |msg: &str| format!("{}:{line}: {msg}", path.display());
+        let mut id = None;
         let prompt = if json {
             let v: serde_json::Value =
                 serde_json::from_str(l).map_err(|e| at(&format!("not JSON: {e}")))?;
-            match v.get("prompt") {
+            let p = match v.get("prompt") {
                 Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
                     Prompt::from_text(s.clone())
                 }
@@ -152,11 +155,18 @@ pub fn read_prompts(path: &Path) -> Result<Vec<PromptLine>, String> {
                     ));
                 }
                 None => return Err(at("field `prompt`: missing")),
-            }
+            };
+            id = match v.get("id") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+                Some(_) => return Err(at("field `id`: expected a string or a number")),
+            };
+            p
         } else {
             Prompt::from_text(l.to_string())
         };
-        out.push(PromptLine { line, prompt });
+        out.push(PromptLine { line, prompt, id });
     }
     Ok(out)
 }
@@ -179,11 +189,12 @@ pub enum PairOutcome {
 /// are sampled again with new seeds, up to three times.
 pub fn generate_pair(
     g: &mut Generator,
-    prompt: &Prompt,
+    line: &PromptLine,
     plan: &PairPlan,
     round: u64,
     cancel: &AtomicBool,
 ) -> Result<PairOutcome> {
+    let prompt = &line.prompt;
     let messages = prompt.turns();
     for attempt in 0..3u64 {
         let settings = plan.settings(prompt, round + attempt * 1_000_003);
@@ -214,6 +225,9 @@ pub fn generate_pair(
         };
         let mut pair = NewPair::new(prompt.clone(), a.text.clone(), b.text.clone());
         pair.source = Some("generate".into());
+        if round == 0 {
+            pair.ext_id = line.id.clone();
+        }
         pair.meta = Some(serde_json::json!({
             "generator": g.name,
             "strategy": plan.strategy,

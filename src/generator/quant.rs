@@ -49,7 +49,10 @@ fn f16_at(b: &[u8], at: usize) -> f32 {
 impl Q41 {
     /// From GGUF bytes: blocks of `{d: f16, m: f16, qs: [u8; 16]}`.
     pub fn from_gguf(rows: usize, cols: usize, bytes: &[u8]) -> anyhow::Result<Q41> {
-        anyhow::ensure!(cols.is_multiple_of(BLOCK), "Q4_1 row of {cols} is not whole blocks");
+        anyhow::ensure!(
+            cols.is_multiple_of(BLOCK),
+            "Q4_1 row of {cols} is not whole blocks"
+        );
         let n = rows * cols / BLOCK;
         anyhow::ensure!(
             bytes.len() == n * 20,
@@ -96,7 +99,10 @@ impl Q41 {
 impl Q80 {
     /// From GGUF bytes: blocks of `{d: f16, qs: [i8; 32]}`.
     pub fn from_gguf(rows: usize, cols: usize, bytes: &[u8]) -> anyhow::Result<Q80> {
-        anyhow::ensure!(cols.is_multiple_of(BLOCK), "Q8_0 row of {cols} is not whole blocks");
+        anyhow::ensure!(
+            cols.is_multiple_of(BLOCK),
+            "Q8_0 row of {cols} is not whole blocks"
+        );
         let n = rows * cols / BLOCK;
         anyhow::ensure!(
             bytes.len() == n * 34,
@@ -121,7 +127,10 @@ impl Q80 {
 
     /// Quantizes f32 rows (for weights stored in other formats).
     pub fn from_f32(rows: usize, cols: usize, data: &[f32]) -> anyhow::Result<Q80> {
-        anyhow::ensure!(cols.is_multiple_of(BLOCK), "row of {cols} is not whole blocks");
+        anyhow::ensure!(
+            cols.is_multiple_of(BLOCK),
+            "row of {cols} is not whole blocks"
+        );
         anyhow::ensure!(
             data.len() == rows * cols,
             "matrix data has the wrong length"

@@ -14,6 +14,9 @@ pub enum ExportFormat {
     Csv,
     /// Every label row as recorded, undone ones included.
     Raw,
+    /// Every pair, judged or not, as `duel import` reads it, with how each response
+    /// was generated in `meta.generated` (the filters do not apply).
+    Pairs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,14 @@ pub fn export(
             })?;
             w.flush()?;
         }
+        ExportFormat::Pairs => {
+            store.for_each_pair(|p| -> Result<(), ExportError> {
+                serde_json::to_writer(&mut out, &pair_record(p)).map_err(io::Error::from)?;
+                out.write_all(b"\n")?;
+                report.rows += 1;
+                Ok(())
+            })?;
+        }
         ExportFormat::Raw => {
             let filter = LabelFilter {
                 include_undone: true,
@@ -101,6 +112,44 @@ pub fn export(
     }
     out.flush()?;
     Ok(report)
+}
+
+/// A pair as an import record: `{id?, prompt, response_a, response_b, meta?}`.
+fn pair_record(p: crate::store::PairExport) -> Value {
+    let mut rec = serde_json::Map::new();
+    if let Some(id) = p.pair.ext_id {
+        rec.insert("id".into(), Value::String(id));
+    }
+    let prompt = match p.pair.prompt.messages {
+        Some(m) => serde_json::to_value(m).unwrap_or(Value::Null),
+        None => Value::String(p.pair.prompt.text),
+    };
+    rec.insert("prompt".into(), prompt);
+    rec.insert("response_a".into(), Value::String(p.pair.response_a));
+    rec.insert("response_b".into(), Value::String(p.pair.response_b));
+    let mut meta = match p.meta {
+        Some(Value::Object(m)) => m,
+        Some(other) => serde_json::Map::from_iter([("meta".to_string(), other)]),
+        None => serde_json::Map::new(),
+    };
+    if let (Some(a), Some(b)) = (p.generated_a, p.generated_b) {
+        let side = |g: crate::store::Generated| {
+            let mut m =
+                serde_json::Map::from_iter([("generator".to_string(), Value::String(g.generator))]);
+            if let Value::Object(rest) = g.meta {
+                m.extend(rest);
+            }
+            Value::Object(m)
+        };
+        meta.insert(
+            "generated".into(),
+            serde_json::json!({"a": side(a), "b": side(b)}),
+        );
+    }
+    if !meta.is_empty() {
+        rec.insert("meta".into(), Value::Object(meta));
+    }
+    Value::Object(rec)
 }
 
 /// A `trl` line, or `None` for ties and both-bad (they carry no preference).

@@ -3,11 +3,13 @@
 //! Every write is a transaction. Labels are committed with `synchronous = FULL`, so a
 //! judgement the annotator saw accepted survives a crash of the process or the machine.
 
+mod claims;
 mod labels;
 mod pairs;
 
+pub use claims::CLAIM_TTL;
 pub use labels::{LabelFilter, LabelRow, Progress};
-pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairWriter};
+pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
 
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
@@ -16,7 +18,10 @@ use std::time::Duration;
 
 /// The schema, one SQL file per version, applied in order by `PRAGMA user_version`.
 /// Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_init.sql"),
+    include_str!("migrations/0002_claims.sql"),
+];
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())

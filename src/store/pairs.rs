@@ -43,6 +43,15 @@ impl NewPair {
     }
 }
 
+/// A stored pair with its metadata, as `export --format pairs` writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairExport {
+    pub pair: Pair,
+    pub meta: Option<serde_json::Value>,
+    pub generated_a: Option<Generated>,
+    pub generated_b: Option<Generated>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertOutcome {
     Inserted(i64),
@@ -434,6 +443,54 @@ impl Store {
             }
         }
         Ok(None)
+    }
+
+    /// Calls `f` for every pair in id order, streaming.
+    pub fn for_each_pair<E>(
+        &self,
+        mut f: impl FnMut(PairExport) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<StoreError>,
+    {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT p.id, p.ext_id, pr.text, pr.messages, ra.text, rb.text, p.meta,
+                        ra.generator, ra.gen_meta, rb.generator, rb.gen_meta
+                 FROM pairs p
+                 JOIN prompts pr ON pr.id = p.prompt_id
+                 JOIN responses ra ON ra.id = p.response_a
+                 JOIN responses rb ON rb.id = p.response_b
+                 ORDER BY p.id",
+            )
+            .map_err(StoreError::from)?;
+        let mut rows = stmt.query([]).map_err(StoreError::from)?;
+        let json =
+            |s: Option<String>| s.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        while let Some(r) = rows.next().map_err(StoreError::from)? {
+            let get = |i| -> std::result::Result<Option<String>, StoreError> { Ok(r.get(i)?) };
+            let generated = |g: Option<String>, m: Option<String>| {
+                g.map(|generator| Generated {
+                    generator,
+                    meta: json(m).unwrap_or(serde_json::Value::Null),
+                })
+            };
+            let pair = Pair {
+                id: r.get(0).map_err(StoreError::from)?,
+                ext_id: get(1)?,
+                prompt: prompt_from_row(r.get(2).map_err(StoreError::from)?, get(3)?),
+                response_a: r.get(4).map_err(StoreError::from)?,
+                response_b: r.get(5).map_err(StoreError::from)?,
+            };
+            f(PairExport {
+                pair,
+                meta: json(get(6)?),
+                generated_a: generated(get(7)?, get(8)?),
+                generated_b: generated(get(9)?, get(10)?),
+            })?;
+        }
+        Ok(())
     }
 
     /// How many pairs hold this prompt (generation skips prompts that have some).

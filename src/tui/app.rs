@@ -182,6 +182,22 @@ pub struct App {
     /// Wrapped lines of the current pair, per pane, width and diff mode.
     pub(crate) wrap_cache: RefCell<WrapCache>,
     rng: StdRng,
+    /// This labeler's name in the claims table.
+    pub session: String,
+    /// Pairs below this id were judged or taken when last looked at.
+    cursor: i64,
+    claim_renewed: Instant,
+}
+
+/// Unique per labeler: process, start time and a counter (tests run several in one
+/// process).
+fn new_session_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{t:x}-{n}", std::process::id())
 }
 
 impl App {
@@ -220,8 +236,12 @@ impl App {
             max_scroll: Cell::new([usize::MAX; 3]),
             help_max_scroll: Cell::new(usize::MAX),
             wrap_cache: RefCell::new(HashMap::new()),
+            session: String::new(),
+            cursor: 0,
+            claim_renewed: Instant::now(),
             rng,
         };
+        app.session = new_session_id();
         app.advance();
         Ok(app)
     }
@@ -411,6 +431,14 @@ impl App {
             .then(|| self.session_labels as f64 * 3600.0 / secs)
     }
 
+    /// The session's last action when it was a judgement: `(label_id, pair_id)`.
+    pub fn last_label(&self) -> Option<(i64, i64)> {
+        match self.history.last() {
+            Some(Done::Label { label_id, pair_id }) => Some((*label_id, *pair_id)),
+            _ => None,
+        }
+    }
+
     pub fn history_len(&self) -> usize {
         self.history.len()
     }
@@ -432,6 +460,30 @@ impl App {
         self.tell_feed();
     }
 
+    /// Claims the next pair: first from where the last one was found (judged pairs
+    /// form a prefix), then from the start (an expired claim, an undo elsewhere).
+    fn claim_next(&mut self) -> crate::store::Result<Option<i64>> {
+        let (a, s, o) = (&self.config.annotator, &self.session, self.config.overlap);
+        let mut id = self
+            .store
+            .claim_next_pair(a, s, o, &self.skipped, self.cursor)?;
+        if id.is_none() && self.cursor > 0 {
+            id = self.store.claim_next_pair(a, s, o, &self.skipped, 0)?;
+        }
+        if let Some(id) = id {
+            self.cursor = id;
+        }
+        Ok(id)
+    }
+
+    /// Releases this labeler's claim (on quit); a labeler that dies loses its claim
+    /// when it expires.
+    pub fn release(&mut self) {
+        if let Err(e) = self.store.release_claims(&self.session) {
+            tracing::warn!(error = %e, "cannot release the claim");
+        }
+    }
+
     /// Shows `pair_id`, or the next pair in the queue when `None`.
     fn show(&mut self, pair_id: Option<i64>) {
         // The pair on screen goes first: if reading the next one fails, nothing
@@ -444,11 +496,7 @@ impl App {
         self.wrap_cache.borrow_mut().clear();
         let id = match pair_id {
             Some(id) => Some(id),
-            None => match self.store.next_pair_id(
-                &self.config.annotator,
-                self.config.overlap,
-                &self.skipped,
-            ) {
+            None => match self.claim_next() {
                 Ok(id) => id,
                 Err(e) => {
                     self.say(format!("cannot read the next pair: {e}"), true);
@@ -456,6 +504,14 @@ impl App {
                 }
             },
         };
+        if let Some(id) = pair_id
+            && let Err(e) = self
+                .store
+                .claim_pair(&self.config.annotator, &self.session, id)
+        {
+            tracing::warn!(error = %e, pair = id, "cannot claim the pair");
+        }
+        self.claim_renewed = Instant::now();
         self.current = None;
         self.wrap_cache.borrow_mut().clear();
         self.scroll = [0; 3];
@@ -611,9 +667,19 @@ impl App {
             self.flash = None;
         }
         match (&self.mode, action) {
-            (_, Action::Quit) => self.should_quit = true,
+            (_, Action::Quit) => {
+                self.should_quit = true;
+                self.release();
+            }
             (_, Action::Resize { width, height }) => self.size = Rect::new(0, 0, width, height),
-            (_, Action::Tick) => {}
+            (_, Action::Tick) => {
+                if self.claim_renewed.elapsed() > crate::store::CLAIM_TTL / 5 {
+                    self.claim_renewed = Instant::now();
+                    if let Err(e) = self.store.renew_claims(&self.session) {
+                        tracing::warn!(error = %e, "cannot renew the claim");
+                    }
+                }
+            }
             (_, Action::Trainer(e)) => self.on_trainer(e),
             (_, Action::Feed(e)) => self.on_feed(e),
 

@@ -91,6 +91,55 @@ pub fn key(k: &KeyEvent, mode: &Mode) -> Option<Action> {
     }
 }
 
+/// Parses a key script for `duel label --script`: each character is a key, and
+/// `<name>` is a named key: `left`, `right`, `up`, `down`, `S-left`, `S-right`,
+/// `enter`, `esc`, `bs`, `tab`, `pgup`, `pgdn`, `space`, `lt` (a literal `<`).
+pub fn parse_script(s: &str) -> Result<Vec<KeyEvent>, String> {
+    let mut out = Vec::new();
+    let mut chars = s.char_indices();
+    while let Some((at, c)) = chars.next() {
+        if c != '<' {
+            out.push(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+            continue;
+        }
+        let rest = &s[at + 1..];
+        let Some(end) = rest.find('>') else {
+            return Err(format!(
+                "key script, at character {}: `<` without `>`",
+                at + 1
+            ));
+        };
+        let name = &rest[..end];
+        let (code, m) = match name {
+            "left" => (KeyCode::Left, KeyModifiers::NONE),
+            "right" => (KeyCode::Right, KeyModifiers::NONE),
+            "up" => (KeyCode::Up, KeyModifiers::NONE),
+            "down" => (KeyCode::Down, KeyModifiers::NONE),
+            "S-left" => (KeyCode::Left, KeyModifiers::SHIFT),
+            "S-right" => (KeyCode::Right, KeyModifiers::SHIFT),
+            "enter" => (KeyCode::Enter, KeyModifiers::NONE),
+            "esc" => (KeyCode::Esc, KeyModifiers::NONE),
+            "bs" => (KeyCode::Backspace, KeyModifiers::NONE),
+            "tab" => (KeyCode::Tab, KeyModifiers::NONE),
+            "pgup" => (KeyCode::PageUp, KeyModifiers::NONE),
+            "pgdn" => (KeyCode::PageDown, KeyModifiers::NONE),
+            "space" => (KeyCode::Char(' '), KeyModifiers::NONE),
+            "lt" => (KeyCode::Char('<'), KeyModifiers::NONE),
+            other => {
+                return Err(format!(
+                    "key script, at character {}: unknown key <{other}>",
+                    at + 1
+                ));
+            }
+        };
+        out.push(KeyEvent::new(code, m));
+        for _ in 0..=name.chars().count() {
+            chars.next();
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +170,28 @@ mod tests {
         assert_eq!(key(&k(KeyCode::Char('q')), &m), Some(Action::NoteChar('q')));
         assert_eq!(key(&k(KeyCode::Char('1')), &m), Some(Action::NoteChar('1')));
         assert_eq!(key(&k(KeyCode::Enter), &m), Some(Action::Confirm));
+    }
+
+    #[test]
+    fn key_scripts_name_special_keys_and_refuse_unknown_ones() {
+        let keys = parse_script("1<S-left>2<lt><bs>").expect("valid");
+        let codes: Vec<(KeyCode, KeyModifiers)> =
+            keys.iter().map(|k| (k.code, k.modifiers)).collect();
+        assert_eq!(
+            codes,
+            [
+                (KeyCode::Char('1'), KeyModifiers::NONE),
+                (KeyCode::Left, KeyModifiers::SHIFT),
+                (KeyCode::Char('2'), KeyModifiers::NONE),
+                (KeyCode::Char('<'), KeyModifiers::NONE),
+                (KeyCode::Backspace, KeyModifiers::NONE),
+            ]
+        );
+        assert!(
+            parse_script("1<nope>")
+                .expect_err("unknown")
+                .contains("at character 2")
+        );
+        assert!(parse_script("1<left").is_err());
     }
 }

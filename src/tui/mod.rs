@@ -54,6 +54,45 @@ impl Drop for Restore {
     }
 }
 
+/// Drives the labeler with `keys` and no terminal (`duel label --script`). Each
+/// judgement is written to `out` as a JSON line once it is committed:
+/// `{"label_id", "pair_id"}`; an undo as `{"undone": label_id}`. Stops at
+/// the end of the keys or at `q`.
+pub fn run_script(
+    app: &mut App,
+    keys: &[crossterm::event::KeyEvent],
+    mut out: impl std::io::Write,
+) -> anyhow::Result<()> {
+    for k in keys {
+        let Some(action) = keys::key(k, &app.mode) else {
+            continue;
+        };
+        let (n0, last0) = (app.history_len(), app.last_label());
+        app.update(action);
+        let (n1, last1) = (app.history_len(), app.last_label());
+        if n1 > n0
+            && let Some((label_id, pair_id)) = last1
+            && last1 != last0
+        {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"label_id": label_id, "pair_id": pair_id})
+            )?;
+            out.flush()?;
+        } else if n1 < n0
+            && let Some((label_id, _)) = last0
+        {
+            writeln!(out, "{}", serde_json::json!({"undone": label_id}))?;
+            out.flush()?;
+        }
+        if app.should_quit {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Runs the labeler in the terminal until the annotator quits. Trainer events, when
 /// a trainer runs, arrive on `trainer`.
 pub fn run(

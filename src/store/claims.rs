@@ -1,0 +1,115 @@
+//! Claims: which pair each labeler process has on screen, so that several annotators
+//! on one database are not served the same pair at the same time.
+
+use super::{Result, Store};
+use rusqlite::{OptionalExtension, params};
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How long a claim lives without renewal: a labeler that dies frees its pair after
+/// this long.
+pub const CLAIM_TTL: Duration = Duration::from_secs(300);
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Store {
+    /// Finds the next pair for `annotator` and claims it for `session`, in one write
+    /// transaction, so two labelers cannot take the same pair. The pair is the lowest
+    /// id at or above `from` that this annotator has not judged, that is not in
+    /// `exclude`, and whose judgements by others plus live claims by other sessions
+    /// number fewer than `overlap`. The session's earlier claims are released.
+    pub fn claim_next_pair(
+        &mut self,
+        annotator: &str,
+        session: &str,
+        overlap: u32,
+        exclude: &HashSet<i64>,
+        from: i64,
+    ) -> Result<Option<i64>> {
+        let now = unix_now();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM claims WHERE session = ?1 OR expires_at <= ?2",
+            params![session, now],
+        )?;
+        let found = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT p.id FROM pairs p
+                 WHERE p.id >= ?4
+                   AND NOT EXISTS (SELECT 1 FROM labels l
+                                   WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
+                   AND (SELECT count(DISTINCT l.annotator) FROM labels l
+                        WHERE l.pair_id = p.id AND l.undone_at IS NULL)
+                     + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2
+                 ORDER BY p.id",
+            )?;
+            let mut rows = stmt.query(params![annotator, overlap, session, from])?;
+            let mut found = None;
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                if !exclude.contains(&id) {
+                    found = Some(id);
+                    break;
+                }
+            }
+            found
+        };
+        if let Some(id) = found {
+            tx.execute(
+                "INSERT OR REPLACE INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, annotator, session, now + CLAIM_TTL.as_secs_f64()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(found)
+    }
+
+    /// Claims a given pair for `session` (the pair an undo goes back to), whoever
+    /// else holds it; the session's other claims are released.
+    pub fn claim_pair(&mut self, annotator: &str, session: &str, pair_id: i64) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM claims WHERE session = ?1", [session])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
+            params![pair_id, annotator, session, unix_now() + CLAIM_TTL.as_secs_f64()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Keeps the session's claims alive for another [`CLAIM_TTL`].
+    pub fn renew_claims(&self, session: &str) -> Result<()> {
+        self.conn.execute(
+            "UPDATE claims SET expires_at = ?2 WHERE session = ?1",
+            params![session, unix_now() + CLAIM_TTL.as_secs_f64()],
+        )?;
+        Ok(())
+    }
+
+    /// Frees the session's claims (the labeler quits).
+    pub fn release_claims(&self, session: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM claims WHERE session = ?1", [session])?;
+        Ok(())
+    }
+
+    /// The session holding a live claim on `pair_id`, if any (for tests and tools).
+    pub fn claim_holder(&self, pair_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT session FROM claims WHERE pair_id = ?1 AND expires_at > ?2 LIMIT 1",
+                params![pair_id, unix_now()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
