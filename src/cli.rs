@@ -84,7 +84,7 @@ pub struct LabelArgs {
     pub no_mouse: bool,
     /// Seed for the left/right order (random by default).
     #[arg(long, hide = true)]
-    pub seed: Option<u64>,
+    pub order_seed: Option<u64>,
     /// Label without training a reward model.
     #[arg(long)]
     pub no_train: bool,

@@ -246,3 +246,11 @@ fn stats_count_choices_bias_and_agreement() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("alice / bob: 4 shared"), "{text}");
 }
+
+/// Every subcommand's arguments are well formed (clap checks this only when the
+/// command is parsed, so a clash would otherwise show up only for a user).
+#[test]
+fn every_command_line_definition_is_consistent() {
+    use clap::CommandFactory;
+    duel::cli::Cli::command().debug_assert();
+}

@@ -601,3 +601,89 @@ fn pairs_from_the_generator_feed_show_up_as_they_are_stored() {
     press(&mut app, KeyCode::Char('1'));
     assert_eq!(rx.try_iter().last(), Some(FeedCommand::Remaining(0)));
 }
+
+/// A terminal that keeps what was written to it.
+#[derive(Clone, Default)]
+struct Sink(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The bytes that reach the terminal: every escape sequence is one the renderer
+/// itself wrote (CSI cursor moves, colours, clears), never one from the data: no
+/// OSC (clipboard writes, links), DCS, BEL, C1 controls, backspace, carriage return,
+/// NUL or bidi overrides, even with a 1 MB line in the mix. (Two layers keep them
+/// out: our sanitizer shows them inert, `hostile_text_is_drawn_inert`, and ratatui's
+/// buffer drops control and zero-width characters; this checks the end result.)
+#[test]
+fn bytes_written_to_the_terminal_hold_no_control_from_the_data() {
+    use ratatui::backend::CrosstermBackend;
+    use ratatui::{Terminal, TerminalOptions, Viewport, layout::Rect};
+    let evil = format!(
+        "a\x1b]52;c;ZXZpbA==\x07b\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\c\x1bP+q626f6f\x1b\\d\u{9b}31me\u{9d}0;t\u{9c}\
+         f\x1b[?1049l\x1b[2Jg\x07\x08\x08h\ri\0j\u{202e}k\u{2066}l\u{200b}m\x1b_apc\x1b\\\x1bXsos\x1b\\ {}",
+        "Z".repeat(1 << 20)
+    );
+    let mut app = App::new(store_with(&[(&evil, &evil, &evil)]), config("a")).expect("app");
+    for (w, h) in [(80u16, 24u16), (120, 40)] {
+        app.update(Action::Resize {
+            width: w,
+            height: h,
+        });
+        for diff in [false, true] {
+            if app.diff != diff {
+                press(&mut app, KeyCode::Char('d'));
+            }
+            let sink = Sink::default();
+            let backend = CrosstermBackend::new(sink.clone());
+            let mut t = Terminal::with_options(
+                backend,
+                TerminalOptions {
+                    viewport: Viewport::Fixed(Rect::new(0, 0, w, h)),
+                },
+            )
+            .expect("terminal");
+            t.draw(|f| duel::tui::view::draw(&app, f)).expect("draw");
+            let bytes = sink.0.borrow().clone();
+            let text = String::from_utf8(bytes.clone()).expect("UTF-8 out");
+            for forbidden in [
+                '\x07', '\x08', '\r', '\0', '\u{9b}', '\u{9d}', '\u{9c}', '\u{202e}', '\u{2066}',
+                '\u{200b}',
+            ] {
+                assert!(
+                    !text.contains(forbidden),
+                    "{forbidden:?} reached the terminal"
+                );
+            }
+            // Every ESC starts a CSI with plain parameters and a final byte from the
+            // set the renderer uses.
+            let mut i = 0;
+            while let Some(at) = bytes[i..].iter().position(|&b| b == 0x1b) {
+                let s = i + at;
+                assert_eq!(
+                    bytes.get(s + 1),
+                    Some(&b'['),
+                    "ESC {:?}",
+                    String::from_utf8_lossy(&bytes[s..(s + 12).min(bytes.len())])
+                );
+                let mut j = s + 2;
+                while j < bytes.len()
+                    && (bytes[j].is_ascii_digit() || bytes[j] == b';' || bytes[j] == b'?')
+                {
+                    j += 1;
+                }
+                let fin = bytes.get(j).copied().unwrap_or(0) as char;
+                assert!("mHJKhlG".contains(fin), "CSI ending in {fin:?}");
+                i = j + 1;
+            }
+            assert!(text.contains("duel"), "the header was drawn");
+        }
+    }
+}

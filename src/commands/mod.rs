@@ -114,7 +114,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             overlap: args.overlap,
             always_strength: args.strength,
             guidelines,
-            seed: args.seed,
+            seed: args.order_seed,
         },
     )?;
     tracing::info!(annotator = %app.config.annotator, "labeling started");
