@@ -357,3 +357,23 @@ fn labels_for_pairs_already_stored_are_added_in_the_stored_order() {
     );
     assert_eq!(count(&db, "labels"), 2);
 }
+
+/// Inputs kept from fuzzing the record parser (`fuzz/`, see the README): each gives a
+/// record or an error, never a panic.
+#[test]
+fn fuzz_regressions_parse_without_panicking() {
+    let dir = common::repo().join("tests/fixtures/fuzz-regressions");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("corpus") {
+        let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+        if let Ok(pair) = duel::io::import::parse_json_line(&bytes) {
+            assert!(
+                !pair.prompt.text.is_empty()
+                    && !pair.response_a.is_empty()
+                    && !pair.response_b.is_empty()
+            );
+        }
+        n += 1;
+    }
+    assert!(n >= 5);
+}

@@ -211,3 +211,35 @@ fn missing_model_files_fail_with_a_clear_message() {
     );
     h.stop();
 }
+
+#[test]
+fn corrupt_model_files_fail_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    Store::open(&db).expect("store");
+    let base = dir.path().join("broken");
+    std::fs::create_dir(&base).expect("dir");
+    let real = repo().join("assets/models/all-MiniLM-L6-v2");
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(real.join(f), base.join(f)).expect("copy");
+    }
+    std::fs::write(
+        base.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}",
+    )
+    .expect("write");
+    let h = spawn(config(&db, &base, &dir.path().join("out")));
+    let end = Instant::now() + Duration::from_secs(30);
+    let mut msg = None;
+    while Instant::now() < end && msg.is_none() {
+        if let Ok(Event::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
+            msg = Some(m);
+        }
+    }
+    let msg = msg.expect("a failure event");
+    assert!(
+        msg.contains("cannot load the model") && msg.contains("broken"),
+        "{msg}"
+    );
+    h.stop();
+}

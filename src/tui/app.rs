@@ -464,12 +464,24 @@ impl App {
     /// form a prefix), then from the start (an expired claim, an undo elsewhere).
     fn claim_next(&mut self) -> crate::store::Result<Option<i64>> {
         let (a, s, o) = (&self.config.annotator, &self.session, self.config.overlap);
-        let mut id = self
+        let from = self.cursor;
+        let claimed = self
             .store
-            .claim_next_pair(a, s, o, &self.skipped, self.cursor)?;
-        if id.is_none() && self.cursor > 0 {
-            id = self.store.claim_next_pair(a, s, o, &self.skipped, 0)?;
-        }
+            .claim_next_pair(a, s, o, &self.skipped, from)
+            .and_then(|id| match id {
+                None if from > 0 => self.store.claim_next_pair(a, s, o, &self.skipped, 0),
+                id => Ok(id),
+            });
+        let id = match claimed {
+            Ok(id) => id,
+            // A claim is a write: on a full disk or a read-only file, show the next
+            // pair unclaimed rather than nothing (a judgement that cannot be saved
+            // says so).
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim a pair; showing one unclaimed");
+                self.store.next_pair_id(a, o, &self.skipped)?
+            }
+        };
         if let Some(id) = id {
             self.cursor = id;
         }
