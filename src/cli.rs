@@ -85,6 +85,13 @@ pub struct LabelArgs {
     /// Seed for the left/right order (random by default).
     #[arg(long, hide = true)]
     pub order_seed: Option<u64>,
+    /// In which order pairs are served: by id, at random, the pairs the live model
+    /// is least sure of first, or the pairs judgements disagree on first.
+    #[arg(long, value_enum, default_value = "sequential")]
+    pub order: crate::store::QueueOrder,
+    /// With --order uncertain, the share of pairs served at random instead.
+    #[arg(long, default_value_t = 0.2)]
+    pub random_share: f64,
     /// Label without training a reward model.
     #[arg(long)]
     pub no_train: bool,

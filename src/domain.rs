@@ -261,6 +261,9 @@ pub struct NewLabel {
     pub note: Option<String>,
     pub elapsed_ms: Option<u64>,
     pub source: String,
+    /// The queue order that served the pair (`sequential`, `random`, `uncertain`,
+    /// `disagreement`); `None` outside the labeler.
+    pub queue_order: Option<String>,
 }
 
 #[cfg(test)]

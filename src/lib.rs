@@ -10,6 +10,7 @@ pub mod domain;
 pub mod generator;
 pub mod io;
 pub mod model;
+pub mod ratings;
 pub mod stats;
 pub mod store;
 pub mod train;

@@ -16,6 +16,9 @@ pub struct Stats {
     pub annotators: Vec<AnnotatorStats>,
     pub position_bias: PositionBias,
     pub agreement: Agreement,
+    /// Bradley-Terry ratings of the generation settings behind the pairs (empty
+    /// when no judged pair has generator metadata on both sides).
+    pub ratings: Vec<crate::ratings::Rating>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,6 +28,12 @@ pub struct AnnotatorStats {
     /// Judgements per hour of time spent judging (from the recorded time per label).
     pub per_hour: Option<f64>,
     pub median_ms: Option<i64>,
+    /// Share of this annotator's decisive judgements that went to the left side.
+    pub left_share: Option<f64>,
+    /// On pairs that at least two others judged with a clear majority: how often
+    /// this annotator chose as that majority did.
+    pub with_majority: Option<f64>,
+    pub majority_pairs: u64,
 }
 
 /// How often the response shown on the left won, among decisive judgements made in
@@ -45,6 +54,9 @@ pub struct Agreement {
     pub percent: Option<f64>,
     /// Mean of the pairwise Cohen's kappas, weighted by shared pairs.
     pub kappa: Option<f64>,
+    /// Krippendorff's alpha (nominal) over every pair with two or more judgements,
+    /// however many annotators judged each.
+    pub alpha: Option<f64>,
     pub by_annotator_pair: Vec<PairwiseAgreement>,
 }
 
@@ -80,6 +92,61 @@ pub fn cohen_kappa(pairs: &[(Choice, Choice)]) -> Option<f64> {
     Some((po - pe) / (1.0 - pe))
 }
 
+/// Krippendorff's alpha for nominal data. Each unit is the list of values its
+/// judges gave; units with fewer than two values are left out. `None` when every
+/// value is the same (no disagreement is possible by chance).
+pub fn krippendorff_alpha(units: &[Vec<Choice>]) -> Option<f64> {
+    let mut o: BTreeMap<(Choice, Choice), f64> = BTreeMap::new();
+    for u in units {
+        let m = u.len();
+        if m < 2 {
+            continue;
+        }
+        for (i, x) in u.iter().enumerate() {
+            for (j, y) in u.iter().enumerate() {
+                if i != j {
+                    *o.entry((*x, *y)).or_default() += 1.0 / (m - 1) as f64;
+                }
+            }
+        }
+    }
+    let mut n_c: BTreeMap<Choice, f64> = BTreeMap::new();
+    for ((c, _), v) in &o {
+        *n_c.entry(*c).or_default() += v;
+    }
+    let n: f64 = n_c.values().sum();
+    let observed: f64 = o.iter().filter(|((c, k), _)| c != k).map(|(_, v)| v).sum();
+    let expected: f64 = n_c
+        .iter()
+        .flat_map(|(c, a)| {
+            n_c.iter()
+                .filter(move |(k, _)| *k != c)
+                .map(move |(_, b)| a * b)
+        })
+        .sum();
+    if n < 2.0 || expected <= 0.0 {
+        return None;
+    }
+    Some(1.0 - (n - 1.0) * observed / expected)
+}
+
+/// The system a generated response came from: generator, temperature and system
+/// prompt (the settings `duel generate` varies between A and B).
+fn system_key(generator: &str, meta: Option<&str>) -> String {
+    let meta: serde_json::Value = meta
+        .and_then(|m| serde_json::from_str(m).ok())
+        .unwrap_or_default();
+    let mut key = generator.to_string();
+    if let Some(t) = meta.get("temperature").and_then(|t| t.as_f64()) {
+        key.push_str(&format!(" t={t}"));
+    }
+    if let Some(s) = meta.get("system").and_then(|s| s.as_str()) {
+        let short: String = s.chars().take(24).collect();
+        key.push_str(&format!(" system={short:?}"));
+    }
+    key
+}
+
 fn median(v: &mut [i64]) -> Option<i64> {
     if v.is_empty() {
         return None;
@@ -103,6 +170,8 @@ pub fn compute(store: &Store) -> Result<Stats> {
     let mut rows = stmt.query([])?;
     let mut choices: BTreeMap<Choice, u64> = Choice::ALL.iter().map(|c| (*c, 0)).collect();
     let mut per_ann: BTreeMap<String, (u64, Vec<i64>)> = BTreeMap::new();
+    // annotator -> (decisive, left won)
+    let mut ann_bias: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     // pair -> annotator -> last standing choice
     let mut by_pair: HashMap<i64, BTreeMap<String, Choice>> = HashMap::new();
     let mut bias = PositionBias {
@@ -131,6 +200,9 @@ pub fn compute(store: &Store) -> Result<Stats> {
         {
             bias.decisive += 1;
             bias.left_won += u64::from(w == left);
+            let e = ann_bias.entry(ann.clone()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(w == left);
         }
         by_pair.entry(pair).or_default().insert(ann, choice);
     }
@@ -138,20 +210,105 @@ pub fn compute(store: &Store) -> Result<Stats> {
         bias.left_share = Some(bias.left_won as f64 / bias.decisive as f64);
     }
     let judged = by_pair.len() as i64;
+    // Agreement with the majority of the others, where two or more others judged
+    // and one choice has more of their votes than any other.
+    let mut majority: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for anns in by_pair.values() {
+        for (who, mine) in anns {
+            let mut votes: BTreeMap<Choice, u32> = BTreeMap::new();
+            for (other, c) in anns {
+                if other != who {
+                    *votes.entry(*c).or_default() += 1;
+                }
+            }
+            let total: u32 = votes.values().sum();
+            if total < 2 {
+                continue;
+            }
+            let top = votes.values().copied().max().unwrap_or(0);
+            let leaders: Vec<Choice> = votes
+                .iter()
+                .filter(|(_, v)| **v == top)
+                .map(|(c, _)| *c)
+                .collect();
+            if leaders.len() != 1 {
+                continue;
+            }
+            let e = majority.entry(who.clone()).or_default();
+            e.0 += 1;
+            e.1 += u64::from(leaders[0] == *mine);
+        }
+    }
     let annotators = per_ann
         .into_iter()
         .map(|(name, (n, mut ms))| {
             let total: i64 = ms.iter().sum();
             let per_hour =
                 (total > 0 && ms.len() as u64 == n).then(|| n as f64 * 3_600_000.0 / total as f64);
+            let (decisive, left) = ann_bias.get(&name).copied().unwrap_or((0, 0));
+            let (mpairs, magree) = majority.get(&name).copied().unwrap_or((0, 0));
             AnnotatorStats {
-                name,
-                labels: n,
                 per_hour,
                 median_ms: median(&mut ms),
+                left_share: (decisive > 0).then(|| left as f64 / decisive as f64),
+                with_majority: (mpairs > 0).then(|| magree as f64 / mpairs as f64),
+                majority_pairs: mpairs,
+                labels: n,
+                name,
             }
         })
         .collect();
+    let units: Vec<Vec<Choice>> = by_pair
+        .values()
+        .map(|a| a.values().copied().collect())
+        .collect();
+    let alpha = krippendorff_alpha(&units);
+    // Ratings of the generation settings, from judged pairs generated on both sides.
+    let mut systems: HashMap<i64, (String, String)> = HashMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT p.id, ra.generator, ra.gen_meta, rb.generator, rb.gen_meta
+             FROM pairs p JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b
+             WHERE ra.generator IS NOT NULL AND rb.generator IS NOT NULL
+               AND p.id IN (SELECT pair_id FROM labels WHERE undone_at IS NULL)",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let a = system_key(
+                &r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?.as_deref(),
+            );
+            let b = system_key(
+                &r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?.as_deref(),
+            );
+            if a != b {
+                systems.insert(r.get(0)?, (a, b));
+            }
+        }
+    }
+    let mut battles = Vec::new();
+    let mut pair_ids: Vec<&i64> = by_pair.keys().collect();
+    pair_ids.sort_unstable();
+    for id in pair_ids {
+        let Some((a, b)) = systems.get(id) else {
+            continue;
+        };
+        for c in by_pair[id].values() {
+            let winner = match c {
+                Choice::A => 1.0,
+                Choice::B => 0.0,
+                Choice::Tie => 0.5,
+                Choice::BothBad => continue,
+            };
+            battles.push(crate::ratings::Battle {
+                a: a.clone(),
+                b: b.clone(),
+                winner,
+            });
+        }
+    }
+    let ratings = crate::ratings::ratings(&battles, 200, 0);
 
     let mut shared: BTreeMap<(String, String), Vec<(Choice, Choice)>> = BTreeMap::new();
     let mut multi = 0u64;
@@ -195,6 +352,7 @@ pub fn compute(store: &Store) -> Result<Stats> {
         comparisons,
         percent: (comparisons > 0).then(|| 100.0 * agree as f64 / comparisons as f64),
         kappa: (kweight > 0.0).then(|| ksum / kweight),
+        alpha,
         by_annotator_pair,
     };
     Ok(Stats {
@@ -205,6 +363,7 @@ pub fn compute(store: &Store) -> Result<Stats> {
         annotators,
         position_bias: bias,
         agreement,
+        ratings,
     })
 }
 
@@ -229,24 +388,31 @@ pub fn render(s: &Stats) -> String {
         b.decisive,
         opt(b.left_share.map(|x| x * 100.0), 1)
     );
-    let _ = writeln!(o, "\nannotator            labels   per hour   median s");
+    let _ = writeln!(
+        o,
+        "\nannotator            labels   per hour   median s   left won   with majority"
+    );
     for a in &s.annotators {
         let _ = writeln!(
             o,
-            "{:<20} {:>6}   {:>8}   {:>8}",
+            "{:<20} {:>6}   {:>8}   {:>8}   {:>7}%   {:>7}% of {}",
             a.name,
             a.labels,
             opt(a.per_hour, 0),
-            opt(a.median_ms.map(|m| m as f64 / 1000.0), 1)
+            opt(a.median_ms.map(|m| m as f64 / 1000.0), 1),
+            opt(a.left_share.map(|x| x * 100.0), 1),
+            opt(a.with_majority.map(|x| x * 100.0), 1),
+            a.majority_pairs
         );
     }
     let g = &s.agreement;
     let _ = writeln!(
         o,
-        "\nagreement    {} pairs judged by more than one annotator: {}% agree, kappa {}",
+        "\nagreement    {} pairs judged by more than one annotator: {}% agree, kappa {}, Krippendorff's alpha {}",
         g.pairs,
         opt(g.percent, 1),
-        opt(g.kappa, 3)
+        opt(g.kappa, 3),
+        opt(g.alpha, 3)
     );
     for p in &g.by_annotator_pair {
         let _ = writeln!(
@@ -258,6 +424,19 @@ pub fn render(s: &Stats) -> String {
             p.percent,
             opt(p.kappa, 3)
         );
+    }
+    if !s.ratings.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nratings      Bradley-Terry, Elo scale, 95% bootstrap interval"
+        );
+        for r in &s.ratings {
+            let _ = writeln!(
+                o,
+                "  {:>6.0}  [{:.0}, {:.0}]  {} battles  {}",
+                r.rating, r.low, r.high, r.battles, r.system
+            );
+        }
     }
     o
 }
@@ -279,6 +458,24 @@ mod tests {
         assert!((k - 0.4).abs() < 1e-12, "{k}");
         assert_eq!(cohen_kappa(&[(A, A), (A, A)]), None);
         assert!((cohen_kappa(&[(A, B), (B, A)]).expect("defined") + 1.0).abs() < 1e-12);
+    }
+
+    /// Three units {A,A}, {A,B}, {B,B}: coincidences o_AA = o_BB = 2, o_AB = o_BA = 1,
+    /// n_A = n_B = 3, n = 6; alpha = 1 - (n-1)·Σo_ck / Σn_c·n_k = 1 - 5·2/18 = 4/9.
+    #[test]
+    fn krippendorff_alpha_matches_hand_computed_values() {
+        let a = krippendorff_alpha(&[vec![A, A], vec![A, B], vec![B, B]]).expect("defined");
+        assert!((a - 4.0 / 9.0).abs() < 1e-12, "{a}");
+        // {A,A,B} and {B,B,B}: m=3 each, weight 1/2 per ordered pair.
+        // Unit 1: (A,A)x2, (A,B)x2, (B,A)x2 -> o_AA=1, o_AB=1, o_BA=1.
+        // Unit 2: (B,B)x6 -> o_BB=3.  n_A=2, n_B=4, n=6.
+        // alpha = 1 - 5·2 / (2·2·4) = 1 - 10/16 = 0.375.
+        let a = krippendorff_alpha(&[vec![A, A, B], vec![B, B, B]]).expect("defined");
+        assert!((a - 0.375).abs() < 1e-12, "{a}");
+        assert!(
+            (krippendorff_alpha(&[vec![A, A], vec![B, B]]).expect("defined") - 1.0).abs() < 1e-12
+        );
+        assert_eq!(krippendorff_alpha(&[vec![A, A], vec![A]]), None);
     }
 
     #[test]

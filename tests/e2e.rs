@@ -254,3 +254,91 @@ fn every_command_line_definition_is_consistent() {
     use clap::CommandFactory;
     duel::cli::Cli::command().debug_assert();
 }
+
+/// Team numbers on a small hand-made set: three annotators, pairs generated at two
+/// temperatures. Checked by hand: alpha, agreement with the majority, position bias
+/// per annotator, and the ratings' order.
+#[test]
+fn team_statistics_and_generator_ratings() {
+    use duel::domain::{Choice, NewLabel, Prompt, Side};
+    use duel::store::{Generated, NewPair, Store};
+    let mut store = Store::open_in_memory().expect("store");
+    let gen_meta = |t: f64| Generated {
+        generator: "g".into(),
+        meta: serde_json::json!({"temperature": t}),
+    };
+    let pairs: Vec<NewPair> = (0..4)
+        .map(|i| {
+            let mut p = NewPair::new(
+                Prompt::from_text(format!("p{i}")),
+                format!("cool {i}"),
+                format!("hot {i}"),
+            );
+            p.generated = Some((gen_meta(0.7), gen_meta(1.0)));
+            p
+        })
+        .collect();
+    store.insert_pairs(&pairs).expect("pairs");
+    // Pair 1: x A, y A, z B.  Pair 2: x A, y A, z A.  Pair 3: x B, y B.  Pair 4: x A.
+    let votes = [
+        (1, "x", Choice::A),
+        (1, "y", Choice::A),
+        (1, "z", Choice::B),
+        (2, "x", Choice::A),
+        (2, "y", Choice::A),
+        (2, "z", Choice::A),
+        (3, "x", Choice::B),
+        (3, "y", Choice::B),
+        (4, "x", Choice::A),
+    ];
+    for (pair_id, who, choice) in votes {
+        store
+            .record_label(&NewLabel {
+                pair_id,
+                annotator: who.into(),
+                choice,
+                strength: None,
+                // x always saw A on the left; the others B.
+                left: Some(if who == "x" { Side::A } else { Side::B }),
+                note: None,
+                elapsed_ms: Some(1000),
+                source: "test".into(),
+                queue_order: None,
+            })
+            .expect("label");
+    }
+    let s = duel::stats::compute(&store).expect("stats");
+    // Units {A,A,B}, {A,A,A}, {B,B}: o_AA = 1 + 3 = 4, o_AB = o_BA = 1, o_BB = 2;
+    // n_A = 5, n_B = 3, n = 8; alpha = 1 - 7·2 / (2·5·3) = 1 - 14/30.
+    let alpha = s.agreement.alpha.expect("alpha");
+    assert!((alpha - (1.0 - 14.0 / 30.0)).abs() < 1e-9, "{alpha}");
+    let by = |n: &str| {
+        s.annotators
+            .iter()
+            .find(|a| a.name == n)
+            .expect("annotator")
+            .clone()
+    };
+    // z: pairs 1 and 2 have two other votes each (A,A): majority A; z agrees once.
+    assert_eq!(
+        (by("z").majority_pairs, by("z").with_majority),
+        (2, Some(0.5))
+    );
+    // x: pair 1 others {A, B} is no majority; pair 2 others {A, A}: agrees.
+    assert_eq!(
+        (by("x").majority_pairs, by("x").with_majority),
+        (1, Some(1.0))
+    );
+    // x saw A on the left and chose A 3 times of 4 decisive: left won 75%.
+    assert_eq!(by("x").left_share, Some(0.75));
+    // 0.7 won 6 of 9 decisive battles: rated above 1.0.
+    assert_eq!(s.ratings.len(), 2);
+    assert_eq!(s.ratings[0].system, "g t=0.7");
+    assert!(s.ratings[0].rating > s.ratings[1].rating);
+    assert_eq!(s.ratings[0].battles, 9);
+    let text = duel::stats::render(&s);
+    assert!(
+        text.contains("Krippendorff's alpha 0.533") && text.contains("g t=0.7"),
+        "{text}"
+    );
+}

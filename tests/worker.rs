@@ -37,6 +37,7 @@ fn add_labeled(store: &mut Store, from: usize, n: usize) {
                 note: None,
                 elapsed_ms: None,
                 source: "test".into(),
+                queue_order: None,
             })
             .expect("label");
     }
@@ -76,6 +77,7 @@ fn config(db: &Path, base: &Path, out: &Path) -> WorkerConfig {
         holdout: 0.2,
         eval_every: 5,
         checkpoint_every: 0,
+        score_queue: 0,
     }
 }
 
@@ -242,4 +244,158 @@ fn corrupt_model_files_fail_with_a_clear_message() {
         "{msg}"
     );
     h.stop();
+}
+
+/// Not a test on its own: the child process of the kill test below. It trains on the
+/// folder named by `DUEL_TRAINER_CHILD`, checkpointing every 2 steps, printing each
+/// checkpoint's step, until it is killed.
+#[test]
+#[ignore]
+fn trainer_child() {
+    let Some(dir) = std::env::var_os("DUEL_TRAINER_CHILD") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut cfg = config(&dir.join("d.db"), &dir.join("base"), &dir.join("model"));
+    cfg.checkpoint_every = 2;
+    cfg.eval_every = 1_000;
+    let h = spawn(cfg);
+    use std::io::Write;
+    while let Ok(e) = h.events.recv() {
+        match e {
+            Event::Checkpointed { step, .. } => {
+                println!("checkpointed {step}");
+                std::io::stdout().flush().expect("flush");
+            }
+            Event::Failed(m) => panic!("{m}"),
+            _ => {}
+        }
+    }
+}
+
+/// `kill -9` of a process while it trains (and checkpoints every 2 steps): the
+/// checkpoint folder is always complete, and a new trainer resumes from it at or
+/// after the last step reported saved.
+#[test]
+fn kill_9_during_training_resumes_from_the_last_complete_checkpoint() {
+    use rand::{RngExt, SeedableRng};
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("base");
+    let out = dir.path().join("model");
+    duel::model::bert::write_tiny_model(
+        &base,
+        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
+        5,
+    )
+    .expect("tiny model");
+    let mut store = Store::open(&dir.path().join("d.db")).expect("store");
+    add_labeled(&mut store, 0, 60);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let rounds = if std::env::var_os("DUEL_SOAK").is_some() {
+        40
+    } else {
+        3
+    };
+    for round in 0..rounds {
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args([
+                "trainer_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DUEL_TRAINER_CHILD", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let want = rng.random_range(1..4usize);
+        let mut saved = None;
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut n = 0;
+        while n < want {
+            let Some(Ok(line)) = lines.next() else { break };
+            if let Some(step) = line.strip_prefix("checkpointed ") {
+                saved = Some(step.trim().parse::<u64>().expect("step"));
+                n += 1;
+            }
+        }
+        // Somewhere in the next steps, possibly inside a checkpoint write.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..400)));
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+        for line in lines.map_while(Result::ok) {
+            if let Some(step) = line.strip_prefix("checkpointed ") {
+                saved = Some(step.trim().parse::<u64>().expect("step"));
+            }
+        }
+        let saved = saved.unwrap_or_else(|| panic!("round {round}: the child saved no checkpoint"));
+        let h = spawn(config(&dir.path().join("d.db"), &base, &out));
+        let seen = wait_for(&h.events, 60, |e| matches!(e, Event::Started { .. }));
+        match seen.last() {
+            Some(Event::Started {
+                step,
+                resumed_from: Some(p),
+            }) => {
+                assert_eq!(p, &out);
+                assert!(
+                    *step >= saved,
+                    "round {round}: resumed at {step}, {saved} was reported saved"
+                );
+            }
+            other => panic!("round {round}: expected a resume, got {other:?}"),
+        }
+        h.stop();
+        assert!(has_checkpoint(&out));
+    }
+}
+
+/// After an evaluation the trainer scores pairs for the model-driven queue orders:
+/// unjudged pairs first, each with the probability that A is better.
+#[test]
+fn the_trainer_scores_unjudged_pairs_for_the_queue() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let base = dir.path().join("base");
+    duel::model::bert::write_tiny_model(
+        &base,
+        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
+        5,
+    )
+    .expect("tiny model");
+    let mut store = Store::open(&db).expect("store");
+    add_labeled(&mut store, 0, 30);
+    let unjudged: Vec<NewPair> = (0..5)
+        .map(|i| {
+            NewPair::new(
+                Prompt::from_text(format!("open question {i}")),
+                format!("yes {i}"),
+                format!("no {i}"),
+            )
+        })
+        .collect();
+    store.insert_pairs(&unjudged).expect("pairs");
+    let mut cfg = config(&db, &base, &dir.path().join("out"));
+    cfg.score_queue = 8;
+    let h = spawn(cfg);
+    let seen = wait_for(&h.events, 120, |e| matches!(e, Event::Scored { .. }));
+    assert!(
+        matches!(seen.last(), Some(Event::Scored { pairs: 8, .. })),
+        "{seen:?}"
+    );
+    h.stop();
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let unjudged_scored: i64 = c
+        .query_row(
+            "SELECT count(*) FROM pair_scores s WHERE p_a > 0 AND p_a < 1
+             AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = s.pair_id)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(unjudged_scored, 5, "the unjudged pairs are scored first");
 }

@@ -115,6 +115,8 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             always_strength: args.strength,
             guidelines,
             seed: args.order_seed,
+            order: args.order,
+            random_share: args.random_share.clamp(0.0, 1.0),
         },
     )?;
     tracing::info!(annotator = %app.config.annotator, "labeling started");
@@ -160,6 +162,10 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             holdout: 0.15,
             eval_every: 25,
             checkpoint_every: 100,
+            score_queue: match args.order {
+                crate::store::QueueOrder::Uncertain | crate::store::QueueOrder::Disagreement => 128,
+                _ => 0,
+            },
         };
         let h = crate::train::worker::spawn(cfg.clone());
         app.attach_trainer(

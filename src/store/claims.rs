@@ -6,6 +6,55 @@ use rusqlite::{OptionalExtension, params};
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// In which order the queue serves pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueOrder {
+    /// By id: the order they were imported or generated in.
+    Sequential,
+    /// A random permutation (a new one per labeler).
+    Random,
+    /// The pairs the live model is least sure about first (its predicted preference
+    /// closest to 50%); pairs it has not scored yet come after, by id.
+    Uncertain,
+    /// Pairs on which judgements so far disagree first, then those where the model
+    /// most confidently disagrees with the judgements so far (with `--overlap` of 2
+    /// or more, so that judged pairs come round again).
+    Disagreement,
+}
+
+impl QueueOrder {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueOrder::Sequential => "sequential",
+            QueueOrder::Random => "random",
+            QueueOrder::Uncertain => "uncertain",
+            QueueOrder::Disagreement => "disagreement",
+        }
+    }
+
+    fn order_by(self) -> &'static str {
+        match self {
+            QueueOrder::Sequential => "p.id",
+            // A permutation of the ids that depends on the salt (?5).
+            QueueOrder::Random => "((p.id * 2654435761 + ?5) % 4294967311), p.id",
+            QueueOrder::Uncertain => {
+                "(SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id) IS NULL,
+                 (SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id), p.id"
+            }
+            QueueOrder::Disagreement => {
+                "(SELECT count(DISTINCT l.choice) FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL) DESC,
+                 coalesce((SELECT CASE WHEN sum(l.choice = 'a') > sum(l.choice = 'b') THEN 0.5 - s.p_a
+                                       WHEN sum(l.choice = 'b') > sum(l.choice = 'a') THEN s.p_a - 0.5
+                                       ELSE 0 END
+                           FROM labels l JOIN pair_scores s ON s.pair_id = l.pair_id
+                           WHERE l.pair_id = p.id AND l.undone_at IS NULL), 0) DESC,
+                 p.id"
+            }
+        }
+    }
+}
+
 /// How long a claim lives without renewal: a labeler that dies frees its pair after
 /// this long.
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
@@ -30,6 +79,37 @@ impl Store {
         exclude: &HashSet<i64>,
         from: i64,
     ) -> Result<Option<i64>> {
+        self.claim_next_in_order(
+            annotator,
+            session,
+            overlap,
+            exclude,
+            from,
+            QueueOrder::Sequential,
+            0,
+        )
+    }
+
+    /// [`Store::claim_next_pair`] in a given order; `from` applies to the sequential
+    /// order only, `salt` picks the random permutation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn claim_next_in_order(
+        &mut self,
+        annotator: &str,
+        session: &str,
+        overlap: u32,
+        exclude: &HashSet<i64>,
+        from: i64,
+        order: QueueOrder,
+        salt: u64,
+    ) -> Result<Option<i64>> {
+        let from = if order == QueueOrder::Sequential {
+            from
+        } else {
+            0
+        };
+        // Keep the salt within SQLite's integers and the product from overflowing.
+        let salt = (salt % 4_294_967_311) as i64;
         let now = unix_now();
         let tx = self
             .conn
@@ -39,17 +119,19 @@ impl Store {
             params![session, now],
         )?;
         let found = {
-            let mut stmt = tx.prepare_cached(
+            let sql = format!(
                 "SELECT p.id FROM pairs p
-                 WHERE p.id >= ?4
+                 WHERE p.id >= ?4 AND ?5 = ?5
                    AND NOT EXISTS (SELECT 1 FROM labels l
                                    WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
                    AND (SELECT count(DISTINCT l.annotator) FROM labels l
                         WHERE l.pair_id = p.id AND l.undone_at IS NULL)
                      + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2
-                 ORDER BY p.id",
-            )?;
-            let mut rows = stmt.query(params![annotator, overlap, session, from])?;
+                 ORDER BY {}",
+                order.order_by()
+            );
+            let mut stmt = tx.prepare_cached(&sql)?;
+            let mut rows = stmt.query(params![annotator, overlap, session, from, salt])?;
             let mut found = None;
             while let Some(r) = rows.next()? {
                 let id: i64 = r.get(0)?;

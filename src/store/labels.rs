@@ -12,8 +12,8 @@ pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
         .transpose()
         .map_err(|_| StoreError::Invalid("elapsed time out of range".into()))?;
     conn.prepare_cached(
-        "INSERT INTO labels (pair_id, annotator, choice, strength, left_side, note, elapsed_ms, source)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO labels (pair_id, annotator, choice, strength, left_side, note, elapsed_ms, source, queue_order)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         l.pair_id,
@@ -23,7 +23,8 @@ pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
         l.left.map(Side::as_str),
         l.note,
         elapsed,
-        l.source
+        l.source,
+        l.queue_order
     ])?;
     Ok(conn.last_insert_rowid())
 }
@@ -201,6 +202,7 @@ mod tests {
             note: Some("a note".into()),
             elapsed_ms: Some(1234),
             source: "tui".into(),
+            queue_order: None,
         }
     }
 

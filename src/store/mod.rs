@@ -7,7 +7,7 @@ mod claims;
 mod labels;
 mod pairs;
 
-pub use claims::CLAIM_TTL;
+pub use claims::{CLAIM_TTL, QueueOrder};
 pub use labels::{LabelFilter, LabelRow, Progress};
 pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
 
@@ -21,6 +21,7 @@ use std::time::Duration;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_claims.sql"),
+    include_str!("migrations/0003_queue_order.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

@@ -274,6 +274,7 @@ impl<'c> PairWriter<'c> {
                 note: None,
                 elapsed_ms: None,
                 source: "import".into(),
+                queue_order: None,
             },
         )
     }
@@ -573,6 +574,7 @@ mod tests {
                 note: None,
                 elapsed_ms: None,
                 source: "tui".into(),
+                queue_order: None,
             })
             .expect("label");
         // Judged by someone else: with overlap 1 it is done, with overlap 2 it is not.

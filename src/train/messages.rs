@@ -54,5 +54,10 @@ pub enum Event {
         step: u64,
         path: PathBuf,
     },
+    /// Pairs scored for the queue orders that go by the model.
+    Scored {
+        step: u64,
+        pairs: usize,
+    },
     Failed(String),
 }

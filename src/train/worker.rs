@@ -30,6 +30,9 @@ pub struct WorkerConfig {
     /// Evaluate on the held-out pairs every this many steps (and at each epoch end).
     pub eval_every: u64,
     pub checkpoint_every: u64,
+    /// Pairs scored after each evaluation for the queue orders that go by the model
+    /// (`uncertain`, `disagreement`); 0 for none.
+    pub score_queue: usize,
 }
 
 pub struct Handle {
@@ -206,6 +209,65 @@ impl Worker {
         })
     }
 
+    /// Scores pairs with the current model into `pair_scores`: unjudged pairs
+    /// before judged ones, never-scored before long-ago-scored.
+    fn score_queue(&self, trainer: &Trainer, step: u64) -> Result<(), Stop> {
+        if self.cfg.score_queue == 0 {
+            return Ok(());
+        }
+        let conn = rusqlite::Connection::open(&self.cfg.db)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        let rows: Vec<(i64, String, String, String)> = {
+            let mut stmt = conn.prepare(
+                "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
+                 JOIN prompts pr ON pr.id = p.prompt_id
+                 JOIN responses ra ON ra.id = p.response_a
+                 JOIN responses rb ON rb.id = p.response_b
+                 LEFT JOIN pair_scores s ON s.pair_id = p.id
+                 WHERE coalesce(s.step, -1) < ?2
+                 ORDER BY EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL),
+                          coalesce(s.step, -1), p.id
+                 LIMIT ?1",
+            )?;
+            stmt.query_map(
+                rusqlite::params![self.cfg.score_queue as i64, step as i64],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )?
+            .collect::<Result<_, _>>()?
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let max = trainer.config.max_length;
+        let mut seqs = Vec::with_capacity(2 * rows.len());
+        for (_, prompt, a, b) in &rows {
+            let enc = |r: &str| {
+                trainer
+                    .encoder
+                    .encode(prompt, r, max)
+                    .map_err(|e| Stop::Failed(e.to_string()))
+            };
+            seqs.push(enc(a)?);
+            seqs.push(enc(b)?);
+        }
+        let r = trainer.score(&seqs, 2 * trainer.config.batch_pairs)?;
+        let tx = conn.unchecked_transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO pair_scores (pair_id, p_a, step) VALUES (?1, ?2, ?3)",
+            )?;
+            for (i, (id, ..)) in rows.iter().enumerate() {
+                let d = f64::from(r[2 * i] - r[2 * i + 1]);
+                ins.execute(rusqlite::params![id, 1.0 / (1.0 + (-d).exp()), step as i64])?;
+            }
+        }
+        tx.commit()?;
+        self.emit(Event::Scored {
+            step,
+            pairs: rows.len(),
+        })
+    }
+
     fn run(&mut self) -> Result<(), Stop> {
         self.emit(Event::State(TrainerState::Loading))?;
         checkpoint::recover(&self.cfg.out_dir);
@@ -288,6 +350,7 @@ impl Worker {
                     })?;
                     if self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every) {
                         self.evaluate(&trainer, &data, step)?;
+                        self.score_queue(&trainer, step)?;
                     }
                     if self.cfg.checkpoint_every > 0
                         && step.is_multiple_of(self.cfg.checkpoint_every)

@@ -115,6 +115,11 @@ pub struct Config {
     pub guidelines: String,
     /// Seed for the left/right order; random when `None`.
     pub seed: Option<u64>,
+    /// In which order pairs are served.
+    pub order: crate::store::QueueOrder,
+    /// With the `uncertain` order, the share of pairs served at random instead (keeps
+    /// the held-out estimate honest).
+    pub random_share: f64,
 }
 
 /// The pair on screen, with its texts made safe to draw.
@@ -128,6 +133,8 @@ pub struct Current {
     pub right_text: String,
     pub shown_at: Instant,
     pub note: Option<String>,
+    /// The queue order that served this pair (recorded with the judgement).
+    pub queue_order: crate::store::QueueOrder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +193,10 @@ pub struct App {
     pub session: String,
     /// Pairs below this id were judged or taken when last looked at.
     cursor: i64,
+    /// The order each pair shown this session was served by.
+    served: HashMap<i64, crate::store::QueueOrder>,
+    /// Picks the random permutation of the `random` order.
+    salt: u64,
     claim_renewed: Instant,
 }
 
@@ -238,10 +249,13 @@ impl App {
             wrap_cache: RefCell::new(HashMap::new()),
             session: String::new(),
             cursor: 0,
+            served: HashMap::new(),
+            salt: 0,
             claim_renewed: Instant::now(),
             rng,
         };
         app.session = new_session_id();
+        app.salt = app.rng.random();
         app.advance();
         Ok(app)
     }
@@ -463,13 +477,23 @@ impl App {
     /// Claims the next pair: first from where the last one was found (judged pairs
     /// form a prefix), then from the start (an expired claim, an undo elsewhere).
     fn claim_next(&mut self) -> crate::store::Result<Option<i64>> {
+        use crate::store::QueueOrder;
+        let order = match self.config.order {
+            QueueOrder::Uncertain if self.rng.random::<f64>() < self.config.random_share => {
+                QueueOrder::Random
+            }
+            o => o,
+        };
         let (a, s, o) = (&self.config.annotator, &self.session, self.config.overlap);
         let from = self.cursor;
+        let salt = self.salt;
         let claimed = self
             .store
-            .claim_next_pair(a, s, o, &self.skipped, from)
+            .claim_next_in_order(a, s, o, &self.skipped, from, order, salt)
             .and_then(|id| match id {
-                None if from > 0 => self.store.claim_next_pair(a, s, o, &self.skipped, 0),
+                None if from > 0 && order == QueueOrder::Sequential => {
+                    self.store.claim_next_pair(a, s, o, &self.skipped, 0)
+                }
                 id => Ok(id),
             });
         let id = match claimed {
@@ -483,7 +507,10 @@ impl App {
             }
         };
         if let Some(id) = id {
-            self.cursor = id;
+            if order == QueueOrder::Sequential {
+                self.cursor = id;
+            }
+            self.served.insert(id, order);
         }
         Ok(id)
     }
@@ -560,6 +587,11 @@ impl App {
             turns,
             left,
             note: self.notes.get(&pair.id).cloned(),
+            queue_order: self
+                .served
+                .get(&pair.id)
+                .copied()
+                .unwrap_or(self.config.order),
             pair,
             shown_at: Instant::now(),
         });
@@ -594,6 +626,7 @@ impl App {
             note: cur.note.clone(),
             elapsed_ms: Some(cur.shown_at.elapsed().as_millis().min(u128::from(u64::MAX)) as u64),
             source: "tui".into(),
+            queue_order: Some(cur.queue_order.as_str().into()),
         };
         match self.store.record_label(&label) {
             Ok(label_id) => {

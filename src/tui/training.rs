@@ -24,6 +24,8 @@ pub struct TrainView {
     pub skipped: u64,
     pub failed: Option<String>,
     pub step: u64,
+    /// The last queue scoring: the model's step and how many pairs.
+    pub scored: Option<(u64, usize)>,
 }
 
 impl TrainView {
@@ -59,6 +61,7 @@ impl TrainView {
             Event::Checkpointed { step, path } => {
                 self.last_checkpoint = Some((*step, path.clone()));
             }
+            Event::Scored { step, pairs } => self.scored = Some((*step, *pairs)),
             Event::Failed(msg) => self.failed = Some(msg.clone()),
         }
     }

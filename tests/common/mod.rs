@@ -26,6 +26,8 @@ pub fn config(annotator: &str) -> Config {
         always_strength: false,
         guidelines: "Be kind.\nPrefer correct answers.".into(),
         seed: Some(7),
+        order: duel::store::QueueOrder::Sequential,
+        random_share: 0.2,
     }
 }
 
