@@ -34,6 +34,13 @@ pub enum Command {
     Export(ExportArgs),
     /// Counts, rates, position bias and agreement.
     Stats(StatsArgs),
+    /// An HTML page (self-contained) with training curves, judgements over time,
+    /// agreement and position bias, and each chart as an SVG file.
+    Report {
+        /// The folder to write `index.html` and the charts to.
+        #[arg(long, default_value = "report")]
+        out: PathBuf,
+    },
     /// Generate pairs with the local model: two responses for each prompt of a file.
     Generate(GenerateArgs),
     /// Train the reward model on the judgements in the database.
@@ -92,6 +99,10 @@ pub struct LabelArgs {
     /// With --order uncertain, the share of pairs served at random instead.
     #[arg(long, default_value_t = 0.2)]
     pub random_share: f64,
+    /// After each judgement, show what the live model predicted and whether it
+    /// agreed (off by default, to avoid biasing the annotator).
+    #[arg(long)]
+    pub show_model: bool,
     /// Label without training a reward model.
     #[arg(long)]
     pub no_train: bool,

@@ -11,6 +11,7 @@ pub mod generator;
 pub mod io;
 pub mod model;
 pub mod ratings;
+pub mod report;
 pub mod stats;
 pub mod store;
 pub mod train;

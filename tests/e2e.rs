@@ -342,3 +342,68 @@ fn team_statistics_and_generator_ratings() {
         "{text}"
     );
 }
+
+/// `duel report`: a self-contained page (no scripts, no links out) with the charts
+/// inline and as SVG files; text from the data is escaped.
+#[test]
+fn the_report_is_one_self_contained_page_with_svg_charts() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("r.db");
+    let file = dir.path().join("p.jsonl");
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"q\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"q2\", \"chosen\": \"c\", \"rejected\": \"d\"}\n",
+    )
+    .expect("write");
+    assert!(
+        duel(&db, &["import", file.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    // A hostile annotator name and some training metrics.
+    let c = rusqlite::Connection::open(&db).expect("open");
+    c.execute_batch(
+        "UPDATE labels SET annotator = '<script>alert(1)</script>';
+         INSERT INTO train_runs (id, config) VALUES (1, '{}');
+         INSERT INTO train_metrics (run_id, step, kind, loss, accuracy) VALUES
+           (1, 1, 'train', 0.69, 0.5), (1, 2, 'train', 0.6, 0.6), (1, 2, 'eval', 0.65, 0.55), (1, 4, 'eval', 0.5, 0.7);",
+    )
+    .expect("metrics");
+    let out = dir.path().join("rep");
+    let o = duel(&db, &["report", "--out", out.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(out.join("index.html")).expect("page");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!html.contains("<script"), "no scripts");
+    assert!(
+        !html.contains("http://")
+            || html
+                .matches("http://")
+                .all(|_| html.contains("xmlns=\"http://www.w3.org/2000/svg\""))
+    );
+    assert!(!html.contains("https://"));
+    assert_eq!(html.matches("<svg").count(), 5);
+    // The accuracy chart has the held-out points as a line and the 50% guide.
+    let acc = std::fs::read_to_string(out.join("accuracy.svg")).expect("svg");
+    assert!(acc.contains("<polyline") && acc.contains("stroke-dasharray"));
+    let pts = acc
+        .split("points=\"")
+        .nth(1)
+        .expect("points")
+        .split('"')
+        .next()
+        .expect("end");
+    assert_eq!(pts.split(' ').count(), 2, "{pts}");
+    for name in [
+        "loss.svg",
+        "judgements_per_day.svg",
+        "judgements_so_far.svg",
+        "choices.svg",
+    ] {
+        assert!(
+            std::fs::read_to_string(out.join(name))
+                .expect(name)
+                .starts_with("<svg")
+        );
+    }
+}

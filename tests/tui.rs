@@ -957,3 +957,46 @@ fn the_disagreement_order_serves_contested_pairs_first() {
     }
     assert_eq!(served, [3, 2, 1, 4]);
 }
+
+/// `--show-model`: after a judgement, one line says what the model predicted, in
+/// screen sides, and whether it agreed; without the option nothing is said.
+#[test]
+fn show_model_says_what_the_model_predicted() {
+    let store = store_with(&[("q1", "a", "b"), ("q2", "c", "d"), ("q3", "e", "f")]);
+    store
+        .conn()
+        .execute_batch(
+            "INSERT INTO pair_scores (pair_id, p_a, step) VALUES (1, 0.8, 5), (2, 0.3, 5)",
+        )
+        .expect("scores");
+    let mut cfg = config("m");
+    cfg.show_model = true;
+    let mut app = App::new(store, cfg).expect("app");
+    // Pair 1: the model prefers A (80%); choose the side A is shown on.
+    let left = app.current.as_ref().expect("pair").left;
+    let key = if left == Side::A { '1' } else { '2' };
+    let a_side = if left == Side::A { "left" } else { "right" };
+    press(&mut app, KeyCode::Char(key));
+    let flash = app.flash.as_ref().expect("a note").text.clone();
+    assert_eq!(flash, format!("model: {a_side} was better (80%) — agreed"));
+    // Pair 2: the model prefers B (70%); choose A.
+    let left = app.current.as_ref().expect("pair").left;
+    let key = if left == Side::A { '1' } else { '2' };
+    let b_side = if left == Side::B { "left" } else { "right" };
+    press(&mut app, KeyCode::Char(key));
+    let flash = app.flash.as_ref().expect("a note").text.clone();
+    assert_eq!(
+        flash,
+        format!("model: {b_side} was better (70%) — disagreed")
+    );
+    // Pair 3: not scored.
+    press(&mut app, KeyCode::Char('0'));
+    assert_eq!(
+        app.flash.as_ref().expect("a note").text,
+        "model: no prediction for that pair yet"
+    );
+    // Off by default.
+    let mut quiet = App::new(store_with(&[("q", "a", "b")]), config("n")).expect("app");
+    press(&mut quiet, KeyCode::Char('1'));
+    assert!(quiet.flash.is_none());
+}

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(args) => export_cmd(&cli.db, args),
         Command::Stats(args) => stats_cmd(&cli.db, args),
         Command::Generate(args) => generate::generate(&cli.db, args),
+        Command::Report { out } => report_cmd(&cli.db, &out),
         Command::Train(args) => model::train(&cli.db, args),
         Command::Eval(args) => model::eval(args),
         Command::Score(args) => model::score(args),
@@ -117,6 +118,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             seed: args.order_seed,
             order: args.order,
             random_share: args.random_share.clamp(0.0, 1.0),
+            show_model: args.show_model,
         },
     )?;
     tracing::info!(annotator = %app.config.annotator, "labeling started");
@@ -164,6 +166,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             checkpoint_every: 100,
             score_queue: match args.order {
                 crate::store::QueueOrder::Uncertain | crate::store::QueueOrder::Disagreement => 128,
+                _ if args.show_model => 128,
                 _ => 0,
             },
         };
@@ -289,6 +292,26 @@ fn stats_cmd(db: &Path, args: StatsArgs) -> Result<ExitCode> {
     } else {
         write!(out, "{}", stats::render(&s))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_cmd(db: &Path, out: &Path) -> Result<ExitCode> {
+    if !db.exists() {
+        bail!(BadInput(format!("{}: no such database", db.display())));
+    }
+    let store = open(db)?;
+    let s = stats::compute(&store)?;
+    let files = crate::report::build(&store, &s)?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, text) in files {
+        let path = out.join(name);
+        // Each file whole or not at all.
+        let mut tmp = tempfile::NamedTempFile::new_in(out)?;
+        tmp.write_all(text.as_bytes())?;
+        tmp.persist(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("report written to {}", out.join("index.html").display());
     Ok(ExitCode::SUCCESS)
 }
 

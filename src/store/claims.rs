@@ -183,6 +183,19 @@ impl Store {
         Ok(())
     }
 
+    /// The live model's latest prediction for a pair: the probability that A is
+    /// better, and the training step of the model.
+    pub fn pair_score(&self, pair_id: i64) -> Result<Option<(f64, i64)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT p_a, step FROM pair_scores WHERE pair_id = ?1",
+                [pair_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
+    }
+
     /// The session holding a live claim on `pair_id`, if any (for tests and tools).
     pub fn claim_holder(&self, pair_id: i64) -> Result<Option<String>> {
         Ok(self

@@ -120,6 +120,9 @@ pub struct Config {
     /// With the `uncertain` order, the share of pairs served at random instead (keeps
     /// the held-out estimate honest).
     pub random_share: f64,
+    /// After each judgement, say what the live model predicted (off by default: it
+    /// can bias the annotator).
+    pub show_model: bool,
 }
 
 /// The pair on screen, with its texts made safe to draw.
@@ -641,7 +644,14 @@ impl App {
                 self.session_labels += 1;
                 self.mode = Mode::Label;
                 self.notify_trainer(Command::LabelsChanged);
+                let verdict = self
+                    .config
+                    .show_model
+                    .then(|| self.model_verdict(label.pair_id, choice, label.left));
                 self.advance();
+                if let Some(v) = verdict {
+                    self.say(v, false);
+                }
             }
             Err(e) => {
                 self.mode = Mode::Label;
@@ -651,6 +661,28 @@ impl App {
                 );
             }
         }
+    }
+
+    /// One line on what the live model predicted for a pair just judged, in terms
+    /// of the sides the annotator saw.
+    fn model_verdict(&self, pair_id: i64, choice: Choice, left: Option<Side>) -> String {
+        let p_a = match self.store.pair_score(pair_id) {
+            Ok(Some((p, _))) => p,
+            Ok(None) => return "model: no prediction for that pair yet".into(),
+            Err(e) => return format!("model: cannot read its prediction: {e}"),
+        };
+        let model_side = if p_a >= 0.5 { Side::A } else { Side::B };
+        let confidence = 100.0 * p_a.max(1.0 - p_a);
+        let screen = |side: Side| if Some(side) == left { "left" } else { "right" };
+        let agreement = match choice.winner() {
+            Some(w) if w == model_side => "agreed",
+            Some(_) => "disagreed",
+            None => "no preference given",
+        };
+        format!(
+            "model: {} was better ({confidence:.0}%) — {agreement}",
+            screen(model_side)
+        )
     }
 
     fn undo(&mut self) {

@@ -28,6 +28,7 @@ pub fn config(annotator: &str) -> Config {
         seed: Some(7),
         order: duel::store::QueueOrder::Sequential,
         random_share: 0.2,
+        show_model: false,
     }
 }
 
