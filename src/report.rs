@@ -280,7 +280,7 @@ pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
             .map(|x| format!("{:.1}%", 100.0 * x))
             .unwrap_or_else(|| "–".into())
     );
-    html.push_str("<h2>Annotators</h2><table><tr><th>annotator</th><th>judgements</th><th>per hour</th><th>median s</th><th>left won</th><th>with majority</th></tr>");
+    html.push_str("<h2>Annotators</h2><table><tr><th>annotator</th><th>judgements</th><th>per hour</th><th>median s</th><th>left won</th><th>with majority</th><th>with model</th></tr>");
     let pct = |v: Option<f64>| {
         v.map(|x| format!("{:.1}%", 100.0 * x))
             .unwrap_or_else(|| "–".into())
@@ -288,7 +288,7 @@ pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
     for a in &stats.annotators {
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} of {}</td><td>{} of {}</td></tr>",
             escape(&a.name),
             a.labels,
             a.per_hour
@@ -299,7 +299,9 @@ pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
                 .unwrap_or_else(|| "–".into()),
             pct(a.left_share),
             pct(a.with_majority),
-            a.majority_pairs
+            a.majority_pairs,
+            pct(a.with_model),
+            a.model_pairs
         );
     }
     html.push_str("</table>");

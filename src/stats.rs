@@ -34,6 +34,10 @@ pub struct AnnotatorStats {
     /// this annotator chose as that majority did.
     pub with_majority: Option<f64>,
     pub majority_pairs: u64,
+    /// Share of this annotator's decisive judgements on pairs the live model has
+    /// scored (`pair_scores`) where the model preferred the same response.
+    pub with_model: Option<f64>,
+    pub model_pairs: u64,
 }
 
 /// How often the response shown on the left won, among decisive judgements made in
@@ -239,6 +243,29 @@ pub fn compute(store: &Store) -> Result<Stats> {
             e.1 += u64::from(leaders[0] == *mine);
         }
     }
+    // Agreement with the model's latest predictions.
+    let mut scores: HashMap<i64, f64> = HashMap::new();
+    {
+        let mut stmt = conn.prepare("SELECT pair_id, p_a FROM pair_scores")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            scores.insert(r.get(0)?, r.get(1)?);
+        }
+    }
+    let mut with_model: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for (pair, anns) in &by_pair {
+        let Some(&p_a) = scores.get(pair) else {
+            continue;
+        };
+        let model = if p_a >= 0.5 { Side::A } else { Side::B };
+        for (who, c) in anns {
+            if let Some(w) = c.winner() {
+                let e = with_model.entry(who.clone()).or_default();
+                e.0 += 1;
+                e.1 += u64::from(w == model);
+            }
+        }
+    }
     let annotators = per_ann
         .into_iter()
         .map(|(name, (n, mut ms))| {
@@ -247,12 +274,15 @@ pub fn compute(store: &Store) -> Result<Stats> {
                 (total > 0 && ms.len() as u64 == n).then(|| n as f64 * 3_600_000.0 / total as f64);
             let (decisive, left) = ann_bias.get(&name).copied().unwrap_or((0, 0));
             let (mpairs, magree) = majority.get(&name).copied().unwrap_or((0, 0));
+            let (model_pairs, model_agree) = with_model.get(&name).copied().unwrap_or((0, 0));
             AnnotatorStats {
                 per_hour,
                 median_ms: median(&mut ms),
                 left_share: (decisive > 0).then(|| left as f64 / decisive as f64),
                 with_majority: (mpairs > 0).then(|| magree as f64 / mpairs as f64),
                 majority_pairs: mpairs,
+                with_model: (model_pairs > 0).then(|| model_agree as f64 / model_pairs as f64),
+                model_pairs,
                 labels: n,
                 name,
             }
@@ -395,14 +425,16 @@ pub fn render(s: &Stats) -> String {
     for a in &s.annotators {
         let _ = writeln!(
             o,
-            "{:<20} {:>6}   {:>8}   {:>8}   {:>7}%   {:>7}% of {}",
+            "{:<20} {:>6}   {:>8}   {:>8}   {:>7}%   {:>7}% of {:<4}  {:>7}% of {}",
             a.name,
             a.labels,
             opt(a.per_hour, 0),
             opt(a.median_ms.map(|m| m as f64 / 1000.0), 1),
             opt(a.left_share.map(|x| x * 100.0), 1),
             opt(a.with_majority.map(|x| x * 100.0), 1),
-            a.majority_pairs
+            a.majority_pairs,
+            opt(a.with_model.map(|x| x * 100.0), 1),
+            a.model_pairs
         );
     }
     let g = &s.agreement;

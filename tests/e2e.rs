@@ -307,7 +307,15 @@ fn team_statistics_and_generator_ratings() {
             })
             .expect("label");
     }
+    // The model's predictions: A on pairs 1 and 3, B on pair 2.
+    store
+        .conn()
+        .execute_batch("INSERT INTO pair_scores (pair_id, p_a, step) VALUES (1, 0.9, 3), (2, 0.2, 3), (3, 0.6, 3)")
+        .expect("scores");
     let s = duel::stats::compute(&store).expect("stats");
+    // x on scored pairs: 1 A (model A, agree), 2 A (model B), 3 B (model A): 1 of 3.
+    let x = s.annotators.iter().find(|a| a.name == "x").expect("x");
+    assert_eq!((x.model_pairs, x.with_model), (3, Some(1.0 / 3.0)));
     // Units {A,A,B}, {A,A,A}, {B,B}: o_AA = 1 + 3 = 4, o_AB = o_BA = 1, o_BB = 2;
     // n_A = 5, n_B = 3, n = 8; alpha = 1 - 7·2 / (2·5·3) = 1 - 14/30.
     let alpha = s.agreement.alpha.expect("alpha");
