@@ -41,6 +41,9 @@ pub enum Command {
         #[arg(long, default_value = "report")]
         out: PathBuf,
     },
+    /// Look again at the judgements the reward model most confidently disagrees
+    /// with, and relabel them (the earlier judgement stays in the history).
+    Review(ReviewArgs),
     /// Generate pairs with the local model: two responses for each prompt of a file.
     Generate(GenerateArgs),
     /// Train the reward model on the judgements in the database.
@@ -136,6 +139,31 @@ pub struct LabelArgs {
     pub low_water: i64,
     #[command(flatten)]
     pub sampling: GenOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Who is reviewing (recorded with each new judgement).
+    #[arg(long, env = "USER", default_value = "annotator")]
+    pub annotator: String,
+    /// Only this annotator's judgements (default: everyone's).
+    #[arg(long)]
+    pub of: Option<String>,
+    /// At most this many judgements, the most confident disagreements first.
+    #[arg(long, default_value_t = 200)]
+    pub limit: usize,
+    /// Score the judged pairs with this model first (otherwise the predictions the
+    /// live trainer stored are used).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Longest model input in tokens (with --model).
+    #[arg(long, default_value_t = 256)]
+    pub max_length: usize,
+    #[arg(long)]
+    pub no_mouse: bool,
+    /// Drive the reviewer with these keys instead of a terminal (as `label --script`).
+    #[arg(long)]
+    pub script: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -1000,3 +1000,105 @@ fn show_model_says_what_the_model_predicted() {
     press(&mut quiet, KeyCode::Char('1'));
     assert!(quiet.flash.is_none());
 }
+
+/// `duel review`: the judgements the model most confidently contradicts come first;
+/// judging again replaces the judgement (the old row stays, undone), `s` keeps it,
+/// and undo puts the old judgement back.
+#[test]
+fn review_goes_through_contradicted_judgements_and_relabels() {
+    use duel::domain::{Choice, NewLabel};
+    let mut store = store_with(&[
+        ("q1", "a1", "b1"),
+        ("q2", "a2", "b2"),
+        ("q3", "a3", "b3"),
+        ("q4", "a4", "b4"),
+    ]);
+    for (pair_id, choice) in [
+        (1, Choice::A),
+        (2, Choice::B),
+        (3, Choice::A),
+        (4, Choice::A),
+    ] {
+        store
+            .record_label(&NewLabel {
+                pair_id,
+                annotator: "x".into(),
+                choice,
+                strength: None,
+                left: None,
+                note: None,
+                elapsed_ms: None,
+                source: "test".into(),
+                queue_order: None,
+            })
+            .expect("label");
+    }
+    // Against the judgement: pair 1 by 90%, pair 3 by 60%; pairs 2 and 4 agree.
+    store
+        .conn()
+        .execute_batch("INSERT INTO pair_scores (pair_id, p_a, step) VALUES (1, 0.1, 9), (2, 0.3, 9), (3, 0.4, 9), (4, 0.9, 9)")
+        .expect("scores");
+    let items = store.review_candidates(None, 10).expect("candidates");
+    assert_eq!(items.iter().map(|i| i.pair_id).collect::<Vec<_>>(), [1, 3]);
+    assert!((items[0].against - 0.9).abs() < 1e-9);
+    let mut app = App::new(store, config("reviewer")).expect("app");
+    app.start_review(items);
+    let cur = app.current.as_ref().expect("pair 1");
+    assert_eq!(cur.pair.id, 1);
+    let a_side = if cur.left == Side::A { "left" } else { "right" };
+    let (_, screen) = render(&app, 120, 40);
+    assert!(
+        screen.contains(&format!(
+            "review 1/2: x chose {a_side}; the model is 90% sure"
+        )),
+        "{screen}"
+    );
+    // Judge B better: the judgement is replaced.
+    let b_key = if cur.left == Side::B { '1' } else { '2' };
+    press(&mut app, KeyCode::Char(b_key));
+    let standing = |app: &App, pair: i64| -> Vec<(String, String)> {
+        let mut stmt = app
+            .store
+            .conn()
+            .prepare(
+                "SELECT annotator, choice FROM labels WHERE pair_id = ?1 AND undone_at IS NULL",
+            )
+            .expect("prepare");
+        stmt.query_map([pair], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .map(|r| r.expect("row"))
+            .collect()
+    };
+    assert_eq!(
+        standing(&app, 1),
+        [("reviewer".to_string(), "b".to_string())]
+    );
+    let all: i64 = app
+        .store
+        .conn()
+        .query_row("SELECT count(*) FROM labels WHERE pair_id = 1", [], |r| {
+            r.get(0)
+        })
+        .expect("count");
+    assert_eq!(all, 2, "the earlier judgement stays in the history");
+    // Pair 3 is next; undo goes back to pair 1 and restores x's judgement.
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(3));
+    press(&mut app, KeyCode::Char('u'));
+    assert_eq!(standing(&app, 1), [("x".to_string(), "a".to_string())]);
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(1));
+    // Judged again after the undo: replaced again, once.
+    let left = app.current.as_ref().expect("pair 1").left;
+    press(
+        &mut app,
+        KeyCode::Char(if left == Side::B { '1' } else { '2' }),
+    );
+    assert_eq!(
+        standing(&app, 1),
+        [("reviewer".to_string(), "b".to_string())]
+    );
+    // Keep pair 3: nothing left.
+    assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(3));
+    press(&mut app, KeyCode::Char('s'));
+    assert!(app.current.is_none());
+    assert_eq!(standing(&app, 3), [("x".to_string(), "a".to_string())]);
+}

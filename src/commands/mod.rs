@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Export(args) => export_cmd(&cli.db, args),
         Command::Stats(args) => stats_cmd(&cli.db, args),
         Command::Generate(args) => generate::generate(&cli.db, args),
+        Command::Review(args) => review(&cli.db, args),
         Command::Report { out } => report_cmd(&cli.db, &out),
         Command::Train(args) => model::train(&cli.db, args),
         Command::Eval(args) => model::eval(args),
@@ -292,6 +293,78 @@ fn stats_cmd(db: &Path, args: StatsArgs) -> Result<ExitCode> {
     } else {
         write!(out, "{}", stats::render(&s))?;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
+    if !db.exists() {
+        bail!(BadInput(format!("{}: no such database", db.display())));
+    }
+    let store = open(db)?;
+    if let Some(dir) = &args.model {
+        let trainer = crate::train::Trainer::load(
+            dir,
+            crate::train::TrainConfig {
+                max_length: args.max_length,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| BadInput(format!("{}: cannot load the model: {e}", dir.display())))?;
+        let step = crate::model::checkpoint::meta(dir)
+            .and_then(|m| m["step"].as_u64())
+            .unwrap_or(0);
+        let rows: Vec<(i64, String, String, String)> = {
+            let mut stmt = store.conn().prepare(
+                "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
+                 JOIN prompts pr ON pr.id = p.prompt_id
+                 JOIN responses ra ON ra.id = p.response_a
+                 JOIN responses rb ON rb.id = p.response_b
+                 WHERE EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL
+                               AND l.choice IN ('a', 'b'))",
+            )?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<std::result::Result<_, _>>()?
+        };
+        eprintln!(
+            "scoring {} judged pairs with {}...",
+            rows.len(),
+            dir.display()
+        );
+        crate::train::score_pairs_into(&trainer, store.conn(), &rows, step)?;
+    }
+    let items = store.review_candidates(args.of.as_deref(), args.limit)?;
+    if items.is_empty() {
+        eprintln!(
+            "nothing to review: the model disagrees with no judgement it has a prediction for \
+             (predictions come from --model DIR, or from the live trainer with label --order uncertain or --show-model)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let n = items.len();
+    let mut app = tui::App::new(
+        store,
+        tui::Config {
+            annotator: args.annotator,
+            overlap: u32::MAX,
+            always_strength: false,
+            guidelines: DEFAULT_GUIDELINES.to_owned(),
+            seed: None,
+            order: crate::store::QueueOrder::Sequential,
+            random_share: 0.0,
+            show_model: false,
+        },
+    )?;
+    app.start_review(items);
+    let result = match &args.script {
+        Some(script) => {
+            let keys = tui::keys::parse_script(script).map_err(BadInput)?;
+            tui::run_script(&mut app, &keys, std::io::stdout().lock())
+        }
+        None => tui::run(&mut app, !args.no_mouse, None, None),
+    };
+    app.release();
+    result?;
+    eprintln!("{} of {n} judgements relabeled", app.session_labels);
     Ok(ExitCode::SUCCESS)
 }
 

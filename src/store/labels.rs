@@ -29,6 +29,18 @@ pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
+/// A judgement the model disagrees with, for `duel review`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReviewItem {
+    pub label_id: i64,
+    pub pair_id: i64,
+    pub annotator: String,
+    /// The judgement said A was better (otherwise B).
+    pub chose_a: bool,
+    /// The model's probability that the other response is better (over 0.5).
+    pub against: f64,
+}
+
 /// Progress numbers for the status line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Progress {
@@ -103,6 +115,57 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(n == 1)
+    }
+
+    /// Replaces a judgement after review: `old` is marked undone and `label`
+    /// recorded, in one transaction. Both rows stay in the history.
+    pub fn relabel(&mut self, old: i64, label: &NewLabel) -> Result<i64> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
+            [old],
+        )?;
+        let id = insert_label(&tx, label)?;
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// Takes a relabel back: the new judgement is undone and the old one stands again.
+    pub fn undo_relabel(&mut self, new: i64, old: i64) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
+            [new],
+        )?;
+        tx.execute("UPDATE labels SET undone_at = NULL WHERE id = ?1", [old])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Standing decisive judgements that the model's latest prediction contradicts,
+    /// the most confident contradiction first (`of`: one annotator's only).
+    pub fn review_candidates(&self, of: Option<&str>, limit: usize) -> Result<Vec<ReviewItem>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT l.id, l.pair_id, l.annotator, l.choice, s.p_a,
+                    CASE l.choice WHEN 'a' THEN 1.0 - s.p_a ELSE s.p_a END AS against
+             FROM labels l JOIN pair_scores s ON s.pair_id = l.pair_id
+             WHERE l.undone_at IS NULL AND l.choice IN ('a', 'b')
+               AND (?1 IS NULL OR l.annotator = ?1)
+               AND CASE l.choice WHEN 'a' THEN 1.0 - s.p_a ELSE s.p_a END > 0.5
+             ORDER BY against DESC, l.id
+             LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![of, limit as i64], |r| {
+            let choice: String = r.get(3)?;
+            Ok(ReviewItem {
+                label_id: r.get(0)?,
+                pair_id: r.get(1)?,
+                annotator: r.get(2)?,
+                chose_a: choice == "a",
+                against: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
     }
 
     pub fn progress(&self, annotator: &str) -> Result<Progress> {

@@ -8,7 +8,7 @@ mod labels;
 mod pairs;
 
 pub use claims::{CLAIM_TTL, QueueOrder};
-pub use labels::{LabelFilter, LabelRow, Progress};
+pub use labels::{LabelFilter, LabelRow, Progress, ReviewItem};
 pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
 
 use rusqlite::{Connection, OpenFlags};

@@ -238,30 +238,8 @@ impl Worker {
         if rows.is_empty() {
             return Ok(());
         }
-        let max = trainer.config.max_length;
-        let mut seqs = Vec::with_capacity(2 * rows.len());
-        for (_, prompt, a, b) in &rows {
-            let enc = |r: &str| {
-                trainer
-                    .encoder
-                    .encode(prompt, r, max)
-                    .map_err(|e| Stop::Failed(e.to_string()))
-            };
-            seqs.push(enc(a)?);
-            seqs.push(enc(b)?);
-        }
-        let r = trainer.score(&seqs, 2 * trainer.config.batch_pairs)?;
-        let tx = conn.unchecked_transaction()?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO pair_scores (pair_id, p_a, step) VALUES (?1, ?2, ?3)",
-            )?;
-            for (i, (id, ..)) in rows.iter().enumerate() {
-                let d = f64::from(r[2 * i] - r[2 * i + 1]);
-                ins.execute(rusqlite::params![id, 1.0 / (1.0 + (-d).exp()), step as i64])?;
-            }
-        }
-        tx.commit()?;
+        crate::train::score_pairs_into(trainer, &conn, &rows, step)
+            .map_err(|e| Stop::Failed(e.to_string()))?;
         self.emit(Event::Scored {
             step,
             pairs: rows.len(),

@@ -142,8 +142,15 @@ pub struct Current {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Done {
-    Label { label_id: i64, pair_id: i64 },
-    Skip { pair_id: i64 },
+    /// `replaced`: the judgement this one replaced in review.
+    Label {
+        label_id: i64,
+        pair_id: i64,
+        replaced: Option<i64>,
+    },
+    Skip {
+        pair_id: i64,
+    },
 }
 
 /// A message in the status line, with when it goes away.
@@ -200,7 +207,38 @@ pub struct App {
     served: HashMap<i64, crate::store::QueueOrder>,
     /// Picks the random permutation of the `random` order.
     salt: u64,
+    /// `duel review`: the judgements to look at again instead of the queue.
+    pub review: Option<Review>,
     claim_renewed: Instant,
+}
+
+/// The judgements `duel review` goes through, and the one on screen.
+#[derive(Debug, Clone, Default)]
+pub struct Review {
+    pub items: Vec<crate::store::ReviewItem>,
+    /// Pairs judged again in this review.
+    pub done: HashSet<i64>,
+    pub on_screen: Option<crate::store::ReviewItem>,
+}
+
+impl Review {
+    /// The status line: what the model thinks of the judgement on screen.
+    pub fn status(&self, left: Side) -> Option<String> {
+        let item = self.on_screen.as_ref()?;
+        let chosen = if item.chose_a { Side::A } else { Side::B };
+        let side = if chosen == left { "left" } else { "right" };
+        let at = self
+            .items
+            .iter()
+            .position(|i| i.label_id == item.label_id)
+            .map_or(0, |p| p + 1);
+        Some(format!(
+            "review {at}/{}: {} chose {side}; the model is {:.0}% sure the other is better. Judge again, or s to keep it.",
+            self.items.len(),
+            item.annotator,
+            100.0 * item.against
+        ))
+    }
 }
 
 /// Unique per labeler: process, start time and a counter (tests run several in one
@@ -254,6 +292,7 @@ impl App {
             cursor: 0,
             served: HashMap::new(),
             salt: 0,
+            review: None,
             claim_renewed: Instant::now(),
             rng,
         };
@@ -451,7 +490,9 @@ impl App {
     /// The session's last action when it was a judgement: `(label_id, pair_id)`.
     pub fn last_label(&self) -> Option<(i64, i64)> {
         match self.history.last() {
-            Some(Done::Label { label_id, pair_id }) => Some((*label_id, *pair_id)),
+            Some(Done::Label {
+                label_id, pair_id, ..
+            }) => Some((*label_id, *pair_id)),
             _ => None,
         }
     }
@@ -480,6 +521,15 @@ impl App {
     /// Claims the next pair: first from where the last one was found (judged pairs
     /// form a prefix), then from the start (an expired claim, an undo elsewhere).
     fn claim_next(&mut self) -> crate::store::Result<Option<i64>> {
+        if let Some(r) = &mut self.review {
+            let skipped = &self.skipped;
+            r.on_screen = r
+                .items
+                .iter()
+                .find(|i| !skipped.contains(&i.pair_id) && !r.done.contains(&i.pair_id))
+                .cloned();
+            return Ok(r.on_screen.as_ref().map(|i| i.pair_id));
+        }
         use crate::store::QueueOrder;
         let order = match self.config.order {
             QueueOrder::Uncertain if self.rng.random::<f64>() < self.config.random_share => {
@@ -518,6 +568,18 @@ impl App {
         Ok(id)
     }
 
+    /// Goes through `items` instead of the queue: each judgement made replaces the
+    /// one under review (which stays in the history), `s` keeps it.
+    pub fn start_review(&mut self, items: Vec<crate::store::ReviewItem>) {
+        self.release();
+        self.review = Some(Review {
+            items,
+            done: HashSet::new(),
+            on_screen: None,
+        });
+        self.advance();
+    }
+
     /// Releases this labeler's claim (on quit); a labeler that dies loses its claim
     /// when it expires.
     pub fn release(&mut self) {
@@ -546,6 +608,10 @@ impl App {
                 }
             },
         };
+        if let (Some(id), Some(r)) = (pair_id, &mut self.review) {
+            // Back to a pair under review (undo): it is under review again.
+            r.on_screen = r.items.iter().find(|i| i.pair_id == id).cloned();
+        }
         if let Some(id) = pair_id
             && let Err(e) = self
                 .store
@@ -631,7 +697,18 @@ impl App {
             source: "tui".into(),
             queue_order: Some(cur.queue_order.as_str().into()),
         };
-        match self.store.record_label(&label) {
+        // In review, the judgement replaces the one under review.
+        let replaced = self
+            .review
+            .as_ref()
+            .and_then(|r| r.on_screen.as_ref())
+            .filter(|item| item.pair_id == label.pair_id)
+            .map(|item| item.label_id);
+        let saved = match replaced {
+            Some(old) => self.store.relabel(old, &label),
+            None => self.store.record_label(&label),
+        };
+        match saved {
             Ok(label_id) => {
                 self.notes.remove(&label.pair_id);
                 if let Some(c) = &mut self.current {
@@ -640,7 +717,11 @@ impl App {
                 self.history.push(Done::Label {
                     label_id,
                     pair_id: label.pair_id,
+                    replaced,
                 });
+                if let Some(r) = &mut self.review {
+                    r.done.insert(label.pair_id);
+                }
                 self.session_labels += 1;
                 self.mode = Mode::Label;
                 self.notify_trainer(Command::LabelsChanged);
@@ -691,8 +772,18 @@ impl App {
             return;
         };
         match last {
-            Done::Label { label_id, pair_id } => match self.store.undo_label(label_id) {
-                Ok(_) => {
+            Done::Label {
+                label_id,
+                pair_id,
+                replaced,
+            } => match match replaced {
+                Some(old) => self.store.undo_relabel(label_id, old),
+                None => self.store.undo_label(label_id).map(|_| ()),
+            } {
+                Ok(()) => {
+                    if let Some(r) = &mut self.review {
+                        r.done.remove(&pair_id);
+                    }
                     self.notify_trainer(Command::LabelsChanged);
                     self.session_labels = self.session_labels.saturating_sub(1);
                     // The undone judgement's note comes back with its pair.

@@ -337,9 +337,15 @@ fn draw_status(app: &App, f: &mut Frame, area: Rect) {
                 " differing words highlighted (d to hide)",
                 HIGHLIGHT,
             )),
-            (None, None) => match &app.feed_status {
+            (None, None) => match app
+                .review
+                .as_ref()
+                .zip(app.current.as_ref())
+                .and_then(|(r, c)| r.status(c.left))
+                .or_else(|| app.feed_status.clone())
+            {
                 Some(st) => Line::from(Span::styled(
-                    format!(" {}", sanitize(st)),
+                    format!(" {}", sanitize(&st)),
                     Style::new().dark_gray(),
                 )),
                 None => Line::from(""),
