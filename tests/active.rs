@@ -34,6 +34,26 @@ const TOPICS: [&str; 8] = [
 /// unsure about.
 fn example(kind: usize, i: usize) -> Example {
     let t = TOPICS[i % TOPICS.len()];
+    // (better, worse) for the rare kinds: each its own words, the better one
+    // shorter, unlike the common kind.
+    const RARE: [(&str, &str); 4] = [
+        (
+            "Sure: step one, then step two.",
+            "Whatever, I really do not care at all, so go and ask somebody else.",
+        ),
+        (
+            "Yes, exactly four.",
+            "Hmm, maybe five or six, hard to say, numbers are tricky things really.",
+        ),
+        (
+            "Paris.",
+            "London, I believe, though honestly geography was never my strong subject.",
+        ),
+        (
+            "Use a lock.",
+            "Just leave everything open and hope nobody notices, that usually works fine.",
+        ),
+    ];
     if kind == 0 {
         Example {
             prompt: format!("Can you help me with {t}? (case {i})"),
@@ -42,12 +62,11 @@ fn example(kind: usize, i: usize) -> Example {
             margin: None,
         }
     } else {
+        let (good, bad) = RARE[(kind - 1) % RARE.len()];
         Example {
-            prompt: format!("Quick question about {t} (case {i})"),
-            chosen: "Sure: step one, then step two.".into(),
-            rejected: format!(
-                "Whatever, I really do not care about {t} at all, so go and ask somebody else."
-            ),
+            prompt: format!("Quick question about {t} (case {i}, kind {kind})"),
+            chosen: good.into(),
+            rejected: bad.into(),
             margin: None,
         }
     }
@@ -177,13 +196,13 @@ fn labels_to_reach(order: QueueOrder, target: f64, seed: u64) -> usize {
     labeled.len()
 }
 
-/// Not yet shown: on this pool, measured on 8 seeds, `uncertain` needed 76 labels in
-/// all and `random` 64 (the tiny model reaches the target within 4–16 labels, so
-/// the comparison is dominated by noise, and before the first scoring the uncertain
-/// order is the sequential one). Kept as the harness for that work:
+/// Not yet shown: on this pool (one common rule, four rare ones), over 8 seeds,
+/// `uncertain` needed 56 labels in all and `random` 56. The tiny model reaches 99%
+/// on the balanced test within 4–12 labels, so this pool is too easy to tell the
+/// orders apart; a harder pool is the next step. Kept as the harness for that work:
 /// `cargo test --test active -- --ignored --nocapture`.
 #[test]
-#[ignore = "the saving is not shown yet (uncertain 76 vs random 64 labels over 8 seeds)"]
+#[ignore = "the saving is not shown yet (uncertain 56 vs random 56 labels over 8 seeds)"]
 fn the_uncertain_order_needs_fewer_labels_than_random() {
     let target = 0.99;
     let (mut unc, mut rnd) = (0, 0);

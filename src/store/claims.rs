@@ -15,7 +15,7 @@ pub enum QueueOrder {
     /// A random permutation (a new one per labeler).
     Random,
     /// The pairs the live model is least sure about first (its predicted preference
-    /// closest to 50%); pairs it has not scored yet come after, by id.
+    /// closest to 50%); pairs it has not scored yet come after, at random.
     Uncertain,
     /// Pairs on which judgements so far disagree first, then those where the model
     /// most confidently disagrees with the judgements so far (with `--overlap` of 2
@@ -38,9 +38,12 @@ impl QueueOrder {
             QueueOrder::Sequential => "p.id",
             // A permutation of the ids that depends on the salt (?5).
             QueueOrder::Random => "((p.id * 2654435761 + ?5) % 4294967311), p.id",
+            // Unscored pairs come last, in a random permutation (before the model
+            // has scored anything, uncertain is random, not sequential).
             QueueOrder::Uncertain => {
                 "(SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id) IS NULL,
-                 (SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id), p.id"
+                 (SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id),
+                 ((p.id * 2654435761 + ?5) % 4294967311), p.id"
             }
             QueueOrder::Disagreement => {
                 "(SELECT count(DISTINCT l.choice) FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL) DESC,
