@@ -37,6 +37,28 @@ const W: f64 = 640.0;
 const H: f64 = 300.0;
 const PAD: f64 = 48.0;
 
+/// The start of a chart: the element, a white background and the title.
+fn svg_open(title: &str, font_size: u32) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"{font_size}\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
+         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>",
+        W / 2.0,
+        escape(title)
+    )
+}
+
+/// Ends an empty chart with a note.
+fn no_data(mut svg: String) -> String {
+    let _ = write!(
+        svg,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">no data yet</text></svg>",
+        W / 2.0,
+        H / 2.0
+    );
+    svg
+}
+
 /// A line chart; `y_range` fixes the vertical axis (accuracy is 0..1), `guide` draws
 /// a dashed horizontal line (the 50% of a coin flip).
 fn line_chart(
@@ -51,21 +73,9 @@ fn line_chart(
         .flat_map(|s| s.points.iter().copied())
         .filter(|p| p.0.is_finite() && p.1.is_finite())
         .collect();
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>",
-        W / 2.0,
-        escape(title)
-    );
+    let mut svg = svg_open(title, 12);
     if all.is_empty() {
-        let _ = write!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">no data yet</text></svg>",
-            W / 2.0,
-            H / 2.0
-        );
-        return svg;
+        return no_data(svg);
     }
     let (x0, x1) = all
         .iter()
@@ -134,22 +144,10 @@ fn line_chart(
 
 /// A bar chart of counts by label.
 fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {W} {H}\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"{}\" y=\"20\" text-anchor=\"middle\" font-size=\"14\">{}</text>",
-        W / 2.0,
-        escape(title)
-    );
+    let mut svg = svg_open(title, 11);
     let max = bars.iter().map(|b| b.1).fold(0.0, f64::max);
     if bars.is_empty() || max <= 0.0 {
-        let _ = write!(
-            svg,
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\" fill=\"#888\">no data yet</text></svg>",
-            W / 2.0,
-            H / 2.0
-        );
-        return svg;
+        return no_data(svg);
     }
     let slot = (W - 2.0 * PAD) / bars.len() as f64;
     for (i, (label, v)) in bars.iter().enumerate() {

@@ -111,14 +111,7 @@ fn one_key_commits_the_judgement_of_the_response_on_that_side() {
 
 #[test]
 fn left_right_order_is_random_per_pair() {
-    let pairs: Vec<(String, String, String)> = (0..40)
-        .map(|i| (format!("q{i}"), format!("a{i}"), format!("b{i}")))
-        .collect();
-    let refs: Vec<(&str, &str, &str)> = pairs
-        .iter()
-        .map(|(p, a, b)| (p.as_str(), a.as_str(), b.as_str()))
-        .collect();
-    let mut app = App::new(store_with(&refs), config("alice")).expect("app");
+    let mut app = App::new(numbered_store(40), config("alice")).expect("app");
     let mut lefts = Vec::new();
     while let Some(c) = &app.current {
         lefts.push(c.left);
@@ -826,14 +819,7 @@ fn queue_orders(app: &App) -> Vec<(i64, String)> {
 /// 50% first, then the unscored ones by id; each judgement records its order.
 #[test]
 fn the_uncertain_order_serves_the_least_sure_pairs_first() {
-    let pairs: Vec<(String, String, String)> = (1..=6)
-        .map(|i| (format!("q{i}"), format!("a{i}"), format!("b{i}")))
-        .collect();
-    let refs: Vec<(&str, &str, &str)> = pairs
-        .iter()
-        .map(|(p, a, b)| (p.as_str(), a.as_str(), b.as_str()))
-        .collect();
-    let store = store_with(&refs);
+    let store = numbered_store(6);
     let mut cfg = config("u");
     cfg.order = duel::store::QueueOrder::Uncertain;
     cfg.random_share = 0.0;
@@ -857,17 +843,11 @@ fn the_uncertain_order_serves_the_least_sure_pairs_first() {
 /// A random share of the uncertain order is served at random, and recorded so.
 #[test]
 fn the_random_share_is_served_and_recorded_as_random() {
-    let pairs: Vec<(String, String, String)> = (1..=40)
-        .map(|i| (format!("q{i}"), format!("a{i}"), format!("b{i}")))
-        .collect();
-    let refs: Vec<(&str, &str, &str)> = pairs
-        .iter()
-        .map(|(p, a, b)| (p.as_str(), a.as_str(), b.as_str()))
-        .collect();
+    let numbered = numbered_store(40);
     let mut cfg = config("r");
     cfg.order = duel::store::QueueOrder::Uncertain;
     cfg.random_share = 0.5;
-    let mut app = App::new(store_with(&refs), cfg).expect("app");
+    let mut app = App::new(numbered, cfg).expect("app");
     for _ in 0..40 {
         press(&mut app, KeyCode::Char('2'));
     }
@@ -888,16 +868,10 @@ fn the_random_share_is_served_and_recorded_as_random() {
 /// `--order random` serves every pair once, in an order that is not by id.
 #[test]
 fn the_random_order_is_a_permutation() {
-    let pairs: Vec<(String, String, String)> = (1..=30)
-        .map(|i| (format!("q{i}"), format!("a{i}"), format!("b{i}")))
-        .collect();
-    let refs: Vec<(&str, &str, &str)> = pairs
-        .iter()
-        .map(|(p, a, b)| (p.as_str(), a.as_str(), b.as_str()))
-        .collect();
+    let numbered = numbered_store(30);
     let mut cfg = config("p");
     cfg.order = duel::store::QueueOrder::Random;
-    let mut app = App::new(store_with(&refs), cfg).expect("app");
+    let mut app = App::new(numbered, cfg).expect("app");
     let mut served = Vec::new();
     while let Some(c) = app.current.as_ref() {
         served.push(c.pair.id);
@@ -913,29 +887,17 @@ fn the_random_order_is_a_permutation() {
 /// far disagree come first, then those where the model contradicts the judgement.
 #[test]
 fn the_disagreement_order_serves_contested_pairs_first() {
-    use duel::domain::{Choice, NewLabel};
+    use duel::domain::Choice;
     let store = store_with(&[
         ("q1", "a", "b"),
         ("q2", "c", "d"),
         ("q3", "e", "f"),
         ("q4", "g", "h"),
     ]);
-    let label = |store: &mut duel::store::Store, pair_id, who: &str, choice| {
-        store
-            .record_label(&NewLabel {
-                pair_id,
-                annotator: who.into(),
-                choice,
-                strength: None,
-                left: None,
-                note: None,
-                elapsed_ms: None,
-                source: "test".into(),
-                queue_order: None,
-            })
-            .expect("label");
-    };
     let mut store = store;
+    let label = |s: &mut duel::store::Store, pair_id, who: &str, choice| {
+        judge(s, pair_id, who, choice);
+    };
     // Pair 3: two annotators disagree. Pair 2: judged A, model says B (p_a 0.1).
     // Pair 1: judged A, model agrees. Pair 4: unjudged.
     label(&mut store, 3, "x", Choice::A);
@@ -1006,32 +968,15 @@ fn show_model_says_what_the_model_predicted() {
 /// and undo puts the old judgement back.
 #[test]
 fn review_goes_through_contradicted_judgements_and_relabels() {
-    use duel::domain::{Choice, NewLabel};
-    let mut store = store_with(&[
-        ("q1", "a1", "b1"),
-        ("q2", "a2", "b2"),
-        ("q3", "a3", "b3"),
-        ("q4", "a4", "b4"),
-    ]);
+    use duel::domain::Choice;
+    let mut store = numbered_store(4);
     for (pair_id, choice) in [
         (1, Choice::A),
         (2, Choice::B),
         (3, Choice::A),
         (4, Choice::A),
     ] {
-        store
-            .record_label(&NewLabel {
-                pair_id,
-                annotator: "x".into(),
-                choice,
-                strength: None,
-                left: None,
-                note: None,
-                elapsed_ms: None,
-                source: "test".into(),
-                queue_order: None,
-            })
-            .expect("label");
+        judge(&mut store, pair_id, "x", choice);
     }
     // Against the judgement: pair 1 by 90%, pair 3 by 60%; pairs 2 and 4 agree.
     store

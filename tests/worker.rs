@@ -62,6 +62,17 @@ fn wait_for(rx: &Receiver<Event>, secs: u64, mut pred: impl FnMut(&Event) -> boo
     panic!("timed out; saw {seen:?}");
 }
 
+/// The trainer's failure message, within 30 s.
+fn failure(h: &duel::train::worker::Handle) -> String {
+    let end = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < end {
+        if let Ok(Event::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
+            return m;
+        }
+    }
+    panic!("no failure event");
+}
+
 fn config(db: &Path, base: &Path, out: &Path) -> WorkerConfig {
     WorkerConfig {
         db: db.to_owned(),
@@ -199,14 +210,7 @@ fn missing_model_files_fail_with_a_clear_message() {
         &dir.path().join("nope"),
         &dir.path().join("out"),
     ));
-    let end = Instant::now() + Duration::from_secs(30);
-    let mut msg = None;
-    while Instant::now() < end && msg.is_none() {
-        if let Ok(Event::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
-            msg = Some(m);
-        }
-    }
-    let msg = msg.expect("a failure event");
+    let msg = failure(&h);
     assert!(
         msg.contains("cannot load the model") && msg.contains("nope"),
         "{msg}"

@@ -300,7 +300,7 @@ impl Llama {
                     let mut max = f32::NEG_INFINITY;
                     for (p, sc) in scores.iter_mut().enumerate() {
                         let k = &c.k[base + p * kv_dim + kvo..base + p * kv_dim + kvo + hd];
-                        *sc = dot(q, k) * scale;
+                        *sc = super::quant::dot8(q, k) * scale;
                         max = max.max(*sc);
                     }
                     let mut sum = 0.0;
@@ -381,25 +381,6 @@ impl Llama {
             }
         }
     }
-}
-
-/// A dot product in eight independent lanes, so that it vectorises (a plain sum
-/// must keep its order and runs one add at a time).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32], dim: usize) {

@@ -233,6 +233,25 @@ impl QActs {
     }
 }
 
+/// A dot product in eight independent lanes, so that it vectorises (a plain sum
+/// must keep its order and runs one add at a time).
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for (acc, (x, y)) in acc.iter_mut().zip(x.iter().zip(y)) {
+            *acc += x * y;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kernel {
     Portable,
@@ -474,24 +493,6 @@ mod x86 {
 
     q41_rows!(q41_rows_avx2, "avx2,fma", dot_avx2);
 
-    /// Σ over blocks of `m_w · s_x` (Q4_1's offset term), in eight lanes.
-    fn offsets(m: &[f32], s: &[f32]) -> f32 {
-        let mut acc = [0f32; 8];
-        let (cm, cs) = (m.chunks_exact(8), s.chunks_exact(8));
-        let tail: f32 = cm
-            .remainder()
-            .iter()
-            .zip(cs.remainder())
-            .map(|(a, b)| a * b)
-            .sum();
-        for (a, b) in cm.zip(cs) {
-            for i in 0..8 {
-                acc[i] += a[i] * b[i];
-            }
-        }
-        acc.iter().sum::<f32>() + tail
-    }
-
     /// Two Q4_1 blocks (32 packed bytes) as 64 values: each 128-bit lane holds the
     /// low or high nibbles of one block, in element order.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
@@ -553,7 +554,9 @@ mod x86 {
                         }
                         v += w.d[wi] * x.d[xi] * isum as f32;
                     }
-                    dst[r * n + t0 + j] = v + offsets(&w.m[wb0..wb0 + bpr], &x.s[xb0..xb0 + bpr]);
+                    // Σ over blocks of m_w · s_x, Q4_1's offset term.
+                    dst[r * n + t0 + j] =
+                        v + super::dot8(&w.m[wb0..wb0 + bpr], &x.s[xb0..xb0 + bpr]);
                 }
                 t0 += nt;
             }

@@ -67,3 +67,32 @@ pub fn screen_text(t: &Terminal<TestBackend>) -> String {
     }
     out
 }
+
+/// A store with `n` pairs `(q{i}, a{i}, b{i})`, ids 1..=n.
+pub fn numbered_store(n: usize) -> Store {
+    let pairs: Vec<(String, String, String)> = (1..=n)
+        .map(|i| (format!("q{i}"), format!("a{i}"), format!("b{i}")))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = pairs
+        .iter()
+        .map(|(p, a, b)| (p.as_str(), a.as_str(), b.as_str()))
+        .collect();
+    store_with(&refs)
+}
+
+/// Records a plain judgement (no side, strength, note or time) by `who`.
+pub fn judge(store: &mut Store, pair_id: i64, who: &str, choice: duel::domain::Choice) -> i64 {
+    store
+        .record_label(&duel::domain::NewLabel {
+            pair_id,
+            annotator: who.into(),
+            choice,
+            strength: None,
+            left: None,
+            note: None,
+            elapsed_ms: None,
+            source: "test".into(),
+            queue_order: None,
+        })
+        .expect("label")
+}
