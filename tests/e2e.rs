@@ -6,17 +6,8 @@ use common::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use duel::tui::{App, keys};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
-
-fn duel(db: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .output()
-        .expect("run duel")
-}
 
 fn press(app: &mut App, code: KeyCode, m: KeyModifiers) {
     let a = keys::key(&KeyEvent::new(code, m), &app.mode).expect("bound");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::bin;
+use common::{bin, duel};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -34,15 +34,6 @@ fn pairs_file(path: &Path, n: usize, tag: &str) {
         )
         .expect("write");
     }
-}
-
-fn duel(db: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(bin())
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .output()
-        .expect("run duel")
 }
 
 fn query(db: &Path, sql: &str) -> i64 {

@@ -5,7 +5,7 @@ mod common;
 
 use common::repo;
 use crossbeam_channel::Receiver;
-use duel::domain::{Choice, NewLabel, Prompt};
+use duel::domain::{Choice, Prompt};
 use duel::store::{NewPair, Store};
 use duel::train::TrainConfig;
 use duel::train::worker::{Command, Event, TrainerState, WorkerConfig, has_checkpoint, spawn};
@@ -27,19 +27,7 @@ fn add_labeled(store: &mut Store, from: usize, n: usize) {
         let duel::store::InsertOutcome::Inserted(id) = o else {
             panic!("duplicate")
         };
-        store
-            .record_label(&NewLabel {
-                pair_id: id,
-                annotator: "ann".into(),
-                choice: Choice::A,
-                strength: None,
-                left: None,
-                note: None,
-                elapsed_ms: None,
-                source: "test".into(),
-                queue_order: None,
-            })
-            .expect("label");
+        common::judge(store, id, "ann", Choice::A);
     }
 }
 

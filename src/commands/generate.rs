@@ -1,6 +1,7 @@
 //! `duel generate` and `duel bench generate`.
 
 use super::BadInput;
+use super::model::median;
 use crate::cli::GenerateArgs;
 use crate::domain::Message;
 use crate::generator::pairs::{PairOutcome, generate_pair, read_prompts};
@@ -134,11 +135,6 @@ pub fn generate(db: &Path, args: GenerateArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn user(text: &str) -> Vec<Message> {

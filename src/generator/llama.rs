@@ -354,13 +354,20 @@ impl Llama {
             }
             v
         };
-        let mut xl = vec![0f32; last.len() * dim];
+        // Gathered into the attention buffer and normed into `xn`, both free by now
+        // and at least this long: no allocation per token.
+        let k = last.len();
         for (j, &i) in last.iter().enumerate() {
-            xl[j * dim..(j + 1) * dim].copy_from_slice(&s.x[i * dim..(i + 1) * dim]);
+            s.att[j * dim..(j + 1) * dim].copy_from_slice(&s.x[i * dim..(i + 1) * dim]);
         }
-        let mut xn = vec![0f32; last.len() * dim];
-        rms_norm(&xl, &self.norm, cfg.eps, &mut xn, dim);
-        s.acts.quantize(&xn, last.len(), dim);
+        rms_norm(
+            &s.att[..k * dim],
+            &self.norm,
+            cfg.eps,
+            &mut s.xn[..k * dim],
+            dim,
+        );
+        s.acts.quantize(&s.xn[..k * dim], k, dim);
         s.logits.resize(last.len() * cfg.vocab, 0.0);
         matmul(self.kernel, &self.output, &s.acts, &mut s.logits, &mut s.t);
         Ok(())

@@ -68,6 +68,21 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Claims `pair_id` for `session` until [`CLAIM_TTL`] after `now`.
+fn insert_claim(
+    conn: &rusqlite::Connection,
+    pair_id: i64,
+    annotator: &str,
+    session: &str,
+    now: f64,
+) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
+        params![pair_id, annotator, session, now + CLAIM_TTL.as_secs_f64()],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Finds the next pair for `annotator` and claims it for `session`, in one write
     /// transaction, so two labelers cannot take the same pair. The pair is the lowest
@@ -146,10 +161,7 @@ impl Store {
             found
         };
         if let Some(id) = found {
-            tx.execute(
-                "INSERT OR REPLACE INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, annotator, session, now + CLAIM_TTL.as_secs_f64()],
-            )?;
+            insert_claim(&tx, id, annotator, session, now)?;
         }
         tx.commit()?;
         Ok(found)
@@ -162,10 +174,7 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute("DELETE FROM claims WHERE session = ?1", [session])?;
-        tx.execute(
-            "INSERT OR REPLACE INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![pair_id, annotator, session, unix_now() + CLAIM_TTL.as_secs_f64()],
-        )?;
+        insert_claim(&tx, pair_id, annotator, session, unix_now())?;
         tx.commit()?;
         Ok(())
     }

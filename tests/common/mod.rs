@@ -19,6 +19,16 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_duel"))
 }
 
+/// Runs `duel --db DB ARGS...` to the end.
+pub fn duel(db: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("run duel")
+}
+
 pub fn config(annotator: &str) -> Config {
     Config {
         annotator: annotator.into(),
