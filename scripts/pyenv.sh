@@ -10,5 +10,5 @@ if [ -f "$STAMP" ] && cmp -s "$STAMP" "$REQ"; then
     exit 0
 fi
 python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQ"
+"$VENV/bin/python" -m pip install --quiet --no-cache-dir --disable-pip-version-check -r "$REQ"
 cp "$REQ" "$STAMP"

@@ -367,3 +367,110 @@ fn fuzz_regressions_parse_without_panicking() {
     }
     assert!(n >= 5);
 }
+
+fn schema(db: &Path) -> Vec<(String, Option<String>)> {
+    let c = rusqlite::Connection::open(db).expect("open");
+    let mut st = c
+        .prepare("SELECT name, sql FROM sqlite_schema ORDER BY name")
+        .expect("prepare");
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+}
+
+fn numbered_pairs(n: usize, tag: &str) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "{{\"id\":\"{tag}-{i}\",\"prompt\":\"q{}\",\"response_a\":\"{tag}a{i}\",\"response_b\":\"{tag}b{i}\"}}\n",
+                i / 3
+            )
+        })
+        .collect()
+}
+
+/// A large import drops the unique indexes on pairs and builds them again: the
+/// schema afterwards is the one the migrations made, uniqueness holds, and an
+/// import that fails after the indexes were dropped leaves them as they were.
+#[test]
+fn a_large_import_leaves_the_schema_and_uniqueness_as_they_were() {
+    use duel::io::import::{ImportOptions, import_file};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("big.db");
+    let opts = ImportOptions {
+        defer_indexes_after: 50,
+        ..Default::default()
+    };
+    let mut store = duel::store::Store::open(&db).expect("open");
+    let fresh = schema(&db);
+    assert!(fresh.iter().any(|(n, _)| n == "pairs_content_hash"));
+    let page_size: i64 = store
+        .conn()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    assert_eq!(page_size, duel::store::PAGE_SIZE);
+
+    let file = write(dir.path(), "big.jsonl", numbered_pairs(600, "p").as_bytes());
+    let r = import_file(&mut store, &file, &opts).expect("import");
+    assert_eq!(r.inserted, 600);
+    assert_eq!(schema(&db), fresh);
+    // The same file again: every record is found as already stored.
+    let r = import_file(&mut store, &file, &opts).expect("reimport");
+    assert_eq!((r.inserted, r.duplicates), (0, 600));
+
+    // A duplicate id far past the point where the indexes were dropped: refused,
+    // nothing of the file kept, the indexes back.
+    let mut clash = numbered_pairs(400, "c");
+    clash.push_str(
+        "{\"id\":\"p-7\",\"prompt\":\"other\",\"response_a\":\"x\",\"response_b\":\"y\"}\n",
+    );
+    let clash = write(dir.path(), "clash.jsonl", clash.as_bytes());
+    let e = import_file(&mut store, &clash, &opts).expect_err("duplicate id");
+    assert!(e.to_string().contains("clash.jsonl:401"), "{e}");
+    assert!(e.to_string().contains("duplicate id \"p-7\""), "{e}");
+    // A duplicate within the file itself, also past that point.
+    let mut twice = numbered_pairs(300, "t");
+    twice.push_str("{\"id\":\"t-3\",\"prompt\":\"z\",\"response_a\":\"x\",\"response_b\":\"y\"}\n");
+    let twice = write(dir.path(), "twice.jsonl", twice.as_bytes());
+    let e = import_file(&mut store, &twice, &opts).expect_err("duplicate id in file");
+    assert!(e.to_string().contains("twice.jsonl:301"), "{e}");
+    assert_eq!(count(&db, "pairs"), 600);
+    assert_eq!(count(&db, "responses"), 1200);
+    assert_eq!(schema(&db), fresh);
+
+    // The rebuilt indexes enforce uniqueness and serve lookups.
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let dup = c.execute(
+        "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, created_at)
+         SELECT prompt_id, response_a, response_b, content_hash, NULL, created_at FROM pairs LIMIT 1",
+        [],
+    );
+    assert!(
+        dup.is_err(),
+        "a second pair with the same content was accepted"
+    );
+    let plan: String = c
+        .query_row(
+            "EXPLAIN QUERY PLAN SELECT id FROM pairs WHERE ext_id = 'p-9'",
+            [],
+            |r| r.get(3),
+        )
+        .expect("plan");
+    assert!(plan.contains("pairs_ext_id"), "{plan}");
+    drop(c);
+
+    // Foreign keys are checked again after the import.
+    let fk: i64 = store
+        .conn()
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .expect("pragma");
+    assert_eq!(fk, 1);
+    let orphans: i64 = store
+        .conn()
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .expect("fk check");
+    assert_eq!(orphans, 0);
+}

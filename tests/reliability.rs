@@ -283,6 +283,15 @@ fn kill_9_during_import_leaves_all_or_nothing() {
             partial_seen += 1;
         }
         assert_eq!(query(&db, "SELECT count(*) FROM responses"), 2 * pairs);
+        // The import drops the unique indexes while it runs: they are back.
+        assert_eq!(
+            query(
+                &db,
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'index'
+                 AND name IN ('pairs_content_hash', 'pairs_ext_id')"
+            ),
+            2
+        );
     }
     // At least one kill landed inside the import (the test would prove nothing otherwise).
     assert!(partial_seen >= 1);

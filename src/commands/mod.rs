@@ -63,6 +63,7 @@ fn import(db: &Path, args: ImportArgs) -> Result<ExitCode> {
         format: args.format,
         skip_invalid: args.skip_invalid,
         max_record_bytes: args.max_record_bytes,
+        ..Default::default()
     };
     let mut failed = false;
     for file in &args.files {

@@ -31,6 +31,9 @@ pub struct ImportOptions {
     /// Longest record accepted, in bytes; longer lines are refused without being
     /// held in memory.
     pub max_record_bytes: usize,
+    /// After this many new pairs, a file large next to the database has the unique
+    /// indexes on pairs dropped and built again at the end (in the same transaction).
+    pub defer_indexes_after: u64,
 }
 
 impl Default for ImportOptions {
@@ -39,6 +42,7 @@ impl Default for ImportOptions {
             format: None,
             skip_invalid: false,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            defer_indexes_after: 10_000,
         }
     }
 }
@@ -139,19 +143,26 @@ pub fn import_file(
     let format = opts.format.unwrap_or_else(|| Format::from_path(path));
     let source = path.display().to_string();
 
-    // A large page cache keeps the random-keyed hash indexes in memory while a big
-    // file streams in; without it SQLite spills to the WAL and reads pages back.
+    // A larger page cache keeps the random-keyed hash indexes in memory while a file
+    // streams into a database too large for them to be dropped and built again.
     store
         .conn()
         .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)
         .map_err(StoreError::from)?;
+    // The writer makes every reference itself (ids from the rows it just inserted),
+    // so foreign keys are not checked row by row; they are back on afterwards.
+    store
+        .conn()
+        .pragma_update(None, "foreign_keys", "OFF")
+        .map_err(StoreError::from)?;
     let result = import_in_tx(store, path, opts, reader, format, &source, &bar);
+    let _ = store.conn().pragma_update(None, "foreign_keys", "ON");
     let _ = store.conn().pragma_update(None, "cache_size", -2000);
     result
 }
 
 /// Page cache used while importing, in KiB.
-const IMPORT_CACHE_KIB: i64 = 256 * 1024;
+const IMPORT_CACHE_KIB: i64 = 64 * 1024;
 
 /// One parsed record and its line.
 type Parsed = (u64, Result<(NewPair, PairDigests), RecordError>);
@@ -215,6 +226,7 @@ fn import_in_tx(
         });
         let mut writer = PairWriter::bulk(&tx).map_err(ImportError::Store)?;
         let mut written = Ok(());
+        let mut decided = false;
         'outer: for batch in recv.iter() {
             for (line, parsed) in batch {
                 if let Err(e) =
@@ -223,9 +235,19 @@ fn import_in_tx(
                     written = Err(e);
                     break 'outer;
                 }
+                if !decided && report.inserted >= opts.defer_indexes_after {
+                    decided = true;
+                    if let Err(e) = defer_if_large(&mut writer, &report, bar) {
+                        written = Err(e);
+                        break 'outer;
+                    }
+                }
             }
         }
         drop(recv);
+        if written.is_ok() {
+            written = writer.finish().map_err(ImportError::Store);
+        }
         let parsed = parser.join().unwrap_or_else(|_| {
             Err(ImportError::Io {
                 file: PathBuf::new(),
@@ -241,6 +263,26 @@ fn import_in_tx(
     tx.commit().map_err(StoreError::from)?;
     bar.finish_and_clear();
     Ok(report)
+}
+
+/// Drops the unique indexes for the rest of the import when the file promises at
+/// least a quarter as many new pairs as are stored: building an index once, by
+/// sorting, then costs less than inserting each random key into it.
+fn defer_if_large(
+    writer: &mut PairWriter<'_>,
+    report: &ImportReport,
+    // Counts the bytes read from the file, and knows its length.
+    bar: &indicatif::ProgressBar,
+) -> Result<(), ImportError> {
+    let Some(stored) = writer.stored_pairs() else {
+        return Ok(());
+    };
+    let file_len = bar.length().unwrap_or(0);
+    let expected = report.inserted as f64 * file_len as f64 / bar.position().max(1) as f64;
+    if 4.0 * expected >= stored as f64 {
+        writer.defer_indexes()?;
+    }
+    Ok(())
 }
 
 fn write_one(

@@ -122,10 +122,28 @@ pub struct PairWriter<'c> {
 }
 
 struct Known {
-    pairs: HashSet<Digest>,
+    /// Stored pairs by content digest.
+    pairs: HashMap<Digest, i64>,
     prompts: HashMap<Digest, i64>,
     ext_ids: HashSet<String>,
+    /// The unique indexes on `pairs` are dropped for the bulk insert and built again
+    /// by `finish` (sorting once is much faster than inserting random keys one by
+    /// one); uniqueness is checked against the sets above meanwhile.
+    indexes_deferred: bool,
 }
+
+/// The unique indexes a bulk import drops and builds again, as the migrations
+/// create them (a test checks that the schema is the same after an import).
+const DEFERRABLE_INDEXES: [(&str, &str); 2] = [
+    (
+        "pairs_content_hash",
+        "CREATE UNIQUE INDEX pairs_content_hash ON pairs(content_hash)",
+    ),
+    (
+        "pairs_ext_id",
+        "CREATE UNIQUE INDEX pairs_ext_id ON pairs(ext_id)",
+    ),
+];
 
 /// Above this many stored pairs, bulk mode falls back to a query per record rather
 /// than holding every digest in memory (about 40 bytes each).
@@ -153,21 +171,23 @@ impl<'c> PairWriter<'c> {
         )?;
         if pairs.max(prompts) <= BULK_PRELOAD_MAX {
             let mut known = Known {
-                pairs: HashSet::with_capacity(pairs as usize),
+                pairs: HashMap::with_capacity(pairs as usize),
                 prompts: HashMap::with_capacity(prompts as usize),
                 ext_ids: HashSet::new(),
+                indexes_deferred: false,
             };
             let mut stmt = conn.prepare("SELECT ext_id FROM pairs WHERE ext_id IS NOT NULL")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 known.ext_ids.insert(r.get(0)?);
             }
-            let mut stmt = conn.prepare("SELECT content_hash FROM pairs")?;
+            let mut stmt = conn.prepare("SELECT content_hash, id FROM pairs")?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                known.pairs.insert(blob_digest(
-                    r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
-                ));
+                known.pairs.insert(
+                    blob_digest(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?),
+                    r.get(1)?,
+                );
             }
             let mut stmt = conn.prepare("SELECT hash, id FROM prompts")?;
             let mut rows = stmt.query([])?;
@@ -182,6 +202,51 @@ impl<'c> PairWriter<'c> {
         Ok(w)
     }
 
+    /// How many pairs are stored (those of this writer included), if the writer
+    /// keeps their digests in memory (bulk mode).
+    pub fn stored_pairs(&self) -> Option<usize> {
+        self.known.as_ref().map(|k| k.pairs.len())
+    }
+
+    /// In bulk mode, drops the unique indexes on `pairs` until `finish` builds them
+    /// again: worth it when many pairs are about to be inserted. Must run inside the
+    /// caller's transaction, so that an interrupted import leaves the indexes as
+    /// they were. Does nothing outside bulk mode.
+    pub fn defer_indexes(&mut self) -> Result<()> {
+        let Some(k) = &mut self.known else {
+            return Ok(());
+        };
+        if k.indexes_deferred {
+            return Ok(());
+        }
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Invalid(
+                "indexes can only be deferred inside a transaction".into(),
+            ));
+        }
+        for (name, _) in DEFERRABLE_INDEXES {
+            self.conn.execute_batch(&format!("DROP INDEX {name}"))?;
+        }
+        k.indexes_deferred = true;
+        Ok(())
+    }
+
+    /// Builds the indexes `defer_indexes` dropped. Call before committing; the
+    /// transaction must not commit without it.
+    pub fn finish(self) -> Result<()> {
+        if let Some(k) = &self.known
+            && k.indexes_deferred
+        {
+            // Sorting for the index build stays in memory (a few tens of bytes a pair).
+            self.conn.pragma_update(None, "temp_store", "MEMORY")?;
+            for (_, sql) in DEFERRABLE_INDEXES {
+                self.conn.execute_batch(sql)?;
+            }
+            self.conn.pragma_update(None, "temp_store", "DEFAULT")?;
+        }
+        Ok(())
+    }
+
     pub fn insert(&mut self, pair: &NewPair) -> Result<InsertOutcome> {
         self.insert_with(pair, &PairDigests::of(pair))
     }
@@ -189,17 +254,13 @@ impl<'c> PairWriter<'c> {
     /// Inserts with digests computed beforehand (on another thread, by import).
     pub fn insert_with(&mut self, pair: &NewPair, digests: &PairDigests) -> Result<InsertOutcome> {
         let hash = digests.pair;
-        let maybe_stored = match &self.known {
-            Some(k) => k.pairs.contains(&hash),
-            None => true,
-        };
-        let existing: Option<i64> = if maybe_stored {
-            self.conn
+        let existing: Option<i64> = match &self.known {
+            Some(k) => k.pairs.get(&hash).copied(),
+            None => self
+                .conn
                 .prepare_cached("SELECT id FROM pairs WHERE content_hash = ?1")?
                 .query_row([&hash[..]], |r| r.get(0))
-                .optional()?
-        } else {
-            None
+                .optional()?,
         };
         if let Some(id) = existing {
             if let Some(choice) = pair.label {
@@ -250,7 +311,7 @@ impl<'c> PairWriter<'c> {
         }
         let id = self.conn.last_insert_rowid();
         if let Some(k) = &mut self.known {
-            k.pairs.insert(hash);
+            k.pairs.insert(hash, id);
             if let Some(ext) = &pair.ext_id {
                 k.ext_ids.insert(ext.clone());
             }
@@ -345,7 +406,9 @@ impl<'c> PairWriter<'c> {
         Ok(id)
     }
 
-    /// Both responses in one statement; returns their ids in order.
+    /// Stores both responses; returns their ids in order. One row a statement: a
+    /// statement of two rows needs a statement journal (to undo half of it), which
+    /// costs more than the second statement.
     fn responses(
         &self,
         prompt_id: i64,
@@ -353,26 +416,21 @@ impl<'c> PairWriter<'c> {
         gen_a: Option<&Generated>,
         gen_b: Option<&Generated>,
     ) -> Result<(i64, i64)> {
-        let meta = |g: Option<&Generated>| g.map(|g| g.meta.to_string());
-        self.conn
-            .prepare_cached(
-                "INSERT INTO responses (prompt_id, text, generator, gen_meta, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?8), (?1, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO responses (prompt_id, text, generator, gen_meta, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut one = |text: &str, g: Option<&Generated>| -> Result<i64> {
+            stmt.execute(params![
                 prompt_id,
-                pair.response_a,
-                gen_a.map(|g| g.generator.as_str()),
-                meta(gen_a),
-                pair.response_b,
-                gen_b.map(|g| g.generator.as_str()),
-                meta(gen_b),
+                text,
+                g.map(|g| g.generator.as_str()),
+                g.map(|g| g.meta.to_string()),
                 self.now
             ])?;
-        // Rows of one statement get consecutive rowids (max + 1 each).
-        let last = self.conn.last_insert_rowid();
-        let ids = [last - 1, last];
-        Ok((ids[0], ids[1]))
+            Ok(self.conn.last_insert_rowid())
+        };
+        Ok((one(&pair.response_a, gen_a)?, one(&pair.response_b, gen_b)?))
     }
 }
 
