@@ -3,7 +3,7 @@
 use super::{BadInput, open};
 use crate::cli::{EvalArgs, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
-use crate::model::{DEFAULT_ENCODER_DIR, checkpoint, pad_batch};
+use crate::model::{DEFAULT_ENCODER_DIR, checkpoint};
 use crate::train::{
     Encoded, Example, TrainConfig, Trainer, epoch_batches, examples_from_store, is_heldout,
 };
@@ -410,11 +410,17 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         t.resize(128, trainer.encoder.pad_id());
     }
     let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
-    let (ids, mask) = pad_batch(&refs, trainer.encoder.pad_id())?;
+    let (ids, mask, len) = crate::model::engine::pad(&refs, trainer.encoder.pad_id());
+    let batch = crate::model::engine::Batch {
+        ids: &ids,
+        mask: &mask,
+        seqs: refs.len(),
+        len,
+    };
     let mut times = Vec::new();
     for i in 0..7 {
         let t = Instant::now();
-        trainer.model.forward(&ids, &mask, None)?;
+        trainer.model.rewards(&batch)?;
         if i >= 2 {
             times.push(t.elapsed().as_secs_f64());
         }

@@ -77,7 +77,7 @@ impl DropoutRng {
     pub fn new(seed: u64) -> DropoutRng {
         DropoutRng { seed, calls: 0 }
     }
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.calls += 1;
         splitmix(self.seed ^ splitmix(self.calls))
     }
@@ -90,17 +90,40 @@ pub(crate) fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Writes the dropout mask `key` of rate `p` for elements `start..start + out.len()`
+/// (1 kept, 0 dropped). Each hash gives two elements 24 random bits each, against
+/// the threshold: element `i` reads hash `i / 2`, its high bits when `i` is even.
+pub(crate) fn dropout_mask(key: u64, p: f32, start: usize, out: &mut [u8]) {
+    let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil() as u64;
+    let mut i = start;
+    let rest = match out.split_first_mut() {
+        Some((first, tail)) if i % 2 == 1 => {
+            let h = splitmix(key ^ (i as u64 >> 1));
+            *first = u8::from((h >> 16) & 0xFF_FFFF >= threshold);
+            i += 1;
+            tail
+        }
+        _ => out,
+    };
+    let mut pairs = rest.chunks_exact_mut(2);
+    for pair in &mut pairs {
+        let h = splitmix(key ^ (i as u64 >> 1));
+        pair[0] = u8::from(h >> 40 >= threshold);
+        pair[1] = u8::from((h >> 16) & 0xFF_FFFF >= threshold);
+        i += 2;
+    }
+    if let [last] = pairs.into_remainder() {
+        let h = splitmix(key ^ (i as u64 >> 1));
+        *last = u8::from(h >> 40 >= threshold);
+    }
+}
+
 struct Dropout {
     p: f32,
     key: u64,
 }
 
 impl Dropout {
-    fn keep(&self, i: usize) -> bool {
-        // 24 random bits against the threshold.
-        let r = (splitmix(self.key ^ i as u64) >> 40) as f32 / (1u64 << 24) as f32;
-        r >= self.p
-    }
     fn apply(&self, s: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<Vec<f32>> {
         let candle_core::CpuStorage::F32(v) = s else {
             bail!("dropout: f32 only")
@@ -109,10 +132,12 @@ impl Dropout {
             bail!("dropout: input must be contiguous")
         };
         let scale = 1.0 / (1.0 - self.p);
+        let mut mask = vec![0u8; b - a];
+        dropout_mask(self.key, self.p, 0, &mut mask);
         Ok(v[a..b]
             .iter()
-            .enumerate()
-            .map(|(i, x)| if self.keep(i) { x * scale } else { 0.0 })
+            .zip(&mask)
+            .map(|(x, &m)| x * f32::from(m) * scale)
             .collect())
     }
 }
@@ -497,4 +522,28 @@ pub fn write_tiny_model(dir: &Path, tokenizer_from: &Path, seed: u64) -> Result<
     std::fs::copy(tokenizer_from, dir.join("tokenizer.json"))
         .map_err(|e| candle_core::Error::Msg(format!("{}: {e}", tokenizer_from.display())))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dropout_mask;
+
+    /// A mask is the same whether drawn at once or in pieces from any offset, and
+    /// keeps about `1 - p` of the elements.
+    #[test]
+    fn dropout_masks_do_not_depend_on_how_they_are_cut() {
+        let (key, p) = (0xDEAD_BEEF, 0.1);
+        let mut whole = vec![0u8; 10_001];
+        dropout_mask(key, p, 0, &mut whole);
+        for (start, len) in [(0, 1), (1, 1), (1, 2), (3, 7), (4, 4096), (777, 1234)] {
+            let mut part = vec![0u8; len];
+            dropout_mask(key, p, start, &mut part);
+            assert_eq!(part, whole[start..start + len], "from {start}, {len}");
+        }
+        let kept = whole.iter().filter(|&&m| m == 1).count() as f64 / whole.len() as f64;
+        assert!((kept - 0.9).abs() < 0.01, "{kept}");
+        let mut other = vec![0u8; 10_001];
+        dropout_mask(key + 1, p, 0, &mut other);
+        assert_ne!(whole, other);
+    }
 }

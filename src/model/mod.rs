@@ -3,7 +3,9 @@
 
 pub mod bert;
 pub mod checkpoint;
+pub mod engine;
 pub mod ops;
+pub mod sgemm;
 pub mod tokenize;
 
 pub use bert::{BertConfig, DropoutRng, RewardModel};

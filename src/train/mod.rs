@@ -4,8 +4,7 @@ pub mod messages;
 pub mod optim;
 pub mod worker;
 
-use crate::model::ops::log_sigmoid;
-use crate::model::{DropoutRng, RewardModel, TextEncoder, pad_batch};
+use crate::model::{DropoutRng, RewardModel, TextEncoder};
 use candle_core::{Result, Tensor, Var};
 use optim::{AdamW, AdamWConfig, grad_norm};
 use rand::SeedableRng;
@@ -104,7 +103,6 @@ pub struct Trainer {
     pub model: RewardModel,
     pub encoder: TextEncoder,
     pub config: TrainConfig,
-    vars: Vec<Var>,
     opt: AdamW,
     rng: DropoutRng,
     /// Steps in the schedule (for warm-up and decay); 0 for a constant rate.
@@ -119,7 +117,7 @@ impl Trainer {
             .map(|(_, v)| v.clone())
             .collect();
         let opt = AdamW::new(
-            vars.clone(),
+            vars,
             AdamWConfig {
                 weight_decay: config.weight_decay as f32,
                 ..Default::default()
@@ -130,7 +128,6 @@ impl Trainer {
             model,
             encoder,
             config,
-            vars,
             opt,
             total_steps: 0,
         })
@@ -189,47 +186,71 @@ impl Trainer {
         }
     }
 
+    /// Rewards of a batch's chosen then rejected texts, and the tape for backward.
     fn rewards(
         &self,
         batch: &[&Encoded],
-        train: bool,
-        rng: &mut DropoutRng,
-    ) -> Result<(Tensor, Tensor)> {
-        let n = batch.len();
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<(Vec<f32>, crate::model::engine::Tape)> {
         let seqs: Vec<&[u32]> = batch
             .iter()
             .map(|e| e.chosen.as_slice())
             .chain(batch.iter().map(|e| e.rejected.as_slice()))
             .collect();
-        let (ids, mask) = pad_batch(&seqs, self.encoder.pad_id())?;
-        let r = self.model.forward(&ids, &mask, train.then_some(rng))?;
-        Ok((r.narrow(0, 0, n)?, r.narrow(0, n, n)?))
+        let (ids, mask, len) = crate::model::engine::pad(&seqs, self.encoder.pad_id());
+        let b = crate::model::engine::Batch {
+            ids: &ids,
+            mask: &mask,
+            seqs: seqs.len(),
+            len,
+        };
+        self.model.forward_tape(&b, rng)
     }
 
-    /// Bradley-Terry loss and strict accuracy of a batch.
-    fn loss(&self, rc: &Tensor, rr: &Tensor, margins: &Tensor) -> Result<(Tensor, f64)> {
-        let diff = ((rc - rr)? - margins)?;
-        let mut loss = log_sigmoid(&diff)?.mean_all()?.neg()?;
-        if self.config.center_coef > 0.0 {
-            let center = (rc + rr)?.sqr()?.mean_all()?;
-            loss = (loss + (center * self.config.center_coef)?)?;
+    /// Bradley-Terry loss, strict accuracy and the loss's gradient with respect to
+    /// each reward (chosen then rejected), for rewards `r` of `n` pairs.
+    fn loss(&self, r: &[f32], margins: &[f32]) -> (f64, f64, Vec<f32>) {
+        let n = margins.len();
+        let (rc, rr) = r.split_at(n);
+        let mut loss = 0f64;
+        let mut right = 0usize;
+        let mut grad = vec![0f32; 2 * n];
+        let c = self.config.center_coef;
+        for i in 0..n {
+            let d = f64::from(rc[i] - rr[i] - margins[i]);
+            // -log σ(d) = max(-d, 0) + log(1 + e^{-|d|})
+            loss += (-d).max(0.0) + (-d.abs()).exp().ln_1p();
+            right += usize::from(rc[i] > rr[i]);
+            // d/dd of -log σ(d) is -(1 - σ(d)) = -σ(-d).
+            let g = -1.0 / (1.0 + d.exp()) / n as f64;
+            let sum = f64::from(rc[i] + rr[i]);
+            let center = if c > 0.0 {
+                2.0 * c * sum / n as f64
+            } else {
+                0.0
+            };
+            grad[i] = (g + center) as f32;
+            grad[n + i] = (-g + center) as f32;
         }
-        let c: Vec<f32> = rc.to_vec1()?;
-        let r: Vec<f32> = rr.to_vec1()?;
-        let right = c.iter().zip(&r).filter(|(a, b)| a > b).count();
-        Ok((loss, right as f64 / c.len().max(1) as f64))
+        loss /= n.max(1) as f64;
+        if c > 0.0 {
+            let center: f64 = (0..n)
+                .map(|i| f64::from(rc[i] + rr[i]).powi(2))
+                .sum::<f64>()
+                / n.max(1) as f64;
+            loss += c * center;
+        }
+        (loss, right as f64 / n.max(1) as f64, grad)
     }
 
     /// One optimizer step on `batch`. A non-finite loss or gradient skips the update.
     pub fn step(&mut self, batch: &[&Encoded]) -> Result<StepStats> {
         let lr = self.lr_at(self.opt.step);
         let mut rng = self.rng.clone();
-        let (rc, rr) = self.rewards(batch, true, &mut rng)?;
+        let (r, tape) = self.rewards(batch, Some(&mut rng))?;
         self.rng = rng;
         let margins: Vec<f32> = batch.iter().map(|e| e.margin).collect();
-        let margins = Tensor::new(margins.as_slice(), &candle_core::Device::Cpu)?;
-        let (loss, accuracy) = self.loss(&rc, &rr, &margins)?;
-        let loss_v = f64::from(loss.to_scalar::<f32>()?);
+        let (loss_v, accuracy, d_rewards) = self.loss(&r, &margins);
         let skipped = StepStats {
             loss: loss_v,
             accuracy,
@@ -240,8 +261,13 @@ impl Trainer {
         if !loss_v.is_finite() {
             return Ok(skipped);
         }
-        let grads = loss.backward()?;
-        let norm = grad_norm(&grads, &self.vars)?;
+        let grads: Vec<Option<Tensor>> = self
+            .model
+            .backward(tape, &d_rewards)?
+            .into_iter()
+            .map(Some)
+            .collect();
+        let norm = grad_norm(&grads)?;
         if !norm.is_finite() {
             return Ok(StepStats {
                 grad_norm: norm,
@@ -267,14 +293,12 @@ impl Trainer {
     pub fn evaluate(&self, data: &[Encoded], batch_pairs: usize) -> Result<EvalStats> {
         let mut right = 0usize;
         let mut loss_sum = 0f64;
-        let mut rng = DropoutRng::new(0);
         let order = length_sorted(data);
         for chunk in order.chunks(batch_pairs.max(1) * 2) {
             let batch: Vec<&Encoded> = chunk.iter().map(|&i| &data[i]).collect();
-            let (rc, rr) = self.rewards(&batch, false, &mut rng)?;
-            let c: Vec<f32> = rc.to_vec1()?;
-            let r: Vec<f32> = rr.to_vec1()?;
-            for (a, b) in c.iter().zip(&r) {
+            let (rewards, _) = self.rewards(&batch, None)?;
+            let (c, r) = rewards.split_at(batch.len());
+            for (a, b) in c.iter().zip(r) {
                 right += usize::from(a > b);
                 let d = f64::from(a - b);
                 loss_sum += -(d.min(0.0) - (-d.abs()).exp().ln_1p());
@@ -299,8 +323,13 @@ impl Trainer {
         order.sort_by_key(|&i| seqs[i].len());
         for chunk in order.chunks(batch.max(1)) {
             let s: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
-            let (ids, mask) = pad_batch(&s, self.encoder.pad_id())?;
-            let r: Vec<f32> = self.model.forward(&ids, &mask, None)?.to_vec1()?;
+            let (ids, mask, len) = crate::model::engine::pad(&s, self.encoder.pad_id());
+            let r = self.model.rewards(&crate::model::engine::Batch {
+                ids: &ids,
+                mask: &mask,
+                seqs: s.len(),
+                len,
+            })?;
             for (&i, v) in chunk.iter().zip(r) {
                 out[i] = v;
             }

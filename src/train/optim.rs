@@ -130,14 +130,17 @@ impl AdamW {
         })
     }
 
-    /// One step with learning rate `lr`; `grad_scale` multiplies every gradient
-    /// (gradient clipping). Parameters without a gradient are left alone.
-    pub fn step(
-        &mut self,
-        grads: &candle_core::backprop::GradStore,
-        lr: f64,
-        grad_scale: f32,
-    ) -> Result<()> {
+    /// One step with learning rate `lr`; `grads` are the parameters' gradients in the
+    /// order the optimizer was given them (`None`: left alone); `grad_scale`
+    /// multiplies every gradient (gradient clipping).
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f32) -> Result<()> {
+        if grads.len() != self.vars.len() {
+            candle_core::bail!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                self.vars.len()
+            );
+        }
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
@@ -148,8 +151,8 @@ impl AdamW {
             eps: c.eps,
             wd: c.weight_decay,
         };
-        for ((var, m), v) in self.vars.iter().zip(&self.m).zip(&self.v) {
-            let Some(g) = grads.get(var.as_tensor()) else {
+        for (((var, m), v), g) in self.vars.iter().zip(&self.m).zip(&self.v).zip(grads) {
+            let Some(g) = g else {
                 continue;
             };
             let g = g.contiguous()?;
@@ -193,16 +196,21 @@ impl candle_core::CustomOp1 for SumSquares {
     }
 }
 
-/// The global L2 norm of the gradients of `vars`.
-pub fn grad_norm(grads: &candle_core::backprop::GradStore, vars: &[Var]) -> Result<f64> {
+/// The global L2 norm of the gradients.
+pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut sum = 0f64;
-    for v in vars {
-        if let Some(g) = grads.get(v.as_tensor()) {
-            let s: f64 = g.contiguous()?.apply_op1_no_bwd(&SumSquares)?.to_scalar()?;
-            sum += s;
-        }
+    for g in grads.iter().flatten() {
+        let s: f64 = g.contiguous()?.apply_op1_no_bwd(&SumSquares)?.to_scalar()?;
+        sum += s;
     }
     Ok(sum.sqrt())
+}
+
+/// The gradients of `vars` from candle's autograd, in order.
+pub fn grads_of(store: &candle_core::backprop::GradStore, vars: &[Var]) -> Vec<Option<Tensor>> {
+    vars.iter()
+        .map(|v| store.get(v.as_tensor()).cloned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -222,7 +230,7 @@ mod tests {
             + (b.as_tensor() * 4.0).expect("m").sum_all().expect("s"))
         .expect("add");
         let grads = loss.backward().expect("bwd");
-        let n = grad_norm(&grads, &[a, b]).expect("norm");
+        let n = grad_norm(&grads_of(&grads, &[a, b])).expect("norm");
         assert!((n - 41f64.sqrt()).abs() < 1e-9, "{n}");
     }
 
@@ -244,7 +252,8 @@ mod tests {
                 .sum_all()
                 .expect("sum");
             let grads = loss.backward().expect("bwd");
-            opt.step(&grads, lr, 1.0).expect("step");
+            opt.step(&grads_of(&grads, std::slice::from_ref(&p)), lr, 1.0)
+                .expect("step");
             for i in 0..2 {
                 m[i] = 0.9 * m[i] + 0.1 * g[i];
                 v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];

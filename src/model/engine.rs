@@ -1,0 +1,924 @@
+//! The reward model's forward and backward written out by hand over flat f32
+//! buffers: what training and scoring run.
+//!
+//! candle's autograd gives every intermediate tensor a zeroed gradient and adds into
+//! it, allocating afresh for each op; on two cores that bookkeeping cost more than the
+//! matrix products. Here each layer keeps what its backward needs, the products go
+//! through `sgemm`, and the element-wise passes are one loop each, parallel over rows.
+//! The candle forward in `bert` stays as the reference: tests check that both give
+//! the same rewards and the same gradients, dropout masks included (the same
+//! counter-based masks, drawn in the same order).
+
+use super::bert::{DropoutRng, RewardModel, dropout_mask};
+use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp, row_stats};
+use super::sgemm::{Par, View, ViewMut, matmul};
+use candle_core::{Result, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+/// Rows per rayon task for the element-wise passes.
+const ROWS_PER_TASK: usize = 16;
+
+/// A padded batch: `ids` and `mask` are `seqs × len`, row-major.
+pub struct Batch<'a> {
+    pub ids: &'a [u32],
+    pub mask: &'a [f32],
+    pub seqs: usize,
+    pub len: usize,
+}
+
+/// Pads sequences to the longest (ids with `pad`, mask 0), as `pad_batch` does.
+pub fn pad(seqs: &[&[u32]], pad: u32) -> (Vec<u32>, Vec<f32>, usize) {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(seqs.len() * t);
+    let mut mask = Vec::with_capacity(seqs.len() * t);
+    for s in seqs {
+        ids.extend_from_slice(s);
+        ids.extend(std::iter::repeat_n(pad, t - s.len()));
+        mask.extend(std::iter::repeat_n(1f32, s.len()));
+        mask.extend(std::iter::repeat_n(0f32, t - s.len()));
+    }
+    (ids, mask, t)
+}
+
+/// The model's parameters as slices, in `RewardModel::named_vars` order, read in
+/// place from the variables' storage.
+struct Params<'a> {
+    all: Vec<&'a [f32]>,
+}
+
+const PER_LAYER: usize = 16;
+const EMB: usize = 5;
+
+/// Indexes into a layer's 16 parameters, in `named_vars` order.
+mod p {
+    pub const WQ: usize = 0;
+    pub const BQ: usize = 1;
+    pub const WK: usize = 2;
+    pub const BK: usize = 3;
+    pub const WV: usize = 4;
+    pub const BV: usize = 5;
+    pub const WO: usize = 6;
+    pub const BO: usize = 7;
+    pub const WI: usize = 8;
+    pub const BI: usize = 9;
+    pub const WOUT: usize = 10;
+    pub const BOUT: usize = 11;
+    pub const G1: usize = 12;
+    pub const B1: usize = 13;
+    pub const G2: usize = 14;
+    pub const B2: usize = 15;
+}
+
+impl<'a> Params<'a> {
+    fn layer(&self, l: usize, i: usize) -> &'a [f32] {
+        self.all[EMB + l * PER_LAYER + i]
+    }
+    fn tail(&self, i: usize) -> &'a [f32] {
+        self.all[self.all.len() - 4 + i]
+    }
+}
+
+/// Read guards on every parameter's storage, held while a pass runs.
+fn guards(
+    model: &RewardModel,
+) -> Vec<(
+    impl std::ops::Deref<Target = Storage> + '_,
+    &'_ candle_core::Layout,
+)> {
+    model
+        .named_vars()
+        .into_iter()
+        .map(|(_, v)| v.as_tensor().storage_and_layout())
+        .collect()
+}
+
+fn params<'g, G: std::ops::Deref<Target = Storage>>(
+    guards: &'g [(G, &'g candle_core::Layout)],
+) -> Result<Params<'g>> {
+    let mut all = Vec::with_capacity(guards.len());
+    for (g, l) in guards {
+        let Storage::Cpu(cpu) = &**g else {
+            bail!("the model must be on the CPU")
+        };
+        all.push(super::ops::slice(cpu, l, "parameter")?);
+    }
+    Ok(Params { all })
+}
+
+/// Shapes of one pass.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    t: usize,
+    h: usize,
+    nh: usize,
+    hd: usize,
+    inter: usize,
+    n: usize,
+}
+
+/// What one layer's backward needs from its forward.
+struct LayerCache {
+    x: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention probabilities before dropout, `(b, heads, t, t)`.
+    probs: Vec<f32>,
+    /// The same after dropout (empty without dropout).
+    probs_d: Vec<f32>,
+    ctx: Vec<f32>,
+    xhat1: Vec<f32>,
+    rstd1: Vec<f32>,
+    x1: Vec<f32>,
+    pre: Vec<f32>,
+    act: Vec<f32>,
+    xhat2: Vec<f32>,
+    rstd2: Vec<f32>,
+    /// Dropout masks of the attention output and the feed-forward output.
+    masks: [Option<Vec<u8>>; 2],
+}
+
+/// A forward pass kept for its backward.
+pub struct Tape {
+    dims: Dims,
+    ids: Vec<u32>,
+    emb_xhat: Vec<f32>,
+    emb_rstd: Vec<f32>,
+    emb_mask: Option<Vec<u8>>,
+    layers: Vec<LayerCache>,
+    cls: Vec<f32>,
+    pooled: Vec<f32>,
+    pool_mask: Option<Vec<u8>>,
+    /// The pooled vector after dropout, which the classifier read.
+    pooled_d: Vec<f32>,
+    p_hidden: f32,
+}
+
+/// Applies the dropout mask `key` of rate `p` (as drawn from `DropoutRng`): kept
+/// elements are scaled by `1 / (1 - p)`, the others zeroed. Returns the mask, which
+/// the backward applies to the gradient.
+fn dropout_in_place(x: &mut [f32], key: Option<u64>, p: f32) -> Option<Vec<u8>> {
+    let key = key?;
+    let mut mask = vec![0u8; x.len()];
+    mask.par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(c, m)| dropout_mask(key, p, c * 4096, m));
+    apply_mask(x, Some(&mask), p);
+    Some(mask)
+}
+
+/// Multiplies by a dropout mask and its scale (nothing without a mask).
+fn apply_mask(x: &mut [f32], mask: Option<&[u8]>, p: f32) {
+    let Some(mask) = mask else { return };
+    let scale = 1.0 / (1.0 - p);
+    x.par_chunks_mut(4096)
+        .zip(mask.par_chunks(4096))
+        .for_each(|(x, m)| {
+            for (v, &k) in x.iter_mut().zip(m) {
+                *v = if k != 0 { *v * scale } else { 0.0 };
+            }
+        });
+}
+
+fn draw(rng: &mut Option<&mut DropoutRng>, p: f64) -> Option<u64> {
+    match rng {
+        Some(r) if p > 0.0 => Some(r.next()),
+        _ => None,
+    }
+}
+
+/// `x · wᵀ + b` for `x` of `rows × inp` and `w` of `out × inp`.
+fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
+    let out = b.len();
+    let mut y = vec![0f32; rows * out];
+    y.par_chunks_mut(out * ROWS_PER_TASK).for_each(|c| {
+        for row in c.chunks_mut(out) {
+            row.copy_from_slice(b);
+        }
+    });
+    matmul(
+        ViewMut::new(&mut y, rows, out),
+        View::new(x, rows, inp),
+        View::new(w, out, inp).t(),
+        true,
+        1.0,
+        Par::Pool,
+    );
+    y
+}
+
+/// Gradients of `y = x · wᵀ + b`: `dw` and `db` are written; `dx` is written, or
+/// added to with `accumulate`.
+#[allow(clippy::too_many_arguments)]
+fn linear_bwd(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    inp: usize,
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<(&mut [f32], bool)>,
+) {
+    let out = db.len();
+    matmul(
+        ViewMut::new(dw, out, inp),
+        View::new(dy, rows, out).t(),
+        View::new(x, rows, inp),
+        false,
+        1.0,
+        Par::Pool,
+    );
+    col_sums(dy, out, db);
+    if let Some((dx, accumulate)) = dx {
+        matmul(
+            ViewMut::new(dx, rows, inp),
+            View::new(dy, rows, out),
+            View::new(w, out, inp),
+            accumulate,
+            1.0,
+            Par::Pool,
+        );
+    }
+}
+
+fn col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in x.chunks(cols) {
+        for (o, v) in out.iter_mut().zip(row) {
+            *o += v;
+        }
+    }
+}
+
+/// Layer norm over rows of `h`: returns the output, and keeps `xhat` and `1/std`.
+fn ln_fwd(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let h = g.len();
+    let rows = x.len() / h;
+    let mut y = vec![0f32; x.len()];
+    let mut xhat = vec![0f32; x.len()];
+    let mut rstd = vec![0f32; rows];
+    y.par_chunks_mut(h)
+        .zip(xhat.par_chunks_mut(h))
+        .zip(rstd.par_iter_mut())
+        .zip(x.par_chunks(h))
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(((y, xh), rs), x)| {
+            let (mean, r) = row_stats(x, eps);
+            *rs = r;
+            for i in 0..h {
+                xh[i] = (x[i] - mean) * r;
+                y[i] = xh[i] * g[i] + b[i];
+            }
+        });
+    (y, xhat, rstd)
+}
+
+/// Layer norm backward: returns `dx`; writes `dg` and `db`.
+fn ln_bwd(
+    dy: &[f32],
+    xhat: &[f32],
+    rstd: &[f32],
+    g: &[f32],
+    dg: &mut [f32],
+    db: &mut [f32],
+) -> Vec<f32> {
+    let h = g.len();
+    let mut dx = vec![0f32; dy.len()];
+    dx.par_chunks_mut(h)
+        .zip(dy.par_chunks(h))
+        .zip(xhat.par_chunks(h))
+        .zip(rstd.par_iter())
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(((dx, dy), xh), &r)| {
+            let (mut s1, mut s2) = (0f32, 0f32);
+            for i in 0..h {
+                let d = dy[i] * g[i];
+                s1 += d;
+                s2 += d * xh[i];
+            }
+            let (m1, m2) = (s1 / h as f32, s2 / h as f32);
+            for i in 0..h {
+                dx[i] = r * (dy[i] * g[i] - m1 - xh[i] * m2);
+            }
+        });
+    dg.fill(0.0);
+    db.fill(0.0);
+    for (dy, xh) in dy.chunks(h).zip(xhat.chunks(h)) {
+        for i in 0..h {
+            dg[i] += dy[i] * xh[i];
+            db[i] += dy[i];
+        }
+    }
+    dx
+}
+
+fn gelu(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    y.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(y, x)| {
+            for (o, &v) in y.iter_mut().zip(x) {
+                *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
+            }
+        });
+    y
+}
+
+/// `dy * gelu'(x)`, in place in `dy`.
+fn gelu_bwd(x: &[f32], dy: &mut [f32]) {
+    dy.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(d, x)| {
+            for (o, &v) in d.iter_mut().zip(x) {
+                let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
+                let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
+                *o *= cdf + v * pdf;
+            }
+        });
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    x.par_chunks_mut(4096)
+        .zip(y.par_chunks(4096))
+        .for_each(|(x, y)| {
+            for (a, b) in x.iter_mut().zip(y) {
+                *a += b;
+            }
+        });
+}
+
+impl RewardModel {
+    fn dims(&self, batch: &Batch<'_>) -> Result<Dims> {
+        let c = &self.config;
+        if batch.len > c.max_position_embeddings {
+            bail!(
+                "sequence of {} tokens is longer than the model's {}",
+                batch.len,
+                c.max_position_embeddings
+            );
+        }
+        let n = batch.seqs * batch.len;
+        if batch.ids.len() != n || batch.mask.len() != n {
+            bail!("batch of {n} tokens with {} ids", batch.ids.len());
+        }
+        if let Some(&bad) = batch.ids.iter().find(|&&i| i as usize >= c.vocab_size) {
+            bail!("token id {bad} is outside the vocabulary");
+        }
+        Ok(Dims {
+            b: batch.seqs,
+            t: batch.len,
+            h: c.hidden_size,
+            nh: c.num_attention_heads,
+            hd: c.hidden_size / c.num_attention_heads,
+            inter: c.intermediate_size,
+            n,
+        })
+    }
+
+    /// Rewards of a batch, and the tape its backward needs. Dropout is on when `rng`
+    /// is given (training), drawing masks in the order the candle forward does.
+    pub fn forward_tape(
+        &self,
+        batch: &Batch<'_>,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<(Vec<f32>, Tape)> {
+        let d = self.dims(batch)?;
+        let cfg = &self.config;
+        let eps = cfg.layer_norm_eps as f32;
+        let (p_hidden, p_attn) = (
+            cfg.hidden_dropout_prob as f32,
+            cfg.attention_probs_dropout_prob as f32,
+        );
+        let guards = guards(self);
+        let w = params(&guards)?;
+        let (h, t) = (d.h, d.t);
+
+        let (word, pos, typ) = (w.all[0], w.all[1], w.all[2]);
+        let mut emb = vec![0f32; d.n * h];
+        emb.par_chunks_mut(h)
+            .enumerate()
+            .with_min_len(ROWS_PER_TASK)
+            .for_each(|(row, e)| {
+                let tok = batch.ids[row] as usize;
+                let pos_row = &pos[(row % t) * h..][..h];
+                let word_row = &word[tok * h..][..h];
+                for i in 0..h {
+                    e[i] = word_row[i] + pos_row[i] + typ[i];
+                }
+            });
+        let (mut x, emb_xhat, emb_rstd) = ln_fwd(&emb, w.all[3], w.all[4], eps);
+        drop(emb);
+        let emb_key = draw(&mut rng, cfg.hidden_dropout_prob);
+        let emb_mask = dropout_in_place(&mut x, emb_key, p_hidden);
+
+        let bias: Vec<f32> = batch.mask.iter().map(|m| (m - 1.0) * 1e4).collect();
+        let scale = 1.0 / (d.hd as f32).sqrt();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let lw = |i| w.layer(l, i);
+            let q = linear(&x, d.n, h, lw(p::WQ), lw(p::BQ));
+            let k = linear(&x, d.n, h, lw(p::WK), lw(p::BK));
+            let v = linear(&x, d.n, h, lw(p::WV), lw(p::BV));
+            let probs_key = draw(&mut rng, cfg.attention_probs_dropout_prob);
+            let mut probs = vec![0f32; d.b * d.nh * t * t];
+            let mut probs_d = if probs_key.is_some() {
+                vec![0f32; probs.len()]
+            } else {
+                Vec::new()
+            };
+            let mut ctx = vec![0f32; d.n * h];
+            attention_fwd(
+                d,
+                scale,
+                (&q, &k, &v),
+                &bias,
+                (probs_key, p_attn),
+                (&mut probs, &mut probs_d),
+                &mut ctx,
+            );
+            let mut attn = linear(&ctx, d.n, h, lw(p::WO), lw(p::BO));
+            let attn_key = draw(&mut rng, cfg.hidden_dropout_prob);
+            let attn_mask = dropout_in_place(&mut attn, attn_key, p_hidden);
+            add_in_place(&mut attn, &x);
+            let (x1, xhat1, rstd1) = ln_fwd(&attn, lw(p::G1), lw(p::B1), eps);
+            drop(attn);
+            let pre = linear(&x1, d.n, h, lw(p::WI), lw(p::BI));
+            let act = gelu(&pre);
+            let mut out = linear(&act, d.n, d.inter, lw(p::WOUT), lw(p::BOUT));
+            let out_key = draw(&mut rng, cfg.hidden_dropout_prob);
+            let out_mask = dropout_in_place(&mut out, out_key, p_hidden);
+            add_in_place(&mut out, &x1);
+            let (x2, xhat2, rstd2) = ln_fwd(&out, lw(p::G2), lw(p::B2), eps);
+            layers.push(LayerCache {
+                x: std::mem::replace(&mut x, x2),
+                q,
+                k,
+                v,
+                probs,
+                probs_d,
+                ctx,
+                xhat1,
+                rstd1,
+                x1,
+                pre,
+                act,
+                xhat2,
+                rstd2,
+                masks: [attn_mask, out_mask],
+            });
+        }
+
+        let mut cls = vec![0f32; d.b * h];
+        for (b, c) in cls.chunks_mut(h).enumerate() {
+            c.copy_from_slice(&x[b * t * h..][..h]);
+        }
+        let mut pooled = linear(&cls, d.b, h, w.tail(0), w.tail(1));
+        for v in &mut pooled {
+            *v = v.tanh();
+        }
+        let pool_key = draw(&mut rng, cfg.hidden_dropout_prob);
+        let mut pooled_d = pooled.clone();
+        let pool_mask = dropout_in_place(&mut pooled_d, pool_key, p_hidden);
+        let (cw, cb) = (w.tail(2), w.tail(3));
+        if cw.len() != h || cb.len() != 1 {
+            bail!("the classifier must have one output");
+        }
+        let rewards: Vec<f32> = pooled_d
+            .chunks(h)
+            .map(|p| p.iter().zip(cw).map(|(a, b)| a * b).sum::<f32>() + cb[0])
+            .collect();
+        let tape = Tape {
+            dims: d,
+            ids: batch.ids.to_vec(),
+            emb_xhat,
+            emb_rstd,
+            emb_mask,
+            layers,
+            cls,
+            pooled,
+            pool_mask,
+            pooled_d,
+            p_hidden,
+        };
+        Ok((rewards, tape))
+    }
+
+    /// Rewards only (dropout off).
+    pub fn rewards(&self, batch: &Batch<'_>) -> Result<Vec<f32>> {
+        Ok(self.forward_tape(batch, None)?.0)
+    }
+
+    /// Gradients of the loss with respect to every parameter, in `named_vars` order,
+    /// given the gradient of the loss with respect to each reward.
+    pub fn backward(&self, tape: Tape, d_rewards: &[f32]) -> Result<Vec<Tensor>> {
+        let d = tape.dims;
+        let (h, t) = (d.h, d.t);
+        if d_rewards.len() != d.b {
+            bail!("{} reward gradients for {} rewards", d_rewards.len(), d.b);
+        }
+        let guards = guards(self);
+        let w = params(&guards)?;
+        let mut grads: Vec<Vec<f32>> = w.all.iter().map(|p| vec![0f32; p.len()]).collect();
+        let (emb_grads, rest) = grads.split_at_mut(EMB);
+        let (layer_grads, tail_grads) = rest.split_at_mut(self.layers.len() * PER_LAYER);
+
+        // Classifier and pooler.
+        {
+            let (gw, rest) = tail_grads.split_at_mut(1);
+            let (gb, rest) = rest.split_at_mut(1);
+            let (gcw, gcb) = rest.split_at_mut(1);
+            let cw = w.tail(2);
+            gcb[0][0] = d_rewards.iter().sum();
+            let mut dpooled = vec![0f32; d.b * h];
+            for (b, (&dr, pd)) in d_rewards.iter().zip(tape.pooled_d.chunks(h)).enumerate() {
+                for i in 0..h {
+                    gcw[0][i] += dr * pd[i];
+                    dpooled[b * h + i] = dr * cw[i];
+                }
+            }
+            apply_mask(&mut dpooled, tape.pool_mask.as_deref(), tape.p_hidden);
+            for (g, p) in dpooled.iter_mut().zip(&tape.pooled) {
+                *g *= 1.0 - p * p;
+            }
+            let mut dcls = vec![0f32; d.b * h];
+            linear_bwd(
+                &dpooled,
+                &tape.cls,
+                w.tail(0),
+                d.b,
+                h,
+                &mut gw[0],
+                &mut gb[0],
+                Some((&mut dcls, false)),
+            );
+            let mut dx = vec![0f32; d.n * h];
+            for (b, c) in dcls.chunks(h).enumerate() {
+                dx[b * t * h..][..h].copy_from_slice(c);
+            }
+            let mut dx = self.layers_bwd(&tape, &w, layer_grads, dx);
+            // Embeddings.
+            apply_mask(&mut dx, tape.emb_mask.as_deref(), tape.p_hidden);
+            let (g_word, rest) = emb_grads.split_at_mut(1);
+            let (g_pos, rest) = rest.split_at_mut(1);
+            let (g_typ, rest) = rest.split_at_mut(1);
+            let (g_g, g_b) = rest.split_at_mut(1);
+            let demb = ln_bwd(
+                &dx,
+                &tape.emb_xhat,
+                &tape.emb_rstd,
+                w.all[3],
+                &mut g_g[0],
+                &mut g_b[0],
+            );
+            for (row, de) in demb.chunks(h).enumerate() {
+                let tok = tape.ids[row] as usize;
+                let tp = row % t;
+                for i in 0..h {
+                    g_word[0][tok * h + i] += de[i];
+                    g_pos[0][tp * h + i] += de[i];
+                    g_typ[0][i] += de[i];
+                }
+            }
+        }
+
+        let vars = self.named_vars();
+        grads
+            .into_iter()
+            .zip(vars)
+            .map(|(g, (_, v))| Tensor::from_vec(g, v.shape(), &candle_core::Device::Cpu))
+            .collect()
+    }
+
+    fn layers_bwd(
+        &self,
+        tape: &Tape,
+        w: &Params<'_>,
+        grads: &mut [Vec<f32>],
+        mut dx: Vec<f32>,
+    ) -> Vec<f32> {
+        let d = tape.dims;
+        let h = d.h;
+        let scale = 1.0 / (d.hd as f32).sqrt();
+        for (l, c) in tape.layers.iter().enumerate().rev() {
+            let lw = |i| w.layer(l, i);
+            let g = &mut grads[l * PER_LAYER..(l + 1) * PER_LAYER];
+            // x2 = LN2(dropout(out) + x1)
+            let (gg2, gb2) = two(g, p::G2, p::B2);
+            let mut d_r2 = ln_bwd(&dx, &c.xhat2, &c.rstd2, lw(p::G2), gg2, gb2);
+            let mut dx1 = d_r2.clone();
+            apply_mask(&mut d_r2, c.masks[1].as_deref(), tape.p_hidden);
+            let mut d_act = vec![0f32; d.n * d.inter];
+            {
+                let (gw, gb) = two(g, p::WOUT, p::BOUT);
+                linear_bwd(
+                    &d_r2,
+                    &c.act,
+                    lw(p::WOUT),
+                    d.n,
+                    d.inter,
+                    gw,
+                    gb,
+                    Some((&mut d_act, false)),
+                );
+            }
+            drop(d_r2);
+            gelu_bwd(&c.pre, &mut d_act);
+            {
+                let (gw, gb) = two(g, p::WI, p::BI);
+                linear_bwd(
+                    &d_act,
+                    &c.x1,
+                    lw(p::WI),
+                    d.n,
+                    h,
+                    gw,
+                    gb,
+                    Some((&mut dx1, true)),
+                );
+            }
+            drop(d_act);
+            // x1 = LN1(dropout(attn) + x)
+            let (gg1, gb1) = two(g, p::G1, p::B1);
+            let mut d_r1 = ln_bwd(&dx1, &c.xhat1, &c.rstd1, lw(p::G1), gg1, gb1);
+            drop(dx1);
+            dx = d_r1.clone();
+            apply_mask(&mut d_r1, c.masks[0].as_deref(), tape.p_hidden);
+            let mut d_ctx = vec![0f32; d.n * h];
+            {
+                let (gw, gb) = two(g, p::WO, p::BO);
+                linear_bwd(
+                    &d_r1,
+                    &c.ctx,
+                    lw(p::WO),
+                    d.n,
+                    h,
+                    gw,
+                    gb,
+                    Some((&mut d_ctx, false)),
+                );
+            }
+            drop(d_r1);
+            let mut dq = vec![0f32; d.n * h];
+            let mut dk = vec![0f32; d.n * h];
+            let mut dv = vec![0f32; d.n * h];
+            attention_bwd(d, scale, c, &d_ctx, (&mut dq, &mut dk, &mut dv));
+            drop(d_ctx);
+            for (dy, wi, bi) in [
+                (&dq, p::WQ, p::BQ),
+                (&dk, p::WK, p::BK),
+                (&dv, p::WV, p::BV),
+            ] {
+                let (gw, gb) = two(g, wi, bi);
+                linear_bwd(dy, &c.x, lw(wi), d.n, h, gw, gb, Some((&mut dx, true)));
+            }
+        }
+        dx
+    }
+}
+
+/// Two distinct gradients of a layer, mutably (`a < b`).
+fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
+    let (lo, hi) = g.split_at_mut(b);
+    (&mut lo[a], &mut hi[0])
+}
+
+/// Softmax attention per sequence and head: keeps the probabilities (before and,
+/// with a dropout `key`, after dropout) and writes the heads' outputs side by side
+/// into `ctx`.
+fn attention_fwd(
+    d: Dims,
+    scale: f32,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    bias: &[f32],
+    (key, p): (Option<u64>, f32),
+    (probs, probs_d): (&mut [f32], &mut [f32]),
+    ctx: &mut [f32],
+) {
+    let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
+    let sc = 1.0 / (1.0 - p);
+    // Without dropout there is nothing to write after it: chunks of an empty slice
+    // are none, so they are made up as empty ones.
+    let per_seq = nh * t * t;
+    let mut empty: Vec<&mut [f32]> = Vec::new();
+    let dropped: Vec<&mut [f32]> = if key.is_some() {
+        probs_d.chunks_mut(per_seq).collect()
+    } else {
+        empty.extend((0..d.b).map(|_| <&mut [f32]>::default()));
+        empty
+    };
+    probs
+        .par_chunks_mut(per_seq)
+        .zip(dropped)
+        .zip(ctx.par_chunks_mut(t * h))
+        .enumerate()
+        .for_each(|(b, ((pb, db), cb))| {
+            let rows = b * t * h..(b + 1) * t * h;
+            let (qb, kb, vb) = (&q[rows.clone()], &k[rows.clone()], &v[rows]);
+            let bias = &bias[b * t..(b + 1) * t];
+            let mut mask = vec![0u8; if key.is_some() { t * t } else { 0 }];
+            for head in 0..nh {
+                let s = &mut pb[head * t * t..(head + 1) * t * t];
+                matmul(
+                    ViewMut::new(s, t, t),
+                    View::cols_of(qb, t, h, head * hd, hd),
+                    View::cols_of(kb, t, h, head * hd, hd).t(),
+                    false,
+                    scale,
+                    Par::Serial,
+                );
+                for row in s.chunks_mut(t) {
+                    let mut max = f32::NEG_INFINITY;
+                    for (x, bj) in row.iter_mut().zip(bias) {
+                        *x += bj;
+                        max = max.max(*x);
+                    }
+                    let mut sum = 0f32;
+                    for x in row.iter_mut() {
+                        *x = exp(*x - max);
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    for x in row.iter_mut() {
+                        *x *= inv;
+                    }
+                }
+                let used: &[f32] = match key {
+                    Some(key) => {
+                        dropout_mask(key, p, (b * nh + head) * t * t, &mut mask);
+                        let out = &mut db[head * t * t..(head + 1) * t * t];
+                        for ((o, &x), &m) in out.iter_mut().zip(s.iter()).zip(&mask) {
+                            *o = if m != 0 { x * sc } else { 0.0 };
+                        }
+                        out
+                    }
+                    None => s,
+                };
+                matmul(
+                    ViewMut::cols_of(cb, t, h, head * hd, hd),
+                    View::new(used, t, t),
+                    View::cols_of(vb, t, h, head * hd, hd),
+                    false,
+                    1.0,
+                    Par::Serial,
+                );
+            }
+        });
+}
+
+/// Backward of `attention_fwd`: writes the gradients of q, k and v.
+fn attention_bwd(
+    d: Dims,
+    scale: f32,
+    c: &LayerCache,
+    d_ctx: &[f32],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
+    dq.par_chunks_mut(t * h)
+        .zip(dk.par_chunks_mut(t * h))
+        .zip(dv.par_chunks_mut(t * h))
+        .enumerate()
+        .for_each(|(b, ((dqb, dkb), dvb))| {
+            let rows = b * t * h..(b + 1) * t * h;
+            let (qb, kb, vb) = (&c.q[rows.clone()], &c.k[rows.clone()], &c.v[rows.clone()]);
+            let dcb = &d_ctx[rows];
+            let mut dp = vec![0f32; t * t];
+            for head in 0..nh {
+                let base = (b * nh + head) * t * t;
+                let probs = &c.probs[base..base + t * t];
+                // Pd = P ⊙ mask / (1 − p), or P without dropout.
+                let used = if c.probs_d.is_empty() {
+                    probs
+                } else {
+                    &c.probs_d[base..base + t * t]
+                };
+                let dch = View::cols_of(dcb, t, h, head * hd, hd);
+                // dV = Pdᵀ · dC; dPd = dC · Vᵀ
+                matmul(
+                    ViewMut::cols_of(dvb, t, h, head * hd, hd),
+                    View::new(used, t, t).t(),
+                    dch,
+                    false,
+                    1.0,
+                    Par::Serial,
+                );
+                matmul(
+                    ViewMut::new(&mut dp, t, t),
+                    dch,
+                    View::cols_of(vb, t, h, head * hd, hd).t(),
+                    false,
+                    1.0,
+                    Par::Serial,
+                );
+                // Through dropout and softmax: with dP = dPd ⊙ mask / (1 − p),
+                // dS = P ⊙ (dP − Σ_j P ⊙ dP) = dPd ⊙ Pd − P · Σ_j dPd ⊙ Pd, so the
+                // mask itself is not needed.
+                for ((g, pr), pd) in dp.chunks_mut(t).zip(probs.chunks(t)).zip(used.chunks(t)) {
+                    let dot: f32 = g.iter().zip(pd).map(|(a, b)| a * b).sum();
+                    for ((gi, &pi), &pdi) in g.iter_mut().zip(pr).zip(pd) {
+                        *gi = *gi * pdi - pi * dot;
+                    }
+                }
+                // S = scale · Q Kᵀ: dQ = scale · dS K, dK = scale · dSᵀ Q.
+                matmul(
+                    ViewMut::cols_of(dqb, t, h, head * hd, hd),
+                    View::new(&dp, t, t),
+                    View::cols_of(kb, t, h, head * hd, hd),
+                    false,
+                    scale,
+                    Par::Serial,
+                );
+                matmul(
+                    ViewMut::cols_of(dkb, t, h, head * hd, hd),
+                    View::new(&dp, t, t).t(),
+                    View::cols_of(qb, t, h, head * hd, hd),
+                    false,
+                    scale,
+                    Par::Serial,
+                );
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::bert::{random_weights, tiny_config};
+    use candle_core::Device;
+
+    fn model(dropout: f64) -> RewardModel {
+        let mut cfg = tiny_config();
+        cfg.hidden_dropout_prob = dropout;
+        cfg.attention_probs_dropout_prob = dropout;
+        let w = random_weights(&cfg, 7).expect("weights");
+        RewardModel::from_weights(cfg, &w, 3).expect("model")
+    }
+
+    fn batch() -> (Vec<u32>, Vec<f32>, usize, usize) {
+        let seqs: Vec<Vec<u32>> = vec![
+            vec![101, 2023, 2003, 1037, 3231, 102],
+            vec![101, 7592, 102],
+            vec![101, 2054, 2055, 2056, 2057, 2058, 2059, 102],
+            vec![101, 1996, 102],
+        ];
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let (ids, mask, t) = pad(&refs, 0);
+        (ids, mask, seqs.len(), t)
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * scale,
+                "{what}[{i}]: {x} vs {y} (scale {scale})"
+            );
+        }
+    }
+
+    /// Rewards and every gradient agree with candle's autograd through the reference
+    /// forward, with and without dropout.
+    #[test]
+    fn rewards_and_gradients_match_the_autograd_reference() {
+        for dropout in [0.0, 0.1] {
+            let m = model(dropout);
+            let (ids, mask, b, t) = batch();
+            let ids_t = Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu).expect("ids");
+            let mask_t = Tensor::from_vec(mask.clone(), (b, t), &Device::Cpu).expect("mask");
+            // A loss that weighs each reward differently: sum of c_i * r_i.
+            let coef: Vec<f32> = (0..b).map(|i| 0.5 + i as f32).collect();
+            let mut rng = DropoutRng::new(11);
+            let r_ref = m.forward(&ids_t, &mask_t, Some(&mut rng)).expect("fwd");
+            let loss = (&r_ref * Tensor::new(coef.as_slice(), &Device::Cpu).expect("c"))
+                .expect("mul")
+                .sum_all()
+                .expect("sum");
+            let store = loss.backward().expect("bwd");
+
+            let mut rng = DropoutRng::new(11);
+            let batch = Batch {
+                ids: &ids,
+                mask: &mask,
+                seqs: b,
+                len: t,
+            };
+            let (r, tape) = m.forward_tape(&batch, Some(&mut rng)).expect("tape");
+            close(&r, &r_ref.to_vec1::<f32>().expect("v"), 1e-4, "rewards");
+            let grads = m.backward(tape, &coef).expect("backward");
+            for ((name, var), g) in m.named_vars().into_iter().zip(&grads) {
+                let want = store
+                    .get(var.as_tensor())
+                    .expect("reference gradient")
+                    .flatten_all()
+                    .expect("flat")
+                    .to_vec1::<f32>()
+                    .expect("v");
+                let got = g.flatten_all().expect("flat").to_vec1::<f32>().expect("v");
+                close(&got, &want, 2e-3, &format!("{name} (dropout {dropout})"));
+            }
+        }
+    }
+}
