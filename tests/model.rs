@@ -137,7 +137,10 @@ fn gradients_match_pytorch_on_a_fixed_model_and_batch() {
     };
     let (rewards, tape) = model.forward_tape(&batch, None).expect("engine forward");
     for (g, w) in rewards.iter().zip(&want_r) {
-        assert!((g - w).abs() < 1e-5, "engine rewards {rewards:?} vs {want_r:?}");
+        assert!(
+            (g - w).abs() < 1e-5,
+            "engine rewards {rewards:?} vs {want_r:?}"
+        );
     }
     let mut d_rewards = vec![0f32; b];
     for i in 0..n {

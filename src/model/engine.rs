@@ -18,6 +18,98 @@ use rayon::prelude::*;
 /// Rows per rayon task for the element-wise passes.
 const ROWS_PER_TASK: usize = 16;
 
+/// A buffer of f32 that goes back to its thread's pool when dropped, so that each
+/// training step reuses the last one's activations instead of having the system
+/// map and zero hundreds of megabytes afresh (a sixth of a step, measured).
+pub struct Buf {
+    v: Vec<f32>,
+    len: usize,
+}
+
+/// Buffers smaller than this are left to the allocator.
+const MIN_POOLED: usize = 1 << 16;
+/// The most a thread's pool keeps, in floats (1 GiB).
+const POOL_MAX: usize = 1 << 28;
+
+#[derive(Default)]
+struct Pool {
+    free: Vec<Vec<f32>>,
+    floats: usize,
+}
+
+thread_local! {
+    static POOL: std::cell::RefCell<Pool> = std::cell::RefCell::new(Pool::default());
+}
+
+/// A buffer of `len` floats whose contents are whatever was there before: for
+/// outputs written whole.
+fn buf(len: usize) -> Buf {
+    if len >= MIN_POOLED {
+        let found = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let best = p
+                .free
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.len() >= len)
+                .min_by_key(|(_, v)| v.len())
+                .map(|(i, _)| i)?;
+            let v = p.free.swap_remove(best);
+            p.floats -= v.len();
+            Some(v)
+        });
+        if let Some(v) = found {
+            return Buf { v, len };
+        }
+    }
+    Buf {
+        v: vec![0f32; len],
+        len,
+    }
+}
+
+fn zeros(len: usize) -> Buf {
+    let mut b = buf(len);
+    b.fill(0.0);
+    b
+}
+
+fn copy_of(x: &[f32]) -> Buf {
+    let mut b = buf(x.len());
+    b.copy_from_slice(x);
+    b
+}
+
+impl std::ops::Deref for Buf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.v[..self.len]
+    }
+}
+
+impl std::ops::DerefMut for Buf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.v[..self.len]
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.v);
+        if v.len() < MIN_POOLED {
+            return;
+        }
+        // A thread that is going away has no pool to give back to.
+        let _ = POOL.try_with(|p| {
+            let mut p = p.borrow_mut();
+            if p.floats + v.len() <= POOL_MAX {
+                p.floats += v.len();
+                p.free.push(v);
+            }
+        });
+    }
+}
+
 /// A padded batch: `ids` and `mask` are `seqs × len`, row-major.
 pub struct Batch<'a> {
     pub ids: &'a [u32],
@@ -119,22 +211,22 @@ struct Dims {
 
 /// What one layer's backward needs from its forward.
 struct LayerCache {
-    x: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    x: Buf,
+    q: Buf,
+    k: Buf,
+    v: Buf,
     /// Attention probabilities before dropout, `(b, heads, t, t)`.
-    probs: Vec<f32>,
+    probs: Buf,
     /// The same after dropout (empty without dropout).
-    probs_d: Vec<f32>,
-    ctx: Vec<f32>,
-    xhat1: Vec<f32>,
-    rstd1: Vec<f32>,
-    x1: Vec<f32>,
-    pre: Vec<f32>,
-    act: Vec<f32>,
-    xhat2: Vec<f32>,
-    rstd2: Vec<f32>,
+    probs_d: Buf,
+    ctx: Buf,
+    xhat1: Buf,
+    rstd1: Buf,
+    x1: Buf,
+    pre: Buf,
+    act: Buf,
+    xhat2: Buf,
+    rstd2: Buf,
     /// Dropout masks of the attention output and the feed-forward output.
     masks: [Option<Vec<u8>>; 2],
 }
@@ -143,15 +235,15 @@ struct LayerCache {
 pub struct Tape {
     dims: Dims,
     ids: Vec<u32>,
-    emb_xhat: Vec<f32>,
-    emb_rstd: Vec<f32>,
+    emb_xhat: Buf,
+    emb_rstd: Buf,
     emb_mask: Option<Vec<u8>>,
     layers: Vec<LayerCache>,
-    cls: Vec<f32>,
-    pooled: Vec<f32>,
+    cls: Buf,
+    pooled: Buf,
     pool_mask: Option<Vec<u8>>,
     /// The pooled vector after dropout, which the classifier read.
-    pooled_d: Vec<f32>,
+    pooled_d: Buf,
     p_hidden: f32,
 }
 
@@ -189,9 +281,9 @@ fn draw(rng: &mut Option<&mut DropoutRng>, p: f64) -> Option<u64> {
 }
 
 /// `x · wᵀ + b` for `x` of `rows × inp` and `w` of `out × inp`.
-fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Vec<f32> {
+fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
     let out = b.len();
-    let mut y = vec![0f32; rows * out];
+    let mut y = buf(rows * out);
     y.par_chunks_mut(out * ROWS_PER_TASK).for_each(|c| {
         for row in c.chunks_mut(out) {
             row.copy_from_slice(b);
@@ -253,12 +345,12 @@ fn col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
 }
 
 /// Layer norm over rows of `h`: returns the output, and keeps `xhat` and `1/std`.
-fn ln_fwd(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn ln_fwd(x: &[f32], g: &[f32], b: &[f32], eps: f32) -> (Buf, Buf, Buf) {
     let h = g.len();
     let rows = x.len() / h;
-    let mut y = vec![0f32; x.len()];
-    let mut xhat = vec![0f32; x.len()];
-    let mut rstd = vec![0f32; rows];
+    let mut y = buf(x.len());
+    let mut xhat = buf(x.len());
+    let mut rstd = buf(rows);
     y.par_chunks_mut(h)
         .zip(xhat.par_chunks_mut(h))
         .zip(rstd.par_iter_mut())
@@ -283,9 +375,9 @@ fn ln_bwd(
     g: &[f32],
     dg: &mut [f32],
     db: &mut [f32],
-) -> Vec<f32> {
+) -> Buf {
     let h = g.len();
-    let mut dx = vec![0f32; dy.len()];
+    let mut dx = buf(dy.len());
     dx.par_chunks_mut(h)
         .zip(dy.par_chunks(h))
         .zip(xhat.par_chunks(h))
@@ -314,8 +406,8 @@ fn ln_bwd(
     dx
 }
 
-fn gelu(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+fn gelu(x: &[f32]) -> Buf {
+    let mut y = buf(x.len());
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
         .for_each(|(y, x)| {
@@ -382,7 +474,18 @@ impl RewardModel {
     pub fn forward_tape(
         &self,
         batch: &Batch<'_>,
+        rng: Option<&mut DropoutRng>,
+    ) -> Result<(Vec<f32>, Tape)> {
+        self.forward_impl(batch, rng, true)
+    }
+
+    /// The forward; with `keep` false each layer's activations are given back as soon
+    /// as the next layer has read them (the tape then has no layers).
+    fn forward_impl(
+        &self,
+        batch: &Batch<'_>,
         mut rng: Option<&mut DropoutRng>,
+        keep: bool,
     ) -> Result<(Vec<f32>, Tape)> {
         let d = self.dims(batch)?;
         let cfg = &self.config;
@@ -396,7 +499,7 @@ impl RewardModel {
         let (h, t) = (d.h, d.t);
 
         let (word, pos, typ) = (w.all[0], w.all[1], w.all[2]);
-        let mut emb = vec![0f32; d.n * h];
+        let mut emb = buf(d.n * h);
         emb.par_chunks_mut(h)
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
@@ -422,13 +525,9 @@ impl RewardModel {
             let k = linear(&x, d.n, h, lw(p::WK), lw(p::BK));
             let v = linear(&x, d.n, h, lw(p::WV), lw(p::BV));
             let probs_key = draw(&mut rng, cfg.attention_probs_dropout_prob);
-            let mut probs = vec![0f32; d.b * d.nh * t * t];
-            let mut probs_d = if probs_key.is_some() {
-                vec![0f32; probs.len()]
-            } else {
-                Vec::new()
-            };
-            let mut ctx = vec![0f32; d.n * h];
+            let mut probs = buf(d.b * d.nh * t * t);
+            let mut probs_d = buf(if probs_key.is_some() { probs.len() } else { 0 });
+            let mut ctx = buf(d.n * h);
             attention_fwd(
                 d,
                 scale,
@@ -451,7 +550,7 @@ impl RewardModel {
             let out_mask = dropout_in_place(&mut out, out_key, p_hidden);
             add_in_place(&mut out, &x1);
             let (x2, xhat2, rstd2) = ln_fwd(&out, lw(p::G2), lw(p::B2), eps);
-            layers.push(LayerCache {
+            let cache = LayerCache {
                 x: std::mem::replace(&mut x, x2),
                 q,
                 k,
@@ -467,19 +566,22 @@ impl RewardModel {
                 xhat2,
                 rstd2,
                 masks: [attn_mask, out_mask],
-            });
+            };
+            if keep {
+                layers.push(cache);
+            }
         }
 
-        let mut cls = vec![0f32; d.b * h];
+        let mut cls = buf(d.b * h);
         for (b, c) in cls.chunks_mut(h).enumerate() {
             c.copy_from_slice(&x[b * t * h..][..h]);
         }
         let mut pooled = linear(&cls, d.b, h, w.tail(0), w.tail(1));
-        for v in &mut pooled {
+        for v in pooled.iter_mut() {
             *v = v.tanh();
         }
         let pool_key = draw(&mut rng, cfg.hidden_dropout_prob);
-        let mut pooled_d = pooled.clone();
+        let mut pooled_d = copy_of(&pooled);
         let pool_mask = dropout_in_place(&mut pooled_d, pool_key, p_hidden);
         let (cw, cb) = (w.tail(2), w.tail(3));
         if cw.len() != h || cb.len() != 1 {
@@ -507,7 +609,7 @@ impl RewardModel {
 
     /// Rewards only (dropout off).
     pub fn rewards(&self, batch: &Batch<'_>) -> Result<Vec<f32>> {
-        Ok(self.forward_tape(batch, None)?.0)
+        Ok(self.forward_impl(batch, None, false)?.0)
     }
 
     /// Gradients of the loss with respect to every parameter, in `named_vars` order,
@@ -539,7 +641,7 @@ impl RewardModel {
                 }
             }
             apply_mask(&mut dpooled, tape.pool_mask.as_deref(), tape.p_hidden);
-            for (g, p) in dpooled.iter_mut().zip(&tape.pooled) {
+            for (g, p) in dpooled.iter_mut().zip(tape.pooled.iter()) {
                 *g *= 1.0 - p * p;
             }
             let mut dcls = vec![0f32; d.b * h];
@@ -553,7 +655,7 @@ impl RewardModel {
                 &mut gb[0],
                 Some((&mut dcls, false)),
             );
-            let mut dx = vec![0f32; d.n * h];
+            let mut dx = zeros(d.n * h);
             for (b, c) in dcls.chunks(h).enumerate() {
                 dx[b * t * h..][..h].copy_from_slice(c);
             }
@@ -591,13 +693,7 @@ impl RewardModel {
             .collect()
     }
 
-    fn layers_bwd(
-        &self,
-        tape: &Tape,
-        w: &Params<'_>,
-        grads: &mut [Vec<f32>],
-        mut dx: Vec<f32>,
-    ) -> Vec<f32> {
+    fn layers_bwd(&self, tape: &Tape, w: &Params<'_>, grads: &mut [Vec<f32>], mut dx: Buf) -> Buf {
         let d = tape.dims;
         let h = d.h;
         let scale = 1.0 / (d.hd as f32).sqrt();
@@ -607,9 +703,9 @@ impl RewardModel {
             // x2 = LN2(dropout(out) + x1)
             let (gg2, gb2) = two(g, p::G2, p::B2);
             let mut d_r2 = ln_bwd(&dx, &c.xhat2, &c.rstd2, lw(p::G2), gg2, gb2);
-            let mut dx1 = d_r2.clone();
+            let mut dx1 = copy_of(&d_r2);
             apply_mask(&mut d_r2, c.masks[1].as_deref(), tape.p_hidden);
-            let mut d_act = vec![0f32; d.n * d.inter];
+            let mut d_act = buf(d.n * d.inter);
             {
                 let (gw, gb) = two(g, p::WOUT, p::BOUT);
                 linear_bwd(
@@ -643,9 +739,9 @@ impl RewardModel {
             let (gg1, gb1) = two(g, p::G1, p::B1);
             let mut d_r1 = ln_bwd(&dx1, &c.xhat1, &c.rstd1, lw(p::G1), gg1, gb1);
             drop(dx1);
-            dx = d_r1.clone();
+            dx = copy_of(&d_r1);
             apply_mask(&mut d_r1, c.masks[0].as_deref(), tape.p_hidden);
-            let mut d_ctx = vec![0f32; d.n * h];
+            let mut d_ctx = buf(d.n * h);
             {
                 let (gw, gb) = two(g, p::WO, p::BO);
                 linear_bwd(
@@ -660,9 +756,9 @@ impl RewardModel {
                 );
             }
             drop(d_r1);
-            let mut dq = vec![0f32; d.n * h];
-            let mut dk = vec![0f32; d.n * h];
-            let mut dv = vec![0f32; d.n * h];
+            let mut dq = buf(d.n * h);
+            let mut dk = buf(d.n * h);
+            let mut dv = buf(d.n * h);
             attention_bwd(d, scale, c, &d_ctx, (&mut dq, &mut dk, &mut dv));
             drop(d_ctx);
             for (dy, wi, bi) in [

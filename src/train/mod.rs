@@ -186,12 +186,13 @@ impl Trainer {
         }
     }
 
-    /// Rewards of a batch's chosen then rejected texts, and the tape for backward.
+    /// Rewards of a batch's chosen then rejected texts, and the tape for backward
+    /// (none without `rng`: evaluation).
     fn rewards(
         &self,
         batch: &[&Encoded],
         rng: Option<&mut DropoutRng>,
-    ) -> Result<(Vec<f32>, crate::model::engine::Tape)> {
+    ) -> Result<(Vec<f32>, Option<crate::model::engine::Tape>)> {
         let seqs: Vec<&[u32]> = batch
             .iter()
             .map(|e| e.chosen.as_slice())
@@ -204,7 +205,13 @@ impl Trainer {
             seqs: seqs.len(),
             len,
         };
-        self.model.forward_tape(&b, rng)
+        match rng {
+            Some(rng) => {
+                let (r, tape) = self.model.forward_tape(&b, Some(rng))?;
+                Ok((r, Some(tape)))
+            }
+            None => Ok((self.model.rewards(&b)?, None)),
+        }
     }
 
     /// Bradley-Terry loss, strict accuracy and the loss's gradient with respect to
@@ -248,6 +255,9 @@ impl Trainer {
         let lr = self.lr_at(self.opt.step);
         let mut rng = self.rng.clone();
         let (r, tape) = self.rewards(batch, Some(&mut rng))?;
+        let Some(tape) = tape else {
+            candle_core::bail!("training forward kept no tape")
+        };
         self.rng = rng;
         let margins: Vec<f32> = batch.iter().map(|e| e.margin).collect();
         let (loss_v, accuracy, d_rewards) = self.loss(&r, &margins);
