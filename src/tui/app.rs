@@ -78,6 +78,8 @@ pub enum Mode {
     Strength(Pick),
     Note(String),
     Help,
+    /// `duel review`: the list of judgements to look at again.
+    ReviewList,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -218,10 +220,37 @@ pub struct Review {
     pub items: Vec<crate::store::ReviewItem>,
     /// Pairs judged again in this review.
     pub done: HashSet<i64>,
+    /// Pairs whose judgement the reviewer kept (`s`).
+    pub kept: HashSet<i64>,
     pub on_screen: Option<crate::store::ReviewItem>,
+    /// The row selected in the list.
+    pub selected: usize,
+    /// The start of each pair's prompt, made safe to draw, for the list.
+    pub previews: HashMap<i64, String>,
 }
 
 impl Review {
+    /// What became of an item in this review.
+    pub fn state(&self, item: &crate::store::ReviewItem) -> &'static str {
+        if self.done.contains(&item.pair_id) {
+            "relabeled"
+        } else if self.kept.contains(&item.pair_id) {
+            "kept"
+        } else {
+            ""
+        }
+    }
+
+    /// The first item from `from` on (then from the top) not yet relabeled or kept;
+    /// `from` itself when all are.
+    fn next_open(&self, from: usize) -> usize {
+        let n = self.items.len();
+        (0..n)
+            .map(|i| (from + i) % n.max(1))
+            .find(|&i| self.state(&self.items[i]).is_empty())
+            .unwrap_or(from.min(n.saturating_sub(1)))
+    }
+
     /// The status line: what the model thinks of the judgement on screen.
     pub fn status(&self, left: Side) -> Option<String> {
         let item = self.on_screen.as_ref()?;
@@ -568,16 +597,76 @@ impl App {
         Ok(id)
     }
 
-    /// Goes through `items` instead of the queue: each judgement made replaces the
-    /// one under review (which stays in the history), `s` keeps it.
+    /// Shows `items` as a list instead of the queue; Enter opens one, and a
+    /// judgement made then replaces the one under review (which stays in the
+    /// history), `s` keeps it; either way the list comes back.
     pub fn start_review(&mut self, items: Vec<crate::store::ReviewItem>) {
         self.release();
+        let mut previews = HashMap::new();
+        for item in &items {
+            let text = match self.store.pair(item.pair_id) {
+                Ok(Some(p)) => {
+                    let t: String = p.prompt.text.chars().take(300).collect();
+                    sanitize(&t.split_whitespace().collect::<Vec<_>>().join(" "))
+                }
+                Ok(None) => "(gone)".into(),
+                Err(e) => format!("(cannot read: {e})"),
+            };
+            previews.insert(item.pair_id, text);
+        }
         self.review = Some(Review {
             items,
-            done: HashSet::new(),
-            on_screen: None,
+            previews,
+            ..Default::default()
         });
-        self.advance();
+        self.current = None;
+        self.mode = Mode::ReviewList;
+        self.refresh_progress();
+    }
+
+    /// Back from a pair under review to the list, the next open item selected.
+    fn back_to_list(&mut self) {
+        self.show_nothing();
+        self.release();
+        if let Some(r) = &mut self.review {
+            r.on_screen = None;
+            r.selected = r.next_open(r.selected);
+        }
+        self.mode = Mode::ReviewList;
+        // A message about the pair that was on screen is stale now; an error stays.
+        if self.flash.as_ref().is_some_and(|f| !f.error) {
+            self.flash = None;
+        }
+    }
+
+    /// Takes the pair off the screen (its unsaved note kept for later).
+    fn show_nothing(&mut self) {
+        if let Some(cur) = self.current.take()
+            && let Some(note) = cur.note
+        {
+            self.notes.insert(cur.pair.id, note);
+        }
+        self.wrap_cache.borrow_mut().clear();
+    }
+
+    /// Opens the item selected in the review list.
+    fn open_selected(&mut self) {
+        let Some(item) = self
+            .review
+            .as_ref()
+            .and_then(|r| r.items.get(r.selected))
+            .cloned()
+        else {
+            return;
+        };
+        let id = item.pair_id;
+        if let Some(r) = &mut self.review {
+            r.on_screen = Some(item);
+        }
+        self.show(Some(id));
+        if self.current.is_some() {
+            self.mode = Mode::Label;
+        }
     }
 
     /// Releases this labeler's claim (on quit); a labeler that dies loses its claim
@@ -609,8 +698,14 @@ impl App {
             },
         };
         if let (Some(id), Some(r)) = (pair_id, &mut self.review) {
-            // Back to a pair under review (undo): it is under review again.
-            r.on_screen = r.items.iter().find(|i| i.pair_id == id).cloned();
+            // Back to a pair under review (undo): it is under review again, and the
+            // list's selection follows it.
+            if let Some(at) = r.items.iter().position(|i| i.pair_id == id) {
+                r.selected = at;
+                r.on_screen = Some(r.items[at].clone());
+            } else {
+                r.on_screen = None;
+            }
         }
         if let Some(id) = pair_id
             && let Err(e) = self
@@ -729,7 +824,12 @@ impl App {
                     .config
                     .show_model
                     .then(|| self.model_verdict(label.pair_id, choice, label.left));
-                self.advance();
+                if self.review.is_some() {
+                    self.back_to_list();
+                    self.refresh_progress();
+                } else {
+                    self.advance();
+                }
                 if let Some(v) = verdict {
                     self.say(v, false);
                 }
@@ -795,6 +895,7 @@ impl App {
                         self.notes.insert(pair_id, note);
                     }
                     self.show(Some(pair_id));
+                    self.mode = Mode::Label;
                     self.refresh_progress();
                     self.say("undone: judge this pair again", false);
                 }
@@ -805,9 +906,20 @@ impl App {
             },
             Done::Skip { pair_id } => {
                 self.skipped.remove(&pair_id);
+                if let Some(r) = &mut self.review {
+                    r.kept.remove(&pair_id);
+                }
                 self.show(Some(pair_id));
+                self.mode = Mode::Label;
                 self.say("back to the skipped pair", false);
             }
+        }
+    }
+
+    fn move_selection(&mut self, by: i64) {
+        if let Some(r) = &mut self.review {
+            let last = r.items.len().saturating_sub(1) as i64;
+            r.selected = (r.selected as i64 + by).clamp(0, last) as usize;
         }
     }
 
@@ -851,7 +963,13 @@ impl App {
             (_, Action::Trainer(e)) => self.on_trainer(e),
             (_, Action::Feed(e)) => self.on_feed(e),
 
-            (Mode::Help, Action::ToggleHelp | Action::Cancel) => self.mode = Mode::Label,
+            (Mode::Help, Action::ToggleHelp | Action::Cancel) => {
+                self.mode = if self.review.is_some() && self.current.is_none() {
+                    Mode::ReviewList
+                } else {
+                    Mode::Label
+                }
+            }
             (Mode::Help, Action::Scroll(n)) => {
                 let max = self.help_max_scroll.get() as i64;
                 self.help_scroll = (self.help_scroll as i64 + i64::from(n)).clamp(0, max) as usize;
@@ -918,9 +1036,30 @@ impl App {
                     let pair_id = cur.pair.id;
                     self.skipped.insert(pair_id);
                     self.history.push(Done::Skip { pair_id });
-                    self.advance();
+                    match &mut self.review {
+                        // In review, skipping keeps the judgement as it is.
+                        Some(r) => {
+                            r.kept.insert(pair_id);
+                            self.back_to_list();
+                        }
+                        None => self.advance(),
+                    }
                 }
             }
+            (Mode::Label, Action::Cancel) if self.review.is_some() => self.back_to_list(),
+
+            (Mode::ReviewList, Action::Scroll(n)) => self.move_selection(i64::from(n)),
+            (Mode::ReviewList, Action::Page(n)) => {
+                let page = i64::from(self.size.height.saturating_sub(8)).max(1);
+                self.move_selection(i64::from(n) * page);
+            }
+            (Mode::ReviewList, Action::Confirm) => self.open_selected(),
+            (Mode::ReviewList, Action::Undo) => self.undo(),
+            (Mode::ReviewList, Action::ToggleHelp) => {
+                self.help_scroll = 0;
+                self.mode = Mode::Help;
+            }
+            (Mode::ReviewList, _) => {}
             (Mode::Label, Action::Undo) => self.undo(),
             (Mode::Label, Action::StartNote) => {
                 if let Some(cur) = &self.current {

@@ -53,6 +53,17 @@ pub fn key(k: &KeyEvent, mode: &Mode) -> Option<Action> {
             KeyCode::PageUp => Some(Action::Page(-1)),
             _ => None,
         },
+        Mode::ReviewList => match k.code {
+            KeyCode::Char('j') | KeyCode::Down => Some(Action::Scroll(1)),
+            KeyCode::Char('k') | KeyCode::Up => Some(Action::Scroll(-1)),
+            KeyCode::PageDown => Some(Action::Page(1)),
+            KeyCode::PageUp => Some(Action::Page(-1)),
+            KeyCode::Enter => Some(Action::Confirm),
+            KeyCode::Char('u') | KeyCode::Backspace => Some(Action::Undo),
+            KeyCode::Char('?') => Some(Action::ToggleHelp),
+            KeyCode::Char('q') | KeyCode::Esc => Some(Action::Quit),
+            _ => None,
+        },
         Mode::Strength(_) => match k.code {
             KeyCode::Char(c @ '0'..='3') => Some(Action::Strength(c as u8 - b'0')),
             KeyCode::Enter => Some(Action::Confirm),

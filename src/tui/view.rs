@@ -9,7 +9,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState};
 use std::rc::Rc;
 
 /// The screen's regions; the same function serves drawing and mouse hit-testing.
@@ -190,6 +190,21 @@ pub fn draw(app: &App, f: &mut Frame) {
         return;
     }
 
+    if let (Some(review), None) = (&app.review, &app.current) {
+        let body = Rect {
+            y: r.prompt.y,
+            height: r.status.y.saturating_sub(r.prompt.y),
+            ..r.prompt
+        };
+        draw_review_list(review, f, body);
+        draw_status(app, f, r.status);
+        draw_hints(app, f, r.hints);
+        if app.mode == Mode::Help {
+            draw_help(app, f, area);
+        }
+        return;
+    }
+
     match &app.current {
         Some(cur) => {
             let turns = cur.turns.len();
@@ -252,6 +267,61 @@ pub fn draw(app: &App, f: &mut Frame) {
     }
 }
 
+/// `duel review`'s list: the judgements the model most confidently contradicts.
+fn draw_review_list(review: &super::app::Review, f: &mut Frame, area: Rect) {
+    let rows = review.items.iter().enumerate().map(|(i, item)| {
+        let state = review.state(item);
+        let style = match state {
+            "relabeled" => Style::new().green(),
+            "kept" => Style::new().dark_gray(),
+            _ => Style::new(),
+        };
+        Row::new(vec![
+            Cell::from(format!("{}", i + 1)),
+            Cell::from(format!("{}", item.pair_id)),
+            Cell::from(sanitize(&item.annotator)),
+            Cell::from(format!("{:.0}%", 100.0 * item.against)),
+            Cell::from(state),
+            Cell::from(
+                review
+                    .previews
+                    .get(&item.pair_id)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        ])
+        .style(style)
+    });
+    let header = Row::new(vec![
+        "#",
+        "pair",
+        "judged by",
+        "model against",
+        "review",
+        "prompt",
+    ])
+    .bold();
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(4),
+            Constraint::Length(7),
+            Constraint::Length(12),
+            Constraint::Length(13),
+            Constraint::Length(9),
+            Constraint::Min(10),
+        ],
+    )
+    .header(header)
+    .row_highlight_style(Style::new().reversed())
+    .block(Block::bordered().title(Line::from(format!(
+        " Judgements the model disagrees with ({}) ",
+        review.items.len()
+    ))));
+    let mut state = TableState::default().with_selected(Some(review.selected));
+    f.render_stateful_widget(table, area, &mut state);
+}
+
 fn draw_header(app: &App, f: &mut Frame, area: Rect) {
     let p = &app.progress;
     let rate = app
@@ -263,6 +333,7 @@ fn draw_header(app: &App, f: &mut Frame, area: Rect) {
             Some(ext) => format!("pair {} ({})", c.pair.id, sanitize(ext)),
             None => format!("pair {}", c.pair.id),
         },
+        None if app.review.is_some() => "review".into(),
         None => "done".into(),
     };
     let left = Line::from(vec![
@@ -337,6 +408,17 @@ fn draw_status(app: &App, f: &mut Frame, area: Rect) {
                 " differing words highlighted (d to hide)",
                 HIGHLIGHT,
             )),
+            (None, None) if app.mode == Mode::ReviewList => {
+                let r = app.review.as_ref();
+                let (n, done, kept) =
+                    r.map_or((0, 0, 0), |r| (r.items.len(), r.done.len(), r.kept.len()));
+                Line::from(Span::styled(
+                    format!(
+                        " {n} judgements: {done} relabeled, {kept} kept. Enter opens one; judging it again replaces the judgement (the old one stays in the history), s keeps it."
+                    ),
+                    Style::new().dark_gray(),
+                ))
+            }
             (None, None) => match app
                 .review
                 .as_ref()
@@ -385,7 +467,24 @@ fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
             ("p", "pause/resume"),
             ("q", "quit"),
         ],
+        Mode::Label if app.review.is_some() => &[
+            ("1/←", "A better"),
+            ("2/→", "B better"),
+            ("0", "tie"),
+            ("x", "both bad"),
+            ("s", "keep"),
+            ("Esc", "list"),
+            ("u", "undo"),
+            ("q", "quit"),
+        ],
         Mode::Label => HINTS,
+        Mode::ReviewList => &[
+            ("j/k", "move"),
+            ("Enter", "open"),
+            ("u", "undo"),
+            ("?", "help"),
+            ("q", "quit"),
+        ],
     };
     // With a trainer, its keys come right after the essentials.
     let with_model: Vec<(&str, &str)>;
