@@ -581,15 +581,16 @@ mod active {
         "taxes",
     ];
 
-    /// Two kinds of pair. Most of the pool is the first kind (polite beats rude, and the
-    /// better answer is the longer); a fifth is the second kind (a direct answer beats a
-    /// long dismissive one), which a model that learned the first kind gets wrong or is
-    /// unsure about.
+    /// Nine kinds of pair. Almost all of the pool is the first kind (polite beats rude,
+    /// and the better answer is the longer); each of eight rare kinds (a direct answer
+    /// beats a long evasive one, each kind in words of its own) is under 1% of it, so
+    /// that a model that learned the first kind has never seen their words and is
+    /// unsure about them.
     fn example(kind: usize, i: usize) -> Example {
         let t = TOPICS[i % TOPICS.len()];
         // (better, worse) for the rare kinds: each its own words, the better one
         // shorter, unlike the common kind.
-        const RARE: [(&str, &str); 4] = [
+        const RARE: [(&str, &str); 8] = [
             (
                 "Sure: step one, then step two.",
                 "Whatever, I really do not care at all, so go and ask somebody else.",
@@ -605,6 +606,22 @@ mod active {
             (
                 "Use a lock.",
                 "Just leave everything open and hope nobody notices, that usually works fine.",
+            ),
+            (
+                "Boil water first.",
+                "Drink straight from the river, bacteria build character and stomachs.",
+            ),
+            (
+                "Ask your doctor.",
+                "Double the dose whenever symptoms linger, pharmacists exaggerate warnings.",
+            ),
+            (
+                "Backup weekly.",
+                "Never copy files anywhere, disks basically last forever nowadays anyway.",
+            ),
+            (
+                "Slow down on ice.",
+                "Accelerate through frozen corners, momentum keeps tyres gripping pavement.",
             ),
         ];
         if kind == 0 {
@@ -645,13 +662,13 @@ mod active {
     /// Labels the queue serves, 8 a round, training 3 epochs after each round, until
     /// held-out accuracy reaches `target`; returns the labels used (or the pool size).
     fn labels_to_reach(order: QueueOrder, target: f64, seed: u64) -> usize {
-        let pool: Vec<Example> = (0..160)
+        let pool: Vec<Example> = (0..400)
             .map(|i| example(0, i))
-            .chain((0..40).map(|i| example(1, 1000 + i)))
+            .chain((0..24).map(|i| example(1 + i % 8, 1000 + i)))
             .collect();
         let test: Vec<Example> = (0..40)
             .map(|i| example(0, 5000 + i))
-            .chain((0..40).map(|i| example(1, 6000 + i)))
+            .chain((0..40).map(|i| example(1 + i % 8, 6000 + i)))
             .collect();
         let mut store = Store::open_in_memory().expect("store");
         let pairs: Vec<NewPair> = pool
@@ -717,12 +734,9 @@ mod active {
             if std::env::var_os("DUEL_DEBUG_ACTIVE").is_some() {
                 let k0 = tr.evaluate(&test_data[..40], 16).expect("eval").accuracy;
                 let k1 = tr.evaluate(&test_data[40..], 16).expect("eval").accuracy;
-                let kinds: usize = labeled
-                    .iter()
-                    .filter(|e| e.chosen.starts_with("Sure"))
-                    .count();
+                let rare: usize = labeled.iter().filter(|e| e.prompt.contains("kind")).count();
                 eprintln!(
-                    "{order:?} {} labels ({kinds} of kind 1): kind 0 {k0:.2}, kind 1 {k1:.2}",
+                    "{order:?} {} labels ({rare} rare): common {k0:.2}, rare {k1:.2}",
                     labeled.len()
                 );
             }
@@ -749,17 +763,20 @@ mod active {
         labeled.len()
     }
 
-    /// Not yet shown: on this pool (one common rule, four rare ones), over 8 seeds,
-    /// `uncertain` needed 56 labels in all and `random` 56. The tiny model reaches 99%
-    /// on the balanced test within 4–12 labels, so this pool is too easy to tell the
-    /// orders apart; a harder pool is the next step. Kept as the harness for that work:
-    /// `cargo test --test model active -- --ignored --nocapture`.
+    /// On a pool where each of eight rare kinds is under 1% of the pairs, `uncertain`
+    /// (with its 20% random share) reaches 90% held-out accuracy with far fewer labels
+    /// than `random`: over 8 seeds, 80 labels against 264 when this was written. The
+    /// labels per seed print with `--nocapture`; `DUEL_DEBUG_ACTIVE=1` prints each
+    /// round, `DUEL_ACTIVE_SEEDS=N` runs fewer seeds.
     #[test]
-    #[ignore = "the saving is not shown yet (uncertain 56 vs random 56 labels over 8 seeds)"]
     fn the_uncertain_order_needs_fewer_labels_than_random() {
-        let target = 0.99;
+        let target = 0.9;
         let (mut unc, mut rnd) = (0, 0);
-        for seed in 1..=8 {
+        let seeds: u64 = std::env::var("DUEL_ACTIVE_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(8);
+        for seed in 1..=seeds {
             let u = labels_to_reach(QueueOrder::Uncertain, target, seed);
             let r = labels_to_reach(QueueOrder::Random, target, seed);
             eprintln!("seed {seed}: uncertain {u} labels, random {r} labels");
