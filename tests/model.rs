@@ -161,10 +161,11 @@ fn gradients_match_pytorch_on_a_fixed_model_and_batch() {
     }
 }
 
-/// A tiny random model with MiniLM's vocabulary, so the real tokenizer applies.
-fn tiny_trainer(config: TrainConfig) -> Trainer {
+/// A tiny random model (weights from `seed`) with MiniLM's vocabulary, so the real
+/// tokenizer applies.
+fn tiny_trainer(seed: u64, config: TrainConfig) -> Trainer {
     let cfg = duel::model::bert::tiny_config();
-    let weights = duel::model::bert::random_weights(&cfg, 1).expect("weights");
+    let weights = duel::model::bert::random_weights(&cfg, seed).expect("weights");
     let model = RewardModel::from_weights(cfg, &weights, 7).expect("model");
     let encoder = TextEncoder::load(&encoder_dir().join("tokenizer.json")).expect("tokenizer");
     Trainer::new(model, encoder, config).expect("trainer")
@@ -219,14 +220,17 @@ fn snapshot(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn every_parameter_changes_and_a_learnable_rule_is_learned() {
-    let mut tr = tiny_trainer(TrainConfig {
-        lr: 2e-3,
-        batch_pairs: 8,
-        max_length: 64,
-        warmup_ratio: 0.0,
-        seed: 3,
-        ..Default::default()
-    });
+    let mut tr = tiny_trainer(
+        1,
+        TrainConfig {
+            lr: 2e-3,
+            batch_pairs: 8,
+            max_length: 64,
+            warmup_ratio: 0.0,
+            seed: 3,
+            ..Default::default()
+        },
+    );
     let data = tr.encode(&rule_examples(64)).expect("encode");
     let before = tr.evaluate(&data, 16).expect("eval");
     let start = snapshot(&tr);
@@ -270,7 +274,7 @@ fn every_parameter_changes_and_a_learnable_rule_is_learned() {
 
 #[test]
 fn a_non_finite_loss_skips_the_batch_and_training_continues() {
-    let mut tr = tiny_trainer(TrainConfig::default());
+    let mut tr = tiny_trainer(1, TrainConfig::default());
     let mut data = tr.encode(&rule_examples(4)).expect("encode");
     data[0].margin = f32::NAN;
     let before = snapshot(&tr);
@@ -285,10 +289,13 @@ fn a_non_finite_loss_skips_the_batch_and_training_continues() {
 
 #[test]
 fn a_checkpoint_round_trips_bit_for_bit() {
-    let mut tr = tiny_trainer(TrainConfig {
-        lr: 1e-3,
-        ..Default::default()
-    });
+    let mut tr = tiny_trainer(
+        1,
+        TrainConfig {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    );
     let data = tr.encode(&rule_examples(8)).expect("encode");
     let batch: Vec<&Encoded> = data.iter().collect();
     tr.step(&batch).expect("step");
@@ -560,8 +567,6 @@ fn truncation_keeps_the_response_and_the_end_of_the_prompt() {
 /// (`score_pairs_into`), the model a tiny random BERT with MiniLM's vocabulary.
 mod active {
     use duel::domain::{Choice, NewLabel, Prompt};
-    use duel::model::RewardModel;
-    use duel::model::tokenize::TextEncoder;
     use duel::store::{NewPair, QueueOrder, Store};
     use duel::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches, score_pairs_into};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -643,20 +648,17 @@ mod active {
     }
 
     fn trainer(seed: u64) -> Trainer {
-        let cfg = duel::model::bert::tiny_config();
-        let weights = duel::model::bert::random_weights(&cfg, seed).expect("weights");
-        let model = RewardModel::from_weights(cfg, &weights, 7).expect("model");
-        let tok = crate::common::repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json");
-        let encoder = TextEncoder::load(&tok).expect("tokenizer");
-        let config = TrainConfig {
-            lr: 2e-3,
-            batch_pairs: 8,
-            max_length: 48,
-            warmup_ratio: 0.0,
+        super::tiny_trainer(
             seed,
-            ..Default::default()
-        };
-        Trainer::new(model, encoder, config).expect("trainer")
+            TrainConfig {
+                lr: 2e-3,
+                batch_pairs: 8,
+                max_length: 48,
+                warmup_ratio: 0.0,
+                seed,
+                ..Default::default()
+            },
+        )
     }
 
     /// Labels the queue serves, 8 a round, training 3 epochs after each round, until

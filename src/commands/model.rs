@@ -347,6 +347,19 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Milliseconds `f` takes, the median of 5 runs after 2 warm-ups.
+fn median_ms(mut f: impl FnMut() -> candle_core::Result<()>) -> Result<f64> {
+    let mut times = Vec::new();
+    for i in 0..7 {
+        let t = Instant::now();
+        f()?;
+        if i >= 2 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    Ok(1000.0 * median(times))
+}
+
 /// Training step and scoring speed at fixed lengths, like the PyTorch baseline:
 /// 8 pairs (16 texts) padded to each length, median of 5 steps after 2 warm-ups;
 /// scoring 64 texts at 128 tokens.
@@ -371,15 +384,7 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
             e.rejected.resize(seq, trainer.encoder.pad_id());
         }
         let batch: Vec<&Encoded> = data.iter().collect();
-        let mut times = Vec::new();
-        for i in 0..7 {
-            let t = Instant::now();
-            trainer.step(&batch)?;
-            if i >= 2 {
-                times.push(t.elapsed().as_secs_f64());
-            }
-        }
-        let ms = 1000.0 * median(times);
+        let ms = median_ms(|| trainer.step(&batch).map(drop))?;
         steps.insert(
             seq.to_string(),
             serde_json::json!({"ms_per_step": ms, "pairs_per_s": 8.0 / (ms / 1000.0)}),
@@ -404,15 +409,7 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
                 .map(|e| e.chosen.len().max(e.rejected.len()))
                 .max()
                 .unwrap_or(0);
-            let mut times = Vec::new();
-            for i in 0..7 {
-                let t = Instant::now();
-                trainer.step(&batch)?;
-                if i >= 2 {
-                    times.push(t.elapsed().as_secs_f64());
-                }
-            }
-            let ms = 1000.0 * median(times);
+            let ms = median_ms(|| trainer.step(&batch).map(drop))?;
             out.insert(
                 "train_step_masked_padding".into(),
                 serde_json::json!({"max_length": seq, "longest": longest, "ms_per_step": ms, "pairs_per_s": 8.0 / (ms / 1000.0)}),
@@ -438,22 +435,8 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         t.resize(128, trainer.encoder.pad_id());
     }
     let refs: Vec<&[u32]> = texts.iter().map(Vec::as_slice).collect();
-    let (ids, mask, len) = crate::model::engine::pad(&refs, trainer.encoder.pad_id());
-    let batch = crate::model::engine::Batch {
-        ids: &ids,
-        mask: &mask,
-        seqs: refs.len(),
-        len,
-    };
-    let mut times = Vec::new();
-    for i in 0..7 {
-        let t = Instant::now();
-        trainer.model.rewards(&batch)?;
-        if i >= 2 {
-            times.push(t.elapsed().as_secs_f64());
-        }
-    }
-    let ms = 1000.0 * median(times);
+    let padded = crate::model::engine::Padded::new(&refs, trainer.encoder.pad_id());
+    let ms = median_ms(|| trainer.model.rewards(&padded.batch()).map(drop))?;
     out.insert(
         "score_texts_per_s".into(),
         serde_json::json!(64.0 / (ms / 1000.0)),

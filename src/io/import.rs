@@ -117,6 +117,8 @@ pub struct ImportReport {
     pub duplicates: u64,
     pub labeled: u64,
     pub skipped: Vec<LineError>,
+    /// The unique indexes on pairs were dropped for the import and built again.
+    pub rebuilt_indexes: bool,
 }
 
 /// Imports one file in one transaction: on error, nothing of it is stored.
@@ -246,7 +248,10 @@ fn import_in_tx(
         }
         drop(recv);
         if written.is_ok() {
-            written = writer.finish().map_err(ImportError::Store);
+            written = writer
+                .finish()
+                .map(|rebuilt| report.rebuilt_indexes = rebuilt)
+                .map_err(ImportError::Store);
         }
         let parsed = parser.join().unwrap_or_else(|_| {
             Err(ImportError::Io {

@@ -165,13 +165,19 @@ impl candle_core::CustomOp1 for Dropout {
     }
 }
 
-fn dropout(x: &Tensor, p: f64, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+/// The key of the next dropout mask of rate `p`: none when not training or `p` is 0.
+/// Both forwards draw their masks through this, in the same order.
+pub(crate) fn draw(rng: &mut Option<&mut DropoutRng>, p: f64) -> Option<u64> {
     match rng {
-        Some(r) if p > 0.0 => x.contiguous()?.apply_op1(Dropout {
-            p: p as f32,
-            key: r.next(),
-        }),
-        _ => Ok(x.clone()),
+        Some(r) if p > 0.0 => Some(r.next()),
+        _ => None,
+    }
+}
+
+fn dropout(x: &Tensor, p: f64, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+    match draw(rng, p) {
+        Some(key) => x.contiguous()?.apply_op1(Dropout { p: p as f32, key }),
+        None => Ok(x.clone()),
     }
 }
 

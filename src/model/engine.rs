@@ -9,7 +9,7 @@
 //! the same rewards and the same gradients, dropout masks included (the same
 //! counter-based masks, drawn in the same order).
 
-use super::bert::{DropoutRng, RewardModel, dropout_mask};
+use super::bert::{DropoutRng, RewardModel, draw, dropout_mask};
 use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp, row_stats};
 use super::sgemm::{Par, View, ViewMut, matmul};
 use candle_core::{Result, Storage, Tensor, bail};
@@ -118,18 +118,42 @@ pub struct Batch<'a> {
     pub len: usize,
 }
 
-/// Pads sequences to the longest (ids with `pad`, mask 0), as `pad_batch` does.
-pub fn pad(seqs: &[&[u32]], pad: u32) -> (Vec<u32>, Vec<f32>, usize) {
-    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(seqs.len() * t);
-    let mut mask = Vec::with_capacity(seqs.len() * t);
-    for s in seqs {
-        ids.extend_from_slice(s);
-        ids.extend(std::iter::repeat_n(pad, t - s.len()));
-        mask.extend(std::iter::repeat_n(1f32, s.len()));
-        mask.extend(std::iter::repeat_n(0f32, t - s.len()));
+/// Sequences padded to the longest (ids with the pad id, mask 0), owning what a
+/// `Batch` borrows.
+pub struct Padded {
+    pub ids: Vec<u32>,
+    pub mask: Vec<f32>,
+    pub seqs: usize,
+    pub len: usize,
+}
+
+impl Padded {
+    pub fn new(seqs: &[&[u32]], pad: u32) -> Padded {
+        let len = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(seqs.len() * len);
+        let mut mask = Vec::with_capacity(seqs.len() * len);
+        for s in seqs {
+            ids.extend_from_slice(s);
+            ids.extend(std::iter::repeat_n(pad, len - s.len()));
+            mask.extend(std::iter::repeat_n(1f32, s.len()));
+            mask.extend(std::iter::repeat_n(0f32, len - s.len()));
+        }
+        Padded {
+            ids,
+            mask,
+            seqs: seqs.len(),
+            len,
+        }
     }
-    (ids, mask, t)
+
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            ids: &self.ids,
+            mask: &self.mask,
+            seqs: self.seqs,
+            len: self.len,
+        }
+    }
 }
 
 /// The model's parameters as slices, in `RewardModel::named_vars` order, read in
@@ -209,6 +233,17 @@ struct Dims {
     n: usize,
 }
 
+impl Dims {
+    /// One attention head's columns of a sequence's `(t, hidden)` block.
+    fn head<'a>(&self, block: &'a [f32], head: usize) -> View<'a> {
+        View::cols_of(block, self.t, self.h, head * self.hd, self.hd)
+    }
+
+    fn head_mut<'a>(&self, block: &'a mut [f32], head: usize) -> ViewMut<'a> {
+        ViewMut::cols_of(block, self.t, self.h, head * self.hd, self.hd)
+    }
+}
+
 /// What one layer's backward needs from its forward.
 struct LayerCache {
     x: Buf,
@@ -271,13 +306,6 @@ fn apply_mask(x: &mut [f32], mask: Option<&[u8]>, p: f32) {
                 *v = if k != 0 { *v * scale } else { 0.0 };
             }
         });
-}
-
-fn draw(rng: &mut Option<&mut DropoutRng>, p: f64) -> Option<u64> {
-    match rng {
-        Some(r) if p > 0.0 => Some(r.next()),
-        _ => None,
-    }
 }
 
 /// `x · wᵀ + b` for `x` of `rows × inp` and `w` of `out × inp`.
@@ -792,17 +820,14 @@ fn attention_fwd(
     (probs, probs_d): (&mut [f32], &mut [f32]),
     ctx: &mut [f32],
 ) {
-    let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
+    let (t, h, nh) = (d.t, d.h, d.nh);
     let sc = 1.0 / (1.0 - p);
-    // Without dropout there is nothing to write after it: chunks of an empty slice
-    // are none, so they are made up as empty ones.
+    // Without dropout nothing is written after it: an empty slice per sequence.
     let per_seq = nh * t * t;
-    let mut empty: Vec<&mut [f32]> = Vec::new();
     let dropped: Vec<&mut [f32]> = if key.is_some() {
         probs_d.chunks_mut(per_seq).collect()
     } else {
-        empty.extend((0..d.b).map(|_| <&mut [f32]>::default()));
-        empty
+        (0..d.b).map(|_| Default::default()).collect()
     };
     probs
         .par_chunks_mut(per_seq)
@@ -818,8 +843,8 @@ fn attention_fwd(
                 let s = &mut pb[head * t * t..(head + 1) * t * t];
                 matmul(
                     ViewMut::new(s, t, t),
-                    View::cols_of(qb, t, h, head * hd, hd),
-                    View::cols_of(kb, t, h, head * hd, hd).t(),
+                    d.head(qb, head),
+                    d.head(kb, head).t(),
                     false,
                     scale,
                     Par::Serial,
@@ -852,9 +877,9 @@ fn attention_fwd(
                     None => s,
                 };
                 matmul(
-                    ViewMut::cols_of(cb, t, h, head * hd, hd),
+                    d.head_mut(cb, head),
                     View::new(used, t, t),
-                    View::cols_of(vb, t, h, head * hd, hd),
+                    d.head(vb, head),
                     false,
                     1.0,
                     Par::Serial,
@@ -871,7 +896,7 @@ fn attention_bwd(
     d_ctx: &[f32],
     (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
-    let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
+    let (t, h, nh) = (d.t, d.h, d.nh);
     dq.par_chunks_mut(t * h)
         .zip(dk.par_chunks_mut(t * h))
         .zip(dv.par_chunks_mut(t * h))
@@ -890,10 +915,10 @@ fn attention_bwd(
                 } else {
                     &c.probs_d[base..base + t * t]
                 };
-                let dch = View::cols_of(dcb, t, h, head * hd, hd);
+                let dch = d.head(dcb, head);
                 // dV = Pdᵀ · dC; dPd = dC · Vᵀ
                 matmul(
-                    ViewMut::cols_of(dvb, t, h, head * hd, hd),
+                    d.head_mut(dvb, head),
                     View::new(used, t, t).t(),
                     dch,
                     false,
@@ -903,7 +928,7 @@ fn attention_bwd(
                 matmul(
                     ViewMut::new(&mut dp, t, t),
                     dch,
-                    View::cols_of(vb, t, h, head * hd, hd).t(),
+                    d.head(vb, head).t(),
                     false,
                     1.0,
                     Par::Serial,
@@ -919,17 +944,17 @@ fn attention_bwd(
                 }
                 // S = scale · Q Kᵀ: dQ = scale · dS K, dK = scale · dSᵀ Q.
                 matmul(
-                    ViewMut::cols_of(dqb, t, h, head * hd, hd),
+                    d.head_mut(dqb, head),
                     View::new(&dp, t, t),
-                    View::cols_of(kb, t, h, head * hd, hd),
+                    d.head(kb, head),
                     false,
                     scale,
                     Par::Serial,
                 );
                 matmul(
-                    ViewMut::cols_of(dkb, t, h, head * hd, hd),
+                    d.head_mut(dkb, head),
                     View::new(&dp, t, t).t(),
-                    View::cols_of(qb, t, h, head * hd, hd),
+                    d.head(qb, head),
                     false,
                     scale,
                     Par::Serial,
@@ -952,7 +977,7 @@ mod tests {
         RewardModel::from_weights(cfg, &w, 3).expect("model")
     }
 
-    fn batch() -> (Vec<u32>, Vec<f32>, usize, usize) {
+    fn padded() -> Padded {
         let seqs: Vec<Vec<u32>> = vec![
             vec![101, 2023, 2003, 1037, 3231, 102],
             vec![101, 7592, 102],
@@ -960,8 +985,7 @@ mod tests {
             vec![101, 1996, 102],
         ];
         let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-        let (ids, mask, t) = pad(&refs, 0);
-        (ids, mask, seqs.len(), t)
+        Padded::new(&refs, 0)
     }
 
     fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
@@ -980,15 +1004,12 @@ mod tests {
     #[test]
     fn padding_gets_zero_attention_and_nothing_is_subnormal() {
         let m = model(0.1);
-        let (ids, mask, b, t) = batch();
-        let batch = Batch {
-            ids: &ids,
-            mask: &mask,
-            seqs: b,
-            len: t,
-        };
+        let padded = padded();
+        let (mask, t) = (&padded.mask, padded.len);
         let mut rng = DropoutRng::new(5);
-        let (_, tape) = m.forward_tape(&batch, Some(&mut rng)).expect("forward");
+        let (_, tape) = m
+            .forward_tape(&padded.batch(), Some(&mut rng))
+            .expect("forward");
         for (l, c) in tape.layers.iter().enumerate() {
             for (i, p) in c.probs.iter().enumerate() {
                 let (seq, col) = (i / (m.config.num_attention_heads * t * t), i % t);
@@ -1009,9 +1030,10 @@ mod tests {
     fn rewards_and_gradients_match_the_autograd_reference() {
         for dropout in [0.0, 0.1] {
             let m = model(dropout);
-            let (ids, mask, b, t) = batch();
-            let ids_t = Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu).expect("ids");
-            let mask_t = Tensor::from_vec(mask.clone(), (b, t), &Device::Cpu).expect("mask");
+            let padded = padded();
+            let (b, t) = (padded.seqs, padded.len);
+            let ids_t = Tensor::from_vec(padded.ids.clone(), (b, t), &Device::Cpu).expect("ids");
+            let mask_t = Tensor::from_vec(padded.mask.clone(), (b, t), &Device::Cpu).expect("mask");
             // A loss that weighs each reward differently: sum of c_i * r_i.
             let coef: Vec<f32> = (0..b).map(|i| 0.5 + i as f32).collect();
             let mut rng = DropoutRng::new(11);
@@ -1023,13 +1045,9 @@ mod tests {
             let store = loss.backward().expect("bwd");
 
             let mut rng = DropoutRng::new(11);
-            let batch = Batch {
-                ids: &ids,
-                mask: &mask,
-                seqs: b,
-                len: t,
-            };
-            let (r, tape) = m.forward_tape(&batch, Some(&mut rng)).expect("tape");
+            let (r, tape) = m
+                .forward_tape(&padded.batch(), Some(&mut rng))
+                .expect("tape");
             close(&r, &r_ref.to_vec1::<f32>().expect("v"), 1e-4, "rewards");
             let grads = m.backward(tape, &coef).expect("backward");
             for ((name, var), g) in m.named_vars().into_iter().zip(&grads) {

@@ -9,7 +9,7 @@ pub mod sgemm;
 pub mod tokenize;
 
 pub use bert::{BertConfig, DropoutRng, RewardModel};
-pub use tokenize::{TextEncoder, pad_batch};
+pub use tokenize::TextEncoder;
 
 use std::path::{Path, PathBuf};
 

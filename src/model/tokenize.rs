@@ -1,7 +1,6 @@
 //! Text to token ids for the reward model: `[CLS] prompt response [SEP]`, cut from the
 //! left of the prompt so that the last turns and the response survive.
 
-use candle_core::{Device, Tensor};
 use std::path::Path;
 
 pub struct TextEncoder {
@@ -71,21 +70,4 @@ impl TextEncoder {
     pub fn pad_id(&self) -> u32 {
         self.pad
     }
-}
-
-/// Pads sequences to the longest: `(ids (B, T) u32, mask (B, T) f32)`.
-pub fn pad_batch(seqs: &[&[u32]], pad: u32) -> candle_core::Result<(Tensor, Tensor)> {
-    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(seqs.len() * t);
-    let mut mask = Vec::with_capacity(seqs.len() * t);
-    for s in seqs {
-        ids.extend_from_slice(s);
-        ids.extend(std::iter::repeat_n(pad, t - s.len()));
-        mask.extend(std::iter::repeat_n(1f32, s.len()));
-        mask.extend(std::iter::repeat_n(0f32, t - s.len()));
-    }
-    Ok((
-        Tensor::from_vec(ids, (seqs.len(), t), &Device::Cpu)?,
-        Tensor::from_vec(mask, (seqs.len(), t), &Device::Cpu)?,
-    ))
 }

@@ -29,6 +29,15 @@ pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
+/// Marks a standing judgement undone (the row stays); whether one was.
+fn mark_undone(conn: &Connection, label_id: i64) -> Result<bool> {
+    let n = conn.execute(
+        &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
+        [label_id],
+    )?;
+    Ok(n == 1)
+}
+
 /// A judgement the model disagrees with, for `duel review`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReviewItem {
@@ -109,22 +118,16 @@ impl Store {
     /// standing label was undone.
     pub fn undo_label(&mut self, label_id: i64) -> Result<bool> {
         let tx = self.conn.transaction()?;
-        let n = tx.execute(
-            &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
-            [label_id],
-        )?;
+        let undone = mark_undone(&tx, label_id)?;
         tx.commit()?;
-        Ok(n == 1)
+        Ok(undone)
     }
 
     /// Replaces a judgement after review: `old` is marked undone and `label`
     /// recorded, in one transaction. Both rows stay in the history.
     pub fn relabel(&mut self, old: i64, label: &NewLabel) -> Result<i64> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
-            [old],
-        )?;
+        mark_undone(&tx, old)?;
         let id = insert_label(&tx, label)?;
         tx.commit()?;
         Ok(id)
@@ -133,10 +136,7 @@ impl Store {
     /// Takes a relabel back: the new judgement is undone and the old one stands again.
     pub fn undo_relabel(&mut self, new: i64, old: i64) -> Result<()> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
-            [new],
-        )?;
+        mark_undone(&tx, new)?;
         tx.execute("UPDATE labels SET undone_at = NULL WHERE id = ?1", [old])?;
         tx.commit()?;
         Ok(())

@@ -231,12 +231,11 @@ impl<'c> PairWriter<'c> {
         Ok(())
     }
 
-    /// Builds the indexes `defer_indexes` dropped. Call before committing; the
-    /// transaction must not commit without it.
-    pub fn finish(self) -> Result<()> {
-        if let Some(k) = &self.known
-            && k.indexes_deferred
-        {
+    /// Builds the indexes `defer_indexes` dropped, and says whether there were any.
+    /// Call before committing; the transaction must not commit without it.
+    pub fn finish(self) -> Result<bool> {
+        let deferred = self.known.as_ref().is_some_and(|k| k.indexes_deferred);
+        if deferred {
             // Sorting for the index build stays in memory (a few tens of bytes a pair).
             self.conn.pragma_update(None, "temp_store", "MEMORY")?;
             for (_, sql) in DEFERRABLE_INDEXES {
@@ -244,7 +243,7 @@ impl<'c> PairWriter<'c> {
             }
             self.conn.pragma_update(None, "temp_store", "DEFAULT")?;
         }
-        Ok(())
+        Ok(deferred)
     }
 
     pub fn insert(&mut self, pair: &NewPair) -> Result<InsertOutcome> {

@@ -4,6 +4,7 @@ pub mod messages;
 pub mod optim;
 pub mod worker;
 
+use crate::model::engine::Padded;
 use crate::model::{DropoutRng, RewardModel, TextEncoder};
 use candle_core::{Result, Tensor, Var};
 use optim::{AdamW, AdamWConfig, grad_norm};
@@ -186,81 +187,26 @@ impl Trainer {
         }
     }
 
-    /// Rewards of a batch's chosen then rejected texts, and the tape for backward
-    /// (none without `rng`: evaluation).
-    fn rewards(
-        &self,
-        batch: &[&Encoded],
-        rng: Option<&mut DropoutRng>,
-    ) -> Result<(Vec<f32>, Option<crate::model::engine::Tape>)> {
+    /// A batch's chosen then rejected texts, padded.
+    fn padded(&self, batch: &[&Encoded]) -> Padded {
         let seqs: Vec<&[u32]> = batch
             .iter()
             .map(|e| e.chosen.as_slice())
             .chain(batch.iter().map(|e| e.rejected.as_slice()))
             .collect();
-        let (ids, mask, len) = crate::model::engine::pad(&seqs, self.encoder.pad_id());
-        let b = crate::model::engine::Batch {
-            ids: &ids,
-            mask: &mask,
-            seqs: seqs.len(),
-            len,
-        };
-        match rng {
-            Some(rng) => {
-                let (r, tape) = self.model.forward_tape(&b, Some(rng))?;
-                Ok((r, Some(tape)))
-            }
-            None => Ok((self.model.rewards(&b)?, None)),
-        }
-    }
-
-    /// Bradley-Terry loss, strict accuracy and the loss's gradient with respect to
-    /// each reward (chosen then rejected), for rewards `r` of `n` pairs.
-    fn loss(&self, r: &[f32], margins: &[f32]) -> (f64, f64, Vec<f32>) {
-        let n = margins.len();
-        let (rc, rr) = r.split_at(n);
-        let mut loss = 0f64;
-        let mut right = 0usize;
-        let mut grad = vec![0f32; 2 * n];
-        let c = self.config.center_coef;
-        for i in 0..n {
-            let d = f64::from(rc[i] - rr[i] - margins[i]);
-            // -log σ(d) = max(-d, 0) + log(1 + e^{-|d|})
-            loss += (-d).max(0.0) + (-d.abs()).exp().ln_1p();
-            right += usize::from(rc[i] > rr[i]);
-            // d/dd of -log σ(d) is -(1 - σ(d)) = -σ(-d).
-            let g = -1.0 / (1.0 + d.exp()) / n as f64;
-            let sum = f64::from(rc[i] + rr[i]);
-            let center = if c > 0.0 {
-                2.0 * c * sum / n as f64
-            } else {
-                0.0
-            };
-            grad[i] = (g + center) as f32;
-            grad[n + i] = (-g + center) as f32;
-        }
-        loss /= n.max(1) as f64;
-        if c > 0.0 {
-            let center: f64 = (0..n)
-                .map(|i| f64::from(rc[i] + rr[i]).powi(2))
-                .sum::<f64>()
-                / n.max(1) as f64;
-            loss += c * center;
-        }
-        (loss, right as f64 / n.max(1) as f64, grad)
+        Padded::new(&seqs, self.encoder.pad_id())
     }
 
     /// One optimizer step on `batch`. A non-finite loss or gradient skips the update.
     pub fn step(&mut self, batch: &[&Encoded]) -> Result<StepStats> {
         let lr = self.lr_at(self.opt.step);
         let mut rng = self.rng.clone();
-        let (r, tape) = self.rewards(batch, Some(&mut rng))?;
-        let Some(tape) = tape else {
-            candle_core::bail!("training forward kept no tape")
-        };
+        let (r, tape) = self
+            .model
+            .forward_tape(&self.padded(batch).batch(), Some(&mut rng))?;
         self.rng = rng;
         let margins: Vec<f32> = batch.iter().map(|e| e.margin).collect();
-        let (loss_v, accuracy, d_rewards) = self.loss(&r, &margins);
+        let (loss_v, accuracy, d_rewards) = bt_loss(&r, &margins, self.config.center_coef);
         let skipped = StepStats {
             loss: loss_v,
             accuracy,
@@ -306,7 +252,7 @@ impl Trainer {
         let order = length_sorted(data);
         for chunk in order.chunks(batch_pairs.max(1) * 2) {
             let batch: Vec<&Encoded> = chunk.iter().map(|&i| &data[i]).collect();
-            let (rewards, _) = self.rewards(&batch, None)?;
+            let rewards = self.model.rewards(&self.padded(&batch).batch())?;
             let (c, r) = rewards.split_at(batch.len());
             for (a, b) in c.iter().zip(r) {
                 right += usize::from(a > b);
@@ -333,19 +279,41 @@ impl Trainer {
         order.sort_by_key(|&i| seqs[i].len());
         for chunk in order.chunks(batch.max(1)) {
             let s: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
-            let (ids, mask, len) = crate::model::engine::pad(&s, self.encoder.pad_id());
-            let r = self.model.rewards(&crate::model::engine::Batch {
-                ids: &ids,
-                mask: &mask,
-                seqs: s.len(),
-                len,
-            })?;
+            let r = self
+                .model
+                .rewards(&Padded::new(&s, self.encoder.pad_id()).batch())?;
             for (&i, v) in chunk.iter().zip(r) {
                 out[i] = v;
             }
         }
         Ok(out)
     }
+}
+
+/// Bradley-Terry loss, strict accuracy and the loss's gradient with respect to
+/// each reward (chosen then rejected), for rewards `r` of `n` pairs.
+fn bt_loss(r: &[f32], margins: &[f32], center_coef: f64) -> (f64, f64, Vec<f32>) {
+    let n = margins.len();
+    let (rc, rr) = r.split_at(n);
+    let mut loss = 0f64;
+    let mut right = 0usize;
+    let mut grad = vec![0f32; 2 * n];
+    // Centering adds c · mean((r_c + r_r)²): 2c(r_c + r_r)/n to each gradient.
+    let c = center_coef;
+    for i in 0..n {
+        let d = f64::from(rc[i] - rr[i] - margins[i]);
+        let sum = f64::from(rc[i] + rr[i]);
+        // -log σ(d) = max(-d, 0) + log(1 + e^{-|d|})
+        loss += (-d).max(0.0) + (-d.abs()).exp().ln_1p() + c * sum * sum;
+        right += usize::from(rc[i] > rr[i]);
+        // d/dd of -log σ(d) is -(1 - σ(d)) = -σ(-d).
+        let g = -1.0 / (1.0 + d.exp()) / n as f64;
+        let center = 2.0 * c * sum / n as f64;
+        grad[i] = (g + center) as f32;
+        grad[n + i] = (-g + center) as f32;
+    }
+    loss /= n.max(1) as f64;
+    (loss, right as f64 / n.max(1) as f64, grad)
 }
 
 fn length_sorted(data: &[Encoded]) -> Vec<usize> {
@@ -461,6 +429,45 @@ mod tests {
         assert!(lrs[9] > 0.0, "{lrs:?}");
         t.total_steps = 0;
         assert!(t.lr_at(0) < t.lr_at(19) && (t.lr_at(100) - 1.0).abs() < 1e-12);
+    }
+
+    /// The loss and its gradient with respect to each reward (what the hand-written
+    /// backward starts from), with margins and centering, against the formula and
+    /// central differences.
+    #[test]
+    fn the_loss_gradient_matches_finite_differences() {
+        let r = [0.3f32, -1.2, 2.0, 0.1, 0.4, 1.5];
+        let margins = [0.0f32, 0.5, 1.0 / 3.0];
+        let c = 0.01;
+        let loss_of = |r: &[f32]| -> f64 {
+            (0..3)
+                .map(|i| {
+                    let d = f64::from(r[i] - r[3 + i] - margins[i]);
+                    let s = f64::from(r[i] + r[3 + i]);
+                    -(1.0 / (1.0 + (-d).exp())).ln() + c * s * s
+                })
+                .sum::<f64>()
+                / 3.0
+        };
+        let (loss, accuracy, grad) = bt_loss(&r, &margins, c);
+        assert!(
+            (loss - loss_of(&r)).abs() < 1e-9,
+            "{loss} vs {}",
+            loss_of(&r)
+        );
+        assert!((accuracy - 2.0 / 3.0).abs() < 1e-12);
+        for i in 0..6 {
+            let h = 1e-3f32;
+            let (mut up, mut down) = (r, r);
+            up[i] += h;
+            down[i] -= h;
+            let numeric = (loss_of(&up) - loss_of(&down)) / (2.0 * f64::from(h));
+            assert!(
+                (f64::from(grad[i]) - numeric).abs() < 1e-4,
+                "reward {i}: {} vs {numeric}",
+                grad[i]
+            );
+        }
     }
 
     #[test]

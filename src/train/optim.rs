@@ -206,17 +206,17 @@ pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     Ok(sum.sqrt())
 }
 
-/// The gradients of `vars` from candle's autograd, in order.
-pub fn grads_of(store: &candle_core::backprop::GradStore, vars: &[Var]) -> Vec<Option<Tensor>> {
-    vars.iter()
-        .map(|v| store.get(v.as_tensor()).cloned())
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The gradients of `vars` from candle's autograd, in order.
+    fn grads_of(store: &candle_core::backprop::GradStore, vars: &[Var]) -> Vec<Option<Tensor>> {
+        vars.iter()
+            .map(|v| store.get(v.as_tensor()).cloned())
+            .collect()
+    }
 
     #[test]
     fn grad_norm_is_the_l2_norm_of_all_gradients() {

@@ -619,7 +619,7 @@ impl App {
             previews,
             ..Default::default()
         });
-        self.current = None;
+        self.show_nothing();
         self.mode = Mode::ReviewList;
         self.refresh_progress();
     }
@@ -681,12 +681,7 @@ impl App {
     fn show(&mut self, pair_id: Option<i64>) {
         // The pair on screen goes first: if reading the next one fails, nothing
         // already judged stays up to be judged twice.
-        if let Some(cur) = self.current.take()
-            && let Some(note) = cur.note
-        {
-            self.notes.insert(cur.pair.id, note);
-        }
-        self.wrap_cache.borrow_mut().clear();
+        self.show_nothing();
         let id = match pair_id {
             Some(id) => Some(id),
             None => match self.claim_next() {
@@ -715,8 +710,6 @@ impl App {
             tracing::warn!(error = %e, pair = id, "cannot claim the pair");
         }
         self.claim_renewed = Instant::now();
-        self.current = None;
-        self.wrap_cache.borrow_mut().clear();
         self.scroll = [0; 3];
         self.max_scroll.set([usize::MAX; 3]);
         let Some(id) = id else { return };
