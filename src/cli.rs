@@ -286,6 +286,13 @@ pub struct TrainArgs {
     /// Reward centering coefficient (0.01 is usual), 0 for none.
     #[arg(long, default_value_t = 0.0)]
     pub center: f64,
+    /// Dropout while training: on (the encoder's own rates) or off.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    pub dropout: String,
+    /// Also measure accuracy on this labeled file after each epoch
+    /// (JSON Lines with `prompt`, `chosen`, `rejected`, as `duel eval` reads).
+    #[arg(long, value_name = "FILE")]
+    pub eval: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]

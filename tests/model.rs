@@ -793,3 +793,147 @@ mod active {
         );
     }
 }
+
+fn write_jsonl(path: &std::path::Path, examples: &[Example]) {
+    let text: String = examples
+        .iter()
+        .map(|e| {
+            serde_json::json!({"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(path, text).expect("write jsonl");
+}
+
+/// `duel train` on the command line: it trains on the stored judgements, measures an
+/// evaluation file after every epoch (the same number `duel eval` gives for the saved
+/// model), and refuses a bad evaluation file before anything is trained or recorded.
+#[test]
+fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let base = tmp.path().join("tiny");
+    duel::model::bert::write_tiny_model(&base, &encoder_dir().join("tokenizer.json"), 11)
+        .expect("tiny model");
+    let all = rule_examples(80);
+    let train = tmp.path().join("train.jsonl");
+    let eval = tmp.path().join("eval.jsonl");
+    write_jsonl(&train, &all[..64]);
+    write_jsonl(&eval, &all[64..]);
+    let db = tmp.path().join("d.db");
+    let out = common::duel(&db, &["import", train.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let model_out = tmp.path().join("rm");
+    let run = |eval: &std::path::Path, epochs: &str| {
+        common::duel(
+            &db,
+            &[
+                "train",
+                "--model-dir",
+                base.to_str().expect("path"),
+                "--epochs",
+                epochs,
+                "--holdout",
+                "0",
+                "--lr",
+                "2e-3",
+                "--warmup",
+                "0",
+                "--max-length",
+                "64",
+                "--dropout",
+                "off",
+                "--eval",
+                eval.to_str().expect("path"),
+                "--out",
+                model_out.to_str().expect("path"),
+                "--json",
+            ],
+        )
+    };
+    let runs = |db: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(db)
+            .expect("open")
+            .query_row("SELECT count(*) FROM train_runs", [], |r| r.get(0))
+            .expect("count")
+    };
+
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\"}\n",
+    )
+    .expect("write");
+    let out = run(&bad, "1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.jsonl:2"), "{err}");
+    assert_eq!(runs(&db), 0, "a refused run is not recorded");
+    assert!(!model_out.exists(), "a refused run writes no model");
+
+    let out = run(&eval, "4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let evals = summary["evals"].as_array().expect("evals");
+    let epochs: Vec<u64> = evals.iter().filter_map(|e| e["epoch"].as_u64()).collect();
+    assert_eq!(epochs, [1, 2, 3, 4]);
+    assert!(evals.iter().all(|e| e["step"].as_u64().is_some()));
+    let last = summary["eval_accuracy"].as_f64().expect("eval_accuracy");
+    assert_eq!(Some(last), evals[3]["accuracy"].as_f64());
+    assert!(last > 0.9, "accuracy on the evaluation file: {summary}");
+    assert_eq!(runs(&db), 1);
+
+    let out = std::process::Command::new(common::bin())
+        .args(["eval", eval.to_str().expect("path"), "--model"])
+        .arg(&model_out)
+        .args(["--max-length", "64", "--json"])
+        .output()
+        .expect("duel eval");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(e["pairs"], 16);
+    assert!(
+        (e["accuracy"].as_f64().expect("accuracy") - last).abs() < 1e-9,
+        "{e}"
+    );
+}
+
+/// With `dropout: false` a training step does not depend on the dropout stream: two
+/// trainers that differ only in their seed make the same update, and with dropout
+/// on they do not.
+#[test]
+fn dropout_off_makes_training_steps_deterministic() {
+    let step_with = |dropout: bool, seed: u64| {
+        let mut tr = tiny_trainer(
+            2,
+            TrainConfig {
+                lr: 1e-3,
+                max_length: 64,
+                warmup_ratio: 0.0,
+                seed,
+                dropout,
+                ..Default::default()
+            },
+        );
+        let data = tr.encode(&rule_examples(8)).expect("encode");
+        let batch: Vec<&Encoded> = data.iter().collect();
+        tr.step(&batch).expect("step");
+        tr.step(&batch).expect("step");
+        snapshot(&tr)
+    };
+    assert!(step_with(false, 1) == step_with(false, 2));
+    assert!(step_with(true, 1) != step_with(true, 2));
+}

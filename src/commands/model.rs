@@ -117,11 +117,15 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         use_margin: args.margin,
         center_coef: args.center,
         warmup_ratio: args.warmup,
+        dropout: args.dropout == "on",
         ..Default::default()
     };
+    // A bad evaluation file stops the run before anything is trained or recorded.
+    let eval_examples = args.eval.as_deref().map(examples_from_file).transpose()?;
     let mut trainer = Trainer::load(&base, config.clone())?;
     let data = trainer.encode(&train)?;
     let held_data = trainer.encode(&held)?;
+    let eval_data = eval_examples.map(|e| trainer.encode(&e)).transpose()?;
     let per_epoch = data.len().div_ceil(config.batch_pairs) as u64;
     let total = args.steps.unwrap_or(per_epoch * args.epochs);
     trainer.total_steps = total;
@@ -151,6 +155,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let mut last_loss = f64::NAN;
     let mut skipped = 0u64;
     let mut evals = Vec::new();
+    let mut file_evals = Vec::new();
     'outer: loop {
         for b in epoch_batches(&data, config.batch_pairs, config.seed, epoch) {
             if step >= total {
@@ -185,6 +190,17 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             ));
             evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
         }
+        if let (Some(d), Some(path)) = (&eval_data, &args.eval) {
+            let e = trainer.evaluate(d, config.batch_pairs)?;
+            bar.println(format!(
+                "epoch {epoch}: accuracy {:.3} on {} pairs of {}, loss {:.4}",
+                e.accuracy,
+                e.pairs,
+                path.display(),
+                e.loss
+            ));
+            file_evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
+        }
         if step >= total {
             break;
         }
@@ -195,11 +211,17 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         record_eval(&store, run_id, step, &e, data.len())?;
         evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
     }
+    if let Some(d) = &eval_data
+        && file_evals.last().and_then(|e| e["step"].as_u64()) != Some(step)
+    {
+        let e = trainer.evaluate(d, config.batch_pairs)?;
+        file_evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
+    }
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let meta = serde_json::json!({
         "step": step, "config": config, "base": base, "trained_pairs": data.len(),
-        "evals": evals,
+        "evals": evals, "file_evals": file_evals,
     });
     checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
     store.conn().execute(
@@ -218,6 +240,9 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         "last_loss": last_loss,
         "heldout_accuracy": evals.last().and_then(|e| e["accuracy"].as_f64()),
         "skipped_batches": skipped,
+        "eval_file": args.eval,
+        "eval_accuracy": file_evals.last().and_then(|e| e["accuracy"].as_f64()),
+        "evals": file_evals,
         "seconds": secs,
         "out": args.out,
     });

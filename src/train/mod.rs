@@ -52,6 +52,8 @@ pub struct TrainConfig {
     pub use_margin: bool,
     /// Reward centering coefficient (`coef · mean((r_c + r_r)²)`), 0 for none.
     pub center_coef: f64,
+    /// Train with the encoder's dropout on (the rates in its config.json).
+    pub dropout: bool,
 }
 
 impl Default for TrainConfig {
@@ -66,6 +68,7 @@ impl Default for TrainConfig {
             seed: 0,
             use_margin: false,
             center_coef: 0.0,
+            dropout: true,
         }
     }
 }
@@ -201,9 +204,10 @@ impl Trainer {
     pub fn step(&mut self, batch: &[&Encoded]) -> Result<StepStats> {
         let lr = self.lr_at(self.opt.step);
         let mut rng = self.rng.clone();
-        let (r, tape) = self
-            .model
-            .forward_tape(&self.padded(batch).batch(), Some(&mut rng))?;
+        let (r, tape) = self.model.forward_tape(
+            &self.padded(batch).batch(),
+            self.config.dropout.then_some(&mut rng),
+        )?;
         self.rng = rng;
         let margins: Vec<f32> = batch.iter().map(|e| e.margin).collect();
         let (loss_v, accuracy, d_rewards) = bt_loss(&r, &margins, self.config.center_coef);
