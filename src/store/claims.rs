@@ -12,7 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub enum QueueOrder {
     /// By id: the order they were imported or generated in.
     Sequential,
-    /// A random permutation (a new one per labeler).
+    /// A random order: one shuffle of the pairs, each labeler starting at a random
+    /// place in it and going round.
     Random,
     /// The pairs the live model is least sure about first (its predicted preference
     /// closest to 50%); pairs it has not scored yet come after, at random.
@@ -33,29 +34,68 @@ impl QueueOrder {
         }
     }
 
-    fn order_by(self) -> &'static str {
-        match self {
-            QueueOrder::Sequential => "p.id",
-            // A permutation of the ids that depends on the salt (?5).
-            QueueOrder::Random => "((p.id * 2654435761 + ?5) % 4294967311), p.id",
-            // Unscored pairs come last, in a random permutation (before the model
-            // has scored anything, uncertain is random, not sequential).
-            QueueOrder::Uncertain => {
-                "(SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id) IS NULL,
-                 (SELECT abs(s.p_a - 0.5) FROM pair_scores s WHERE s.pair_id = p.id),
-                 ((p.id * 2654435761 + ?5) % 4294967311), p.id"
-            }
-            QueueOrder::Disagreement => {
-                "(SELECT count(DISTINCT l.choice) FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL) DESC,
-                 coalesce((SELECT CASE WHEN sum(l.choice = 'a') > sum(l.choice = 'b') THEN 0.5 - s.p_a
-                                       WHEN sum(l.choice = 'b') > sum(l.choice = 'a') THEN s.p_a - 0.5
-                                       ELSE 0 END
-                           FROM labels l JOIN pair_scores s ON s.pair_id = l.pair_id
-                           WHERE l.pair_id = p.id AND l.undone_at IS NULL), 0) DESC,
-                 p.id"
-            }
-        }
+    /// The `ORDER BY` of the `disagreement` order, which sorts every pair on each
+    /// claim (the other orders walk an index and stop at the first pair they can
+    /// serve).
+    fn disagreement_order_by() -> &'static str {
+        "(SELECT count(DISTINCT l.choice) FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL) DESC,
+         coalesce((SELECT CASE WHEN sum(l.choice = 'a') > sum(l.choice = 'b') THEN 0.5 - s.p_a
+                               WHEN sum(l.choice = 'b') > sum(l.choice = 'a') THEN s.p_a - 0.5
+                               ELSE 0 END
+                   FROM labels l JOIN pair_scores s ON s.pair_id = l.pair_id
+                   WHERE l.pair_id = p.id AND l.undone_at IS NULL), 0) DESC,
+         p.id"
     }
+}
+
+/// The modulus of the shuffle: a prime above 2³², so `id ↦ id · K mod P` is one to one
+/// for every id SQLite can hand out below 3.4 · 10⁹ (where the product stays in an i64).
+const SHUFFLE_P: i64 = 4_294_967_311;
+
+/// Where a pair stands in the shuffled order of the `random` queue: the expression of
+/// the `pairs_shuffle` index, so that walking the order is walking the index.
+pub fn shuffle_position(pair_id: i64) -> i64 {
+    pair_id.wrapping_mul(2_654_435_761).rem_euclid(SHUFFLE_P)
+}
+
+/// The shuffle expression as SQL, exactly as the index declares it.
+const SHUFFLE_SQL: &str = "((p.id * 2654435761) % 4294967311)";
+
+/// Whether pair `p` can be served to annotator ?1 of session ?3 with overlap ?2: not
+/// judged by them, and judged or held by fewer than ?2 others.
+const SERVABLE: &str = "NOT EXISTS (SELECT 1 FROM labels l
+                    WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
+     AND (SELECT count(DISTINCT l.annotator) FROM labels l
+          WHERE l.pair_id = p.id AND l.undone_at IS NULL)
+       + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2";
+
+/// The servable pairs from id ?4 on, by id.
+fn sequential_sql() -> String {
+    format!("SELECT p.id FROM pairs p WHERE p.id >= ?4 AND {SERVABLE} ORDER BY p.id")
+}
+
+/// The servable pairs at or after (`cmp` ">=") or before ("<") shuffle position ?4,
+/// in the shuffled order.
+fn shuffled_sql(cmp: &str) -> String {
+    format!(
+        "SELECT p.id FROM pairs p WHERE {SHUFFLE_SQL} {cmp} ?4 AND {SERVABLE} ORDER BY {SHUFFLE_SQL}"
+    )
+}
+
+/// The servable scored pairs, the model's least certain first (?4 unused).
+fn uncertain_sql() -> String {
+    format!(
+        "SELECT p.id FROM pair_scores s CROSS JOIN pairs p ON p.id = s.pair_id
+         WHERE ?4 = ?4 AND {SERVABLE} ORDER BY abs(s.p_a - 0.5), s.pair_id"
+    )
+}
+
+/// The servable pairs in the `disagreement` order (?4 unused).
+fn disagreement_sql() -> String {
+    format!(
+        "SELECT p.id FROM pairs p WHERE ?4 = ?4 AND {SERVABLE} ORDER BY {}",
+        QueueOrder::disagreement_order_by()
+    )
 }
 
 /// How long a claim lives without renewal: a labeler that dies frees its pair after
@@ -108,8 +148,10 @@ impl Store {
         )
     }
 
-    /// [`Store::claim_next_pair`] in a given order; `from` applies to the sequential
-    /// order only, `salt` picks the random permutation.
+    /// [`Store::claim_next_pair`] in a given order. For the sequential order `from` is
+    /// the lowest id to consider; for the random order (and the unscored pairs of the
+    /// uncertain order) it is the [`shuffle_position`] to go on from, round to where
+    /// the walk began, and when 0 the walk begins at a place picked by `salt`.
     #[allow(clippy::too_many_arguments)]
     pub fn claim_next_in_order(
         &mut self,
@@ -121,13 +163,6 @@ impl Store {
         order: QueueOrder,
         salt: u64,
     ) -> Result<Option<i64>> {
-        let from = if order == QueueOrder::Sequential {
-            from
-        } else {
-            0
-        };
-        // Keep the salt within SQLite's integers and the product from overflowing.
-        let salt = (salt % 4_294_967_311) as i64;
         let now = unix_now();
         let tx = self
             .conn
@@ -136,29 +171,43 @@ impl Store {
             "DELETE FROM claims WHERE session = ?1 OR expires_at <= ?2",
             params![session, now],
         )?;
-        let found = {
-            let sql = format!(
-                "SELECT p.id FROM pairs p
-                 WHERE p.id >= ?4 AND ?5 = ?5
-                   AND NOT EXISTS (SELECT 1 FROM labels l
-                                   WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
-                   AND (SELECT count(DISTINCT l.annotator) FROM labels l
-                        WHERE l.pair_id = p.id AND l.undone_at IS NULL)
-                     + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2
-                 ORDER BY {}",
-                order.order_by()
-            );
-            let mut stmt = tx.prepare_cached(&sql)?;
-            let mut rows = stmt.query(params![annotator, overlap, session, from, salt])?;
-            let mut found = None;
+        let first = |sql: &str, from: i64| -> Result<Option<i64>> {
+            let mut stmt = tx.prepare_cached(sql)?;
+            let mut rows = stmt.query(params![annotator, overlap, session, from])?;
             while let Some(r) = rows.next()? {
                 let id: i64 = r.get(0)?;
                 if !exclude.contains(&id) {
-                    found = Some(id);
-                    break;
+                    return Ok(Some(id));
                 }
             }
-            found
+            Ok(None)
+        };
+        // The shuffled order from `from` round to where it started: the index from
+        // `from` on, then from its start.
+        let shuffled = |from: i64| -> Result<Option<i64>> {
+            match first(&shuffled_sql(">="), from)? {
+                Some(id) => Ok(Some(id)),
+                None => first(&shuffled_sql("<"), from),
+            }
+        };
+        // Where a labeler's walk through the shuffle starts: its salt, then (passed
+        // in `from`) just after the last pair it was served.
+        let shuffle_from = if from > 0 {
+            from
+        } else {
+            (salt % SHUFFLE_P as u64) as i64
+        };
+        let found = match order {
+            QueueOrder::Sequential => first(&sequential_sql(), from)?,
+            QueueOrder::Random => shuffled(shuffle_from)?,
+            // Scored pairs by how close the model's prediction is to 50%, walking the
+            // `pair_scores_uncertainty` index; when none is left to serve, every pair
+            // still to serve is unscored, and they come in the shuffled order.
+            QueueOrder::Uncertain => match first(&uncertain_sql(), 0)? {
+                Some(id) => Some(id),
+                None => shuffled(shuffle_from)?,
+            },
+            QueueOrder::Disagreement => first(&disagreement_sql(), 0)?,
         };
         if let Some(id) = found {
             insert_claim(&tx, id, annotator, session, now)?;
@@ -218,5 +267,145 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sequential, random and uncertain orders walk an index and stop at the first
+    /// pair they can serve: no query sorts the pairs (which took a second a claim at
+    /// a million pairs). An edit that makes the shuffle expression differ from the
+    /// index's would bring the sort back, and fail here.
+    #[test]
+    fn the_queue_walks_indexes_instead_of_sorting() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("q.db")).expect("open");
+        for (what, sql) in [
+            ("sequential", sequential_sql()),
+            ("random, after", shuffled_sql(">=")),
+            ("random, before", shuffled_sql("<")),
+            ("uncertain", uncertain_sql()),
+        ] {
+            let plan: Vec<String> = store
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan")
+                .query_map(params!["a", 1, "s", 0], |r| r.get::<_, String>(3))
+                .expect("rows")
+                .collect::<rusqlite::Result<_>>()
+                .expect("plan rows");
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("TEMP B-TREE FOR ORDER BY"),
+                "{what} sorts:\n{plan}"
+            );
+            assert!(
+                !plan.contains("SCAN p\n") && !plan.ends_with("SCAN p"),
+                "{what} scans:\n{plan}"
+            );
+        }
+    }
+
+    #[test]
+    fn shuffle_positions_are_one_to_one_and_match_sql() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = Store::open(&dir.path().join("q.db")).expect("open");
+        let mut seen = HashSet::new();
+        for id in (1..2000).chain([1 << 20, 1 << 31, 3_000_000_000]) {
+            let p = shuffle_position(id);
+            assert!((0..SHUFFLE_P).contains(&p));
+            assert!(seen.insert(p), "two ids at {p}");
+            let sql: i64 = store
+                .conn()
+                .query_row(
+                    &format!("SELECT {} FROM (SELECT ?1 AS id) p", SHUFFLE_SQL),
+                    [id],
+                    |r| r.get(0),
+                )
+                .expect("sql");
+            assert_eq!(p, sql, "id {id}");
+        }
+    }
+
+    /// The random order walks one shuffle from a place picked by the salt, goes on
+    /// from the last pair served, and comes round to a pair it passed over while
+    /// another labeler held it.
+    #[test]
+    fn the_shuffled_walk_starts_by_salt_and_comes_round_to_passed_pairs() {
+        use crate::domain::Prompt;
+        use crate::store::NewPair;
+        let mut store = Store::open_in_memory().expect("store");
+        let pairs: Vec<NewPair> = (0..20)
+            .map(|i| {
+                NewPair::new(
+                    Prompt::from_text(format!("q{i}")),
+                    format!("a{i}"),
+                    "b".into(),
+                )
+            })
+            .collect();
+        store.insert_pairs(&pairs).expect("insert");
+        let none = HashSet::new();
+        let mut by_position: Vec<i64> = (1..=20).collect();
+        by_position.sort_by_key(|&id| shuffle_position(id));
+
+        // Two salts start at different places; each starts at the first pair at or
+        // after its salt's position.
+        let first = |store: &mut Store, session: &str, salt: u64| {
+            store
+                .claim_next_in_order("x", session, 2, &none, 0, QueueOrder::Random, salt)
+                .expect("claim")
+                .expect("a pair")
+        };
+        let a = first(&mut store, "s1", shuffle_position(by_position[3]) as u64);
+        let b = first(&mut store, "s2", shuffle_position(by_position[11]) as u64);
+        assert_eq!((a, b), (by_position[3], by_position[11]));
+        store.release_claims("s1").expect("release");
+
+        // Another labeler holds the pair after the start while "y" walks past it.
+        let held = by_position[4];
+        store.claim_pair("z", "zz", held).expect("hold");
+        let mut served = Vec::new();
+        let mut from = 0;
+        loop {
+            let next = store
+                .claim_next_in_order(
+                    "y",
+                    "sy",
+                    1,
+                    &none,
+                    from,
+                    QueueOrder::Random,
+                    shuffle_position(a) as u64,
+                )
+                .expect("claim");
+            let Some(id) = next else { break };
+            served.push(id);
+            if served.len() == 10 {
+                store.release_claims("zz").expect("release");
+            }
+            // Judged at once, as a labeler would.
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO labels (pair_id, annotator, choice) VALUES (?1, 'y', 'a')",
+                    [id],
+                )
+                .expect("label");
+            from = shuffle_position(id) + 1;
+        }
+        // Every pair but the other labeler's once held one ("s2" still holds b with
+        // overlap 2, which "y" at overlap 1 cannot share) in the shuffled order from
+        // the start, then the passed-over pair.
+        let expected: Vec<i64> = by_position[3..]
+            .iter()
+            .chain(&by_position[..3])
+            .copied()
+            .filter(|&id| id != held && id != b)
+            .chain([held])
+            .collect();
+        assert_eq!(served, expected);
     }
 }

@@ -7,7 +7,7 @@ mod claims;
 mod labels;
 mod pairs;
 
-pub use claims::{CLAIM_TTL, QueueOrder};
+pub use claims::{CLAIM_TTL, QueueOrder, shuffle_position};
 pub use labels::{LabelFilter, LabelRow, Progress, ReviewItem};
 pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
 
@@ -22,6 +22,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_init.sql"),
     include_str!("migrations/0002_claims.sql"),
     include_str!("migrations/0003_queue_order.sql"),
+    include_str!("migrations/0004_queue_indexes.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

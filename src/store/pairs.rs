@@ -126,15 +126,15 @@ struct Known {
     pairs: HashMap<Digest, i64>,
     prompts: HashMap<Digest, i64>,
     ext_ids: HashSet<String>,
-    /// The unique indexes on `pairs` are dropped for the bulk insert and built again
+    /// The unique and shuffle indexes on `pairs` are dropped for the bulk insert and built again
     /// by `finish` (sorting once is much faster than inserting random keys one by
     /// one); uniqueness is checked against the sets above meanwhile.
     indexes_deferred: bool,
 }
 
-/// The unique indexes a bulk import drops and builds again, as the migrations
-/// create them (a test checks that the schema is the same after an import).
-const DEFERRABLE_INDEXES: [(&str, &str); 2] = [
+/// The indexes on random keys that a bulk import drops and builds again, as the
+/// migrations create them (a test checks that the schema is the same after an import).
+const DEFERRABLE_INDEXES: [(&str, &str); 3] = [
     (
         "pairs_content_hash",
         "CREATE UNIQUE INDEX pairs_content_hash ON pairs(content_hash)",
@@ -142,6 +142,10 @@ const DEFERRABLE_INDEXES: [(&str, &str); 2] = [
     (
         "pairs_ext_id",
         "CREATE UNIQUE INDEX pairs_ext_id ON pairs(ext_id)",
+    ),
+    (
+        "pairs_shuffle",
+        "CREATE INDEX pairs_shuffle ON pairs(((id * 2654435761) % 4294967311))",
     ),
 ];
 

@@ -205,9 +205,12 @@ pub struct App {
     pub session: String,
     /// Pairs below this id were judged or taken when last looked at.
     cursor: i64,
+    /// The same in the shuffled order: where the last pair served from it stood, plus
+    /// one (0 until then).
+    shuffle_cursor: i64,
     /// The order each pair shown this session was served by.
     served: HashMap<i64, crate::store::QueueOrder>,
-    /// Picks the random permutation of the `random` order.
+    /// Picks where this labeler starts in the shuffled order.
     salt: u64,
     /// `duel review`: the judgements to look at again instead of the queue.
     pub review: Option<Review>,
@@ -319,6 +322,7 @@ impl App {
             wrap_cache: RefCell::new(HashMap::new()),
             session: String::new(),
             cursor: 0,
+            shuffle_cursor: 0,
             served: HashMap::new(),
             salt: 0,
             review: None,
@@ -567,7 +571,11 @@ impl App {
             o => o,
         };
         let (a, s, o) = (&self.config.annotator, &self.session, self.config.overlap);
-        let from = self.cursor;
+        let from = if order == QueueOrder::Sequential {
+            self.cursor
+        } else {
+            self.shuffle_cursor
+        };
         let salt = self.salt;
         let claimed = self
             .store
@@ -589,8 +597,17 @@ impl App {
             }
         };
         if let Some(id) = id {
-            if order == QueueOrder::Sequential {
-                self.cursor = id;
+            match order {
+                QueueOrder::Sequential => self.cursor = id,
+                // Served from the shuffle (an uncertain order's unscored pair too): go
+                // on from there next time.
+                QueueOrder::Random => {
+                    self.shuffle_cursor = crate::store::shuffle_position(id) + 1;
+                }
+                QueueOrder::Uncertain if self.store.pair_score(id)?.is_none() => {
+                    self.shuffle_cursor = crate::store::shuffle_position(id) + 1;
+                }
+                _ => {}
             }
             self.served.insert(id, order);
         }
