@@ -6,7 +6,7 @@ mod model;
 use crate::cli::{BenchCommand, Cli, Command, ExportArgs, ImportArgs, LabelArgs, StatsArgs};
 use crate::io::export::{self, ExportError};
 use crate::io::import::{ImportError, ImportOptions, import_file};
-use crate::store::{LabelFilter, Store};
+use crate::store::{LabelFilter, QueueOrder, Store};
 use crate::{stats, tui};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -433,8 +433,42 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
     let report = import_file(&mut store, &file, &ImportOptions::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = start.elapsed().as_secs_f64();
+    // What a labeler waits for between two pairs at this size: a claim in each order,
+    // the median of 9, each one judging the pair before so the walk goes on.
+    let mut claim_ms = serde_json::Map::new();
+    for order in [
+        QueueOrder::Sequential,
+        QueueOrder::Random,
+        QueueOrder::Uncertain,
+        QueueOrder::Disagreement,
+    ] {
+        let none = std::collections::HashSet::new();
+        let mut times = Vec::new();
+        let mut from = 0;
+        for _ in 0..9 {
+            let t = std::time::Instant::now();
+            let id =
+                store.claim_next_in_order("bench", order.as_str(), 1, &none, from, order, 7)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let Some(id) = id else { break };
+            store.conn().execute(
+                "INSERT INTO labels (pair_id, annotator, choice, source) VALUES (?1, 'bench', 'a', 'bench')",
+                [id],
+            )?;
+            from = match order {
+                QueueOrder::Sequential => id,
+                _ => crate::store::shuffle_position(id) + 1,
+            };
+        }
+        times.sort_by(f64::total_cmp);
+        claim_ms.insert(
+            order.as_str().into(),
+            serde_json::json!(times[times.len() / 2]),
+        );
+    }
     let result = serde_json::json!({
         "pairs": report.inserted,
+        "claim_ms": claim_ms.clone(),
         "file_mb": bytes as f64 / 1e6,
         "seconds": secs,
         "import_pairs_per_s": report.inserted as f64 / secs,
@@ -451,6 +485,10 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
             secs,
             report.inserted as f64 / secs,
             peak_rss_mb().unwrap_or(f64::NAN)
+        );
+        println!(
+            "next pair (median ms a claim): {}",
+            serde_json::Value::Object(claim_ms)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -34,8 +34,8 @@ impl QueueOrder {
         }
     }
 
-    /// The `ORDER BY` of the `disagreement` order, which sorts every pair on each
-    /// claim (the other orders walk an index and stop at the first pair they can
+    /// The `ORDER BY` of the `disagreement` order, which sorts the judged pairs on
+    /// each claim (the other orders walk an index and stop at the first pair they can
     /// serve).
     fn disagreement_order_by() -> &'static str {
         "(SELECT count(DISTINCT l.choice) FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL) DESC,
@@ -90,10 +90,12 @@ fn uncertain_sql() -> String {
     )
 }
 
-/// The servable pairs in the `disagreement` order (?4 unused).
+/// The servable judged pairs in the `disagreement` order (?4 unused).
 fn disagreement_sql() -> String {
     format!(
-        "SELECT p.id FROM pairs p WHERE ?4 = ?4 AND {SERVABLE} ORDER BY {}",
+        "SELECT p.id FROM pairs p
+         WHERE p.id IN (SELECT l.pair_id FROM labels l WHERE l.undone_at IS NULL)
+           AND ?4 = ?4 AND {SERVABLE} ORDER BY {}",
         QueueOrder::disagreement_order_by()
     )
 }
@@ -207,7 +209,12 @@ impl Store {
                 Some(id) => Some(id),
                 None => shuffled(shuffle_from)?,
             },
-            QueueOrder::Disagreement => first(&disagreement_sql(), 0)?,
+            // Only judged pairs can come before the rest, which follow by id: sort
+            // the judged ones, then walk the ids.
+            QueueOrder::Disagreement => match first(&disagreement_sql(), 0)? {
+                Some(id) => Some(id),
+                None => first(&sequential_sql(), 0)?,
+            },
         };
         if let Some(id) = found {
             insert_claim(&tx, id, annotator, session, now)?;
