@@ -287,8 +287,9 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     pub center: f64,
     /// Dropout while training: on (the encoder's own rates) or off.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
-    pub dropout: String,
+    #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set,
+          hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub dropout: bool,
     /// Also measure accuracy on this labeled file after each epoch
     /// (JSON Lines with `prompt`, `chosen`, `rejected`, as `duel eval` reads).
     #[arg(long, value_name = "FILE")]

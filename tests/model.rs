@@ -567,7 +567,7 @@ fn truncation_keeps_the_response_and_the_end_of_the_prompt() {
 /// (`score_pairs_into`), the model a tiny random BERT with MiniLM's vocabulary.
 mod active {
     use duel::domain::{Choice, NewLabel, Prompt};
-    use duel::store::{NewPair, QueueOrder, Store};
+    use duel::store::{NewPair, QueueOrder, QueueWalk, Store};
     use duel::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches, score_pairs_into};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
     use std::collections::{HashMap, HashSet};
@@ -704,7 +704,7 @@ mod active {
                 };
                 let salt = rng.random::<u64>();
                 let Some(id) = store
-                    .claim_next_in_order("sim", "sim", 1, &none, 0, pick, salt)
+                    .claim_next_in_order("sim", "sim", 1, &none, pick, &mut QueueWalk::new(salt))
                     .expect("claim")
                 else {
                     break;
@@ -883,7 +883,9 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    let evals = summary["evals"].as_array().expect("evals");
+    let evals = summary["eval_per_epoch"]
+        .as_array()
+        .expect("eval_per_epoch");
     let epochs: Vec<u64> = evals.iter().filter_map(|e| e["epoch"].as_u64()).collect();
     assert_eq!(epochs, [1, 2, 3, 4]);
     assert!(evals.iter().all(|e| e["step"].as_u64().is_some()));

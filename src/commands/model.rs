@@ -91,6 +91,59 @@ fn record_eval(
     Ok(())
 }
 
+/// What `duel train` measures after each epoch, and where `--steps` stops it: the
+/// held-out pairs (recorded in the run's metrics) and the `--eval` file.
+struct Measures<'a> {
+    run_id: i64,
+    labels: usize,
+    heldout: &'a [Encoded],
+    file: Option<(&'a Path, Vec<Encoded>)>,
+    on_heldout: Vec<serde_json::Value>,
+    on_file: Vec<serde_json::Value>,
+    last_step: Option<u64>,
+}
+
+impl Measures<'_> {
+    /// Measures the model after `step`; with `bar`, says so above it.
+    fn at(
+        &mut self,
+        trainer: &Trainer,
+        store: &crate::store::Store,
+        epoch: u64,
+        step: u64,
+        bar: Option<&indicatif::ProgressBar>,
+    ) -> Result<()> {
+        let point = |e: &crate::train::EvalStats| serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss});
+        let batch = trainer.config.batch_pairs;
+        if !self.heldout.is_empty() {
+            let e = trainer.evaluate(self.heldout, batch)?;
+            record_eval(store, self.run_id, step, &e, self.labels)?;
+            if let Some(bar) = bar {
+                bar.println(format!(
+                    "epoch {epoch}: held-out accuracy {:.3} on {} pairs, loss {:.4}",
+                    e.accuracy, e.pairs, e.loss
+                ));
+            }
+            self.on_heldout.push(point(&e));
+        }
+        if let Some((path, data)) = &self.file {
+            let e = trainer.evaluate(data, batch)?;
+            if let Some(bar) = bar {
+                bar.println(format!(
+                    "epoch {epoch}: accuracy {:.3} on {} pairs of {}, loss {:.4}",
+                    e.accuracy,
+                    e.pairs,
+                    path.display(),
+                    e.loss
+                ));
+            }
+            self.on_file.push(point(&e));
+        }
+        self.last_step = Some(step);
+        Ok(())
+    }
+}
+
 pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let base = model_dir(args.model_dir.as_deref())?;
     if !db.exists() {
@@ -117,7 +170,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         use_margin: args.margin,
         center_coef: args.center,
         warmup_ratio: args.warmup,
-        dropout: args.dropout == "on",
+        dropout: args.dropout,
         ..Default::default()
     };
     // A bad evaluation file stops the run before anything is trained or recorded.
@@ -154,8 +207,15 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let mut epoch = 0u64;
     let mut last_loss = f64::NAN;
     let mut skipped = 0u64;
-    let mut evals = Vec::new();
-    let mut file_evals = Vec::new();
+    let mut measures = Measures {
+        run_id,
+        labels: data.len(),
+        heldout: &held_data,
+        file: args.eval.as_deref().zip(eval_data),
+        on_heldout: Vec::new(),
+        on_file: Vec::new(),
+        last_step: None,
+    };
     'outer: loop {
         for b in epoch_batches(&data, config.batch_pairs, config.seed, epoch) {
             if step >= total {
@@ -181,47 +241,21 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             bar.inc(1);
         }
         epoch += 1;
-        if !held_data.is_empty() {
-            let e = trainer.evaluate(&held_data, config.batch_pairs)?;
-            record_eval(&store, run_id, step, &e, data.len())?;
-            bar.println(format!(
-                "epoch {epoch}: held-out accuracy {:.3} on {} pairs, loss {:.4}",
-                e.accuracy, e.pairs, e.loss
-            ));
-            evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
-        }
-        if let (Some(d), Some(path)) = (&eval_data, &args.eval) {
-            let e = trainer.evaluate(d, config.batch_pairs)?;
-            bar.println(format!(
-                "epoch {epoch}: accuracy {:.3} on {} pairs of {}, loss {:.4}",
-                e.accuracy,
-                e.pairs,
-                path.display(),
-                e.loss
-            ));
-            file_evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
-        }
+        measures.at(&trainer, &store, epoch, step, Some(&bar))?;
         if step >= total {
             break;
         }
     }
     // Stopped by --steps in the middle of an epoch: evaluate what was trained.
-    if !held_data.is_empty() && evals.last().and_then(|e| e["step"].as_u64()) != Some(step) {
-        let e = trainer.evaluate(&held_data, config.batch_pairs)?;
-        record_eval(&store, run_id, step, &e, data.len())?;
-        evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
+    if measures.last_step != Some(step) {
+        measures.at(&trainer, &store, epoch, step, None)?;
     }
-    if let Some(d) = &eval_data
-        && file_evals.last().and_then(|e| e["step"].as_u64()) != Some(step)
-    {
-        let e = trainer.evaluate(d, config.batch_pairs)?;
-        file_evals.push(serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss}));
-    }
+    let (evals, file_evals) = (measures.on_heldout, measures.on_file);
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let meta = serde_json::json!({
         "step": step, "config": config, "base": base, "trained_pairs": data.len(),
-        "evals": evals, "file_evals": file_evals,
+        "evals": evals, "eval_file_evals": file_evals,
     });
     checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
     store.conn().execute(
@@ -242,7 +276,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         "skipped_batches": skipped,
         "eval_file": args.eval,
         "eval_accuracy": file_evals.last().and_then(|e| e["accuracy"].as_f64()),
-        "evals": file_evals,
+        "eval_per_epoch": file_evals,
         "seconds": secs,
         "out": args.out,
     });

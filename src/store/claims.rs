@@ -69,9 +69,9 @@ const SERVABLE: &str = "NOT EXISTS (SELECT 1 FROM labels l
           WHERE l.pair_id = p.id AND l.undone_at IS NULL)
        + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2";
 
-/// The servable pairs from id ?4 on, by id.
-fn sequential_sql() -> String {
-    format!("SELECT p.id FROM pairs p WHERE p.id >= ?4 AND {SERVABLE} ORDER BY p.id")
+/// The servable pairs at or after (`cmp` ">=") or before ("<") id ?4, by id.
+fn sequential_sql(cmp: &str) -> String {
+    format!("SELECT p.id FROM pairs p WHERE p.id {cmp} ?4 AND {SERVABLE} ORDER BY p.id")
 }
 
 /// The servable pairs at or after (`cmp` ">=") or before ("<") shuffle position ?4,
@@ -100,6 +100,27 @@ fn disagreement_sql() -> String {
     )
 }
 
+/// A labeler's place in the queue, so that each claim goes on from the last one
+/// instead of passing again over the pairs it has judged: the id it goes on from in
+/// the sequential order, and the place in the shuffled order (the random order, and
+/// the unscored pairs of the uncertain order), which starts where the salt says.
+/// Either walk comes round to its start, so a pair passed over while another labeler
+/// held it is served later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueWalk {
+    next_id: i64,
+    next_shuffle: i64,
+}
+
+impl QueueWalk {
+    pub fn new(salt: u64) -> QueueWalk {
+        QueueWalk {
+            next_id: 0,
+            next_shuffle: (salt % SHUFFLE_P as u64) as i64,
+        }
+    }
+}
+
 /// How long a claim lives without renewal: a labeler that dies frees its pair after
 /// this long.
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
@@ -126,44 +147,20 @@ fn insert_claim(
 }
 
 impl Store {
-    /// Finds the next pair for `annotator` and claims it for `session`, in one write
-    /// transaction, so two labelers cannot take the same pair. The pair is the lowest
-    /// id at or above `from` that this annotator has not judged, that is not in
-    /// `exclude`, and whose judgements by others plus live claims by other sessions
-    /// number fewer than `overlap`. The session's earlier claims are released.
-    pub fn claim_next_pair(
-        &mut self,
-        annotator: &str,
-        session: &str,
-        overlap: u32,
-        exclude: &HashSet<i64>,
-        from: i64,
-    ) -> Result<Option<i64>> {
-        self.claim_next_in_order(
-            annotator,
-            session,
-            overlap,
-            exclude,
-            from,
-            QueueOrder::Sequential,
-            0,
-        )
-    }
-
-    /// [`Store::claim_next_pair`] in a given order. For the sequential order `from` is
-    /// the lowest id to consider; for the random order (and the unscored pairs of the
-    /// uncertain order) it is the [`shuffle_position`] to go on from, round to where
-    /// the walk began, and when 0 the walk begins at a place picked by `salt`.
-    #[allow(clippy::too_many_arguments)]
+    /// Finds the next pair for `annotator` in `order` and claims it for `session`, in
+    /// one write transaction, so two labelers cannot take the same pair. The pair is
+    /// the first in the order, going on from where `walk` stands, that this annotator
+    /// has not judged, that is not in `exclude`, and whose judgements by others plus
+    /// live claims by other sessions number fewer than `overlap`. The session's
+    /// earlier claims are released, and `walk` moves on to the pair.
     pub fn claim_next_in_order(
         &mut self,
         annotator: &str,
         session: &str,
         overlap: u32,
         exclude: &HashSet<i64>,
-        from: i64,
         order: QueueOrder,
-        salt: u64,
+        walk: &mut QueueWalk,
     ) -> Result<Option<i64>> {
         let now = unix_now();
         let tx = self
@@ -184,42 +181,44 @@ impl Store {
             }
             Ok(None)
         };
-        // The shuffled order from `from` round to where it started: the index from
-        // `from` on, then from its start.
-        let shuffled = |from: i64| -> Result<Option<i64>> {
-            match first(&shuffled_sql(">="), from)? {
+        // The walk moves on only if the claim is committed.
+        let mut next = *walk;
+        // An order from `from` round to where it started: the index from `from` on,
+        // then from its start.
+        let round = |sql: fn(&str) -> String, from: i64| -> Result<Option<i64>> {
+            match first(&sql(">="), from)? {
                 Some(id) => Ok(Some(id)),
-                None => first(&shuffled_sql("<"), from),
+                None => first(&sql("<"), from),
             }
         };
-        // Where a labeler's walk through the shuffle starts: its salt, then (passed
-        // in `from`) just after the last pair it was served.
-        let shuffle_from = if from > 0 {
-            from
-        } else {
-            (salt % SHUFFLE_P as u64) as i64
+        let shuffled = |w: &mut QueueWalk| -> Result<Option<i64>> {
+            Ok(round(shuffled_sql, w.next_shuffle)?
+                .inspect(|&id| w.next_shuffle = shuffle_position(id) + 1))
         };
         let found = match order {
-            QueueOrder::Sequential => first(&sequential_sql(), from)?,
-            QueueOrder::Random => shuffled(shuffle_from)?,
+            QueueOrder::Sequential => {
+                round(sequential_sql, next.next_id)?.inspect(|&id| next.next_id = id)
+            }
+            QueueOrder::Random => shuffled(&mut next)?,
             // Scored pairs by how close the model's prediction is to 50%, walking the
             // `pair_scores_uncertainty` index; when none is left to serve, every pair
             // still to serve is unscored, and they come in the shuffled order.
             QueueOrder::Uncertain => match first(&uncertain_sql(), 0)? {
                 Some(id) => Some(id),
-                None => shuffled(shuffle_from)?,
+                None => shuffled(&mut next)?,
             },
             // Only judged pairs can come before the rest, which follow by id: sort
             // the judged ones, then walk the ids.
             QueueOrder::Disagreement => match first(&disagreement_sql(), 0)? {
                 Some(id) => Some(id),
-                None => first(&sequential_sql(), 0)?,
+                None => first(&sequential_sql(">="), 0)?,
             },
         };
         if let Some(id) = found {
             insert_claim(&tx, id, annotator, session, now)?;
         }
         tx.commit()?;
+        *walk = next;
         Ok(found)
     }
 
@@ -290,7 +289,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("q.db")).expect("open");
         for (what, sql) in [
-            ("sequential", sequential_sql()),
+            ("sequential, after", sequential_sql(">=")),
+            ("sequential, before", sequential_sql("<")),
             ("random, after", shuffled_sql(">=")),
             ("random, before", shuffled_sql("<")),
             ("uncertain", uncertain_sql()),
@@ -337,8 +337,8 @@ mod tests {
     }
 
     /// The random order walks one shuffle from a place picked by the salt, goes on
-    /// from the last pair served, and comes round to a pair it passed over while
-    /// another labeler held it.
+    /// from the last pair served (the walk remembers it), and comes round to a pair it
+    /// passed over while another labeler held it.
     #[test]
     fn the_shuffled_walk_starts_by_salt_and_comes_round_to_passed_pairs() {
         use crate::domain::Prompt;
@@ -362,7 +362,14 @@ mod tests {
         // after its salt's position.
         let first = |store: &mut Store, session: &str, salt: u64| {
             store
-                .claim_next_in_order("x", session, 2, &none, 0, QueueOrder::Random, salt)
+                .claim_next_in_order(
+                    "x",
+                    session,
+                    2,
+                    &none,
+                    QueueOrder::Random,
+                    &mut QueueWalk::new(salt),
+                )
                 .expect("claim")
                 .expect("a pair")
         };
@@ -375,18 +382,10 @@ mod tests {
         let held = by_position[4];
         store.claim_pair("z", "zz", held).expect("hold");
         let mut served = Vec::new();
-        let mut from = 0;
+        let mut walk = QueueWalk::new(shuffle_position(a) as u64);
         loop {
             let next = store
-                .claim_next_in_order(
-                    "y",
-                    "sy",
-                    1,
-                    &none,
-                    from,
-                    QueueOrder::Random,
-                    shuffle_position(a) as u64,
-                )
+                .claim_next_in_order("y", "sy", 1, &none, QueueOrder::Random, &mut walk)
                 .expect("claim");
             let Some(id) = next else { break };
             served.push(id);
@@ -401,7 +400,6 @@ mod tests {
                     [id],
                 )
                 .expect("label");
-            from = shuffle_position(id) + 1;
         }
         // Every pair but the other labeler's once held one ("s2" still holds b with
         // overlap 2, which "y" at overlap 1 cannot share) in the shuffled order from
@@ -414,5 +412,39 @@ mod tests {
             .chain([held])
             .collect();
         assert_eq!(served, expected);
+    }
+
+    /// The sequential order goes on from the last pair served and, at the end, comes
+    /// round to a pair it passed over while another labeler held it.
+    #[test]
+    fn the_sequential_walk_comes_round_to_passed_pairs() {
+        use crate::domain::Prompt;
+        use crate::store::NewPair;
+        let mut store = Store::open_in_memory().expect("store");
+        let pairs: Vec<NewPair> = (0..6)
+            .map(|i| NewPair::new(Prompt::from_text(format!("q{i}")), "a".into(), "b".into()))
+            .collect();
+        store.insert_pairs(&pairs).expect("insert");
+        store.claim_pair("z", "zz", 2).expect("hold");
+        let none = HashSet::new();
+        let mut walk = QueueWalk::new(99);
+        let mut served = Vec::new();
+        while let Some(id) = store
+            .claim_next_in_order("y", "sy", 1, &none, QueueOrder::Sequential, &mut walk)
+            .expect("claim")
+        {
+            served.push(id);
+            if id == 4 {
+                store.release_claims("zz").expect("release");
+            }
+            store
+                .conn()
+                .execute(
+                    "INSERT INTO labels (pair_id, annotator, choice) VALUES (?1, 'y', 'a')",
+                    [id],
+                )
+                .expect("label");
+        }
+        assert_eq!(served, [1, 3, 4, 5, 6, 2]);
     }
 }

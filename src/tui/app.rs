@@ -203,15 +203,11 @@ pub struct App {
     rng: StdRng,
     /// This labeler's name in the claims table.
     pub session: String,
-    /// Pairs below this id were judged or taken when last looked at.
-    cursor: i64,
-    /// The same in the shuffled order: where the last pair served from it stood, plus
-    /// one (0 until then).
-    shuffle_cursor: i64,
+    /// Where this labeler's walk through the queue stands (its start in the shuffled
+    /// order picked at random).
+    walk: crate::store::QueueWalk,
     /// The order each pair shown this session was served by.
     served: HashMap<i64, crate::store::QueueOrder>,
-    /// Picks where this labeler starts in the shuffled order.
-    salt: u64,
     /// `duel review`: the judgements to look at again instead of the queue.
     pub review: Option<Review>,
     claim_renewed: Instant,
@@ -321,16 +317,14 @@ impl App {
             help_max_scroll: Cell::new(usize::MAX),
             wrap_cache: RefCell::new(HashMap::new()),
             session: String::new(),
-            cursor: 0,
-            shuffle_cursor: 0,
+            walk: crate::store::QueueWalk::new(0),
             served: HashMap::new(),
-            salt: 0,
             review: None,
             claim_renewed: Instant::now(),
             rng,
         };
         app.session = new_session_id();
-        app.salt = app.rng.random();
+        app.walk = crate::store::QueueWalk::new(app.rng.random());
         app.advance();
         Ok(app)
     }
@@ -571,21 +565,9 @@ impl App {
             o => o,
         };
         let (a, s, o) = (&self.config.annotator, &self.session, self.config.overlap);
-        let from = if order == QueueOrder::Sequential {
-            self.cursor
-        } else {
-            self.shuffle_cursor
-        };
-        let salt = self.salt;
         let claimed = self
             .store
-            .claim_next_in_order(a, s, o, &self.skipped, from, order, salt)
-            .and_then(|id| match id {
-                None if from > 0 && order == QueueOrder::Sequential => {
-                    self.store.claim_next_pair(a, s, o, &self.skipped, 0)
-                }
-                id => Ok(id),
-            });
+            .claim_next_in_order(a, s, o, &self.skipped, order, &mut self.walk);
         let id = match claimed {
             Ok(id) => id,
             // A claim is a write: on a full disk or a read-only file, show the next
@@ -597,18 +579,6 @@ impl App {
             }
         };
         if let Some(id) = id {
-            match order {
-                QueueOrder::Sequential => self.cursor = id,
-                // Served from the shuffle (an uncertain order's unscored pair too): go
-                // on from there next time.
-                QueueOrder::Random => {
-                    self.shuffle_cursor = crate::store::shuffle_position(id) + 1;
-                }
-                QueueOrder::Uncertain if self.store.pair_score(id)?.is_none() => {
-                    self.shuffle_cursor = crate::store::shuffle_position(id) + 1;
-                }
-                _ => {}
-            }
             self.served.insert(id, order);
         }
         Ok(id)
