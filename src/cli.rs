@@ -257,6 +257,13 @@ pub struct ModelArgs {
     pub batch: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Linear,
+    Constant,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Passes over the training pairs (ignored with --steps).
@@ -280,6 +287,10 @@ pub struct TrainArgs {
     /// Share of the steps spent warming the learning rate up.
     #[arg(long, default_value_t = 0.1)]
     pub warmup: f64,
+    /// Learning-rate schedule: linear (warm-up, then decay to zero at the last
+    /// step) or constant (the live trainer's: 20 warm-up steps, then --lr).
+    #[arg(long, value_enum, default_value = "linear")]
+    pub schedule: Schedule,
     /// Use the strength of judgements as margins in the loss.
     #[arg(long)]
     pub margin: bool,

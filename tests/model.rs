@@ -911,6 +911,46 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         (e["accuracy"].as_f64().expect("accuracy") - last).abs() < 1e-9,
         "{e}"
     );
+
+    // The linear schedule has decayed to a 32nd of the rate at the last of 32 steps;
+    // the live trainer's constant one holds the full rate after its 20-step warm-up.
+    let lr_of = |s: &serde_json::Value| s["last_lr"].as_f64().expect("last_lr");
+    assert!((lr_of(&summary) - 2e-3 / 32.0).abs() < 1e-12, "{summary}");
+    let out = common::duel(
+        &db,
+        &[
+            "train",
+            "--model-dir",
+            base.to_str().expect("path"),
+            "--steps",
+            "24",
+            "--schedule",
+            "constant",
+            "--lr",
+            "2e-3",
+            "--max-length",
+            "64",
+            "--out",
+            model_out.to_str().expect("path"),
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let constant: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(lr_of(&constant), 2e-3, "{constant}");
+    let schedule: String = rusqlite::Connection::open(&db)
+        .expect("open")
+        .query_row(
+            "SELECT config ->> '$.schedule' FROM train_runs ORDER BY id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .expect("schedule");
+    assert_eq!(schedule, "constant");
 }
 
 /// With `dropout: false` a training step does not depend on the dropout stream: two

@@ -1,7 +1,7 @@
 //! `duel train`, `eval`, `score` and `bench train`.
 
 use super::{BadInput, open};
-use crate::cli::{EvalArgs, ScoreArgs, TrainArgs};
+use crate::cli::{EvalArgs, Schedule, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
 use crate::model::{DEFAULT_ENCODER_DIR, checkpoint};
 use crate::train::{
@@ -181,7 +181,11 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let eval_data = eval_examples.map(|e| trainer.encode(&e)).transpose()?;
     let per_epoch = data.len().div_ceil(config.batch_pairs) as u64;
     let total = args.steps.unwrap_or(per_epoch * args.epochs);
-    trainer.total_steps = total;
+    // 0 steps in the schedule: the live trainer's warm-up, then a constant rate.
+    trainer.total_steps = match args.schedule {
+        Schedule::Linear => total,
+        Schedule::Constant => 0,
+    };
 
     let run_id = {
         let conn = store.conn_mut();
@@ -189,7 +193,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             "INSERT INTO train_runs (config) VALUES (?1)",
             [serde_json::to_string(&serde_json::json!({
                 "train": config, "base": base, "pairs": data.len(), "heldout": held_data.len(),
-                "steps": total,
+                "steps": total, "schedule": args.schedule,
             }))?],
         )?;
         conn.last_insert_rowid()
@@ -206,6 +210,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let mut step = 0u64;
     let mut epoch = 0u64;
     let mut last_loss = f64::NAN;
+    let mut last_lr = f64::NAN;
     let mut skipped = 0u64;
     let mut measures = Measures {
         run_id,
@@ -226,6 +231,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             let s = trainer.step(&batch)?;
             let pps = batch.len() as f64 / t0.elapsed().as_secs_f64();
             step += 1;
+            last_lr = s.lr;
             if s.skipped {
                 skipped += 1;
                 tracing::warn!(step, "non-finite loss or gradient: batch skipped");
@@ -272,6 +278,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         "train_pairs": data.len(),
         "heldout_pairs": held_data.len(),
         "last_loss": last_loss,
+        "last_lr": last_lr,
         "heldout_accuracy": evals.last().and_then(|e| e["accuracy"].as_f64()),
         "skipped_batches": skipped,
         "eval_file": args.eval,
