@@ -120,7 +120,7 @@ pub struct LabelArgs {
     #[arg(long)]
     pub model_out: Option<PathBuf>,
     /// Learning rate of live training.
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
     /// Longest model input in tokens.
     #[arg(long, default_value_t = 256)]
@@ -279,7 +279,7 @@ pub struct TrainArgs {
     /// model.safetensors, tokenizer.json) or a checkpoint of ours.
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 5e-5)]
+    #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
     /// Share of prompts held out for evaluation.
     #[arg(long, default_value_t = 0.15)]

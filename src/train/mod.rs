@@ -59,7 +59,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            lr: 5e-5,
+            lr: 1e-4,
             batch_pairs: 8,
             max_length: 256,
             warmup_ratio: 0.1,
