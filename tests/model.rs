@@ -951,6 +951,13 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         )
         .expect("schedule");
     assert_eq!(schedule, "constant");
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model_out.join("duel.json")).expect("duel.json"))
+            .expect("json");
+    assert_eq!(
+        meta["schedule"], "constant",
+        "the saved model says how it was trained"
+    );
 }
 
 /// With `dropout: false` a training step does not depend on the dropout stream: two

@@ -260,7 +260,8 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let meta = serde_json::json!({
-        "step": step, "config": config, "base": base, "trained_pairs": data.len(),
+        "step": step, "config": config, "schedule": args.schedule, "base": base,
+        "trained_pairs": data.len(),
         "evals": evals, "eval_file_evals": file_evals,
     });
     checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
