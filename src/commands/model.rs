@@ -262,7 +262,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let meta = serde_json::json!({
         "step": step, "config": config, "schedule": args.schedule, "base": base,
         "trained_pairs": data.len(),
-        "evals": evals, "eval_file_evals": file_evals,
+        "evals": evals, "eval_per_epoch": file_evals,
     });
     checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
     store.conn().execute(

@@ -54,7 +54,7 @@ const SHUFFLE_P: i64 = 4_294_967_311;
 
 /// Where a pair stands in the shuffled order of the `random` queue: the expression of
 /// the `pairs_shuffle` index, so that walking the order is walking the index.
-pub fn shuffle_position(pair_id: i64) -> i64 {
+fn shuffle_position(pair_id: i64) -> i64 {
     pair_id.wrapping_mul(2_654_435_761).rem_euclid(SHUFFLE_P)
 }
 
@@ -280,6 +280,24 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// `annotator` judges `pair_id` at once, as a labeler would.
+    fn judge(store: &mut Store, annotator: &str, pair_id: i64) {
+        use crate::domain::{Choice, NewLabel};
+        store
+            .record_label(&NewLabel {
+                pair_id,
+                annotator: annotator.into(),
+                choice: Choice::A,
+                strength: None,
+                left: None,
+                note: None,
+                elapsed_ms: None,
+                source: "tui".into(),
+                queue_order: None,
+            })
+            .expect("label");
+    }
+
     /// The sequential, random and uncertain orders walk an index and stop at the first
     /// pair they can serve: no query sorts the pairs (which took a second a claim at
     /// a million pairs). An edit that makes the shuffle expression differ from the
@@ -392,14 +410,7 @@ mod tests {
             if served.len() == 10 {
                 store.release_claims("zz").expect("release");
             }
-            // Judged at once, as a labeler would.
-            store
-                .conn()
-                .execute(
-                    "INSERT INTO labels (pair_id, annotator, choice) VALUES (?1, 'y', 'a')",
-                    [id],
-                )
-                .expect("label");
+            judge(&mut store, "y", id);
         }
         // Every pair but the other labeler's once held one ("s2" still holds b with
         // overlap 2, which "y" at overlap 1 cannot share) in the shuffled order from
@@ -437,13 +448,7 @@ mod tests {
             if id == 4 {
                 store.release_claims("zz").expect("release");
             }
-            store
-                .conn()
-                .execute(
-                    "INSERT INTO labels (pair_id, annotator, choice) VALUES (?1, 'y', 'a')",
-                    [id],
-                )
-                .expect("label");
+            judge(&mut store, "y", id);
         }
         assert_eq!(served, [1, 3, 4, 5, 6, 2]);
     }

@@ -7,7 +7,7 @@ mod claims;
 mod labels;
 mod pairs;
 
-pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk, shuffle_position};
+pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk};
 pub use labels::{LabelFilter, LabelRow, Progress, ReviewItem};
 pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
 
