@@ -284,9 +284,10 @@ pub struct TrainArgs {
     /// Share of prompts held out for evaluation.
     #[arg(long, default_value_t = 0.15)]
     pub holdout: f64,
-    /// Share of the steps spent warming the learning rate up.
-    #[arg(long, default_value_t = 0.1)]
-    pub warmup: f64,
+    /// Share of the steps spent warming the learning rate up, with the linear
+    /// schedule [default: 0.1]. The constant schedule has its own 20 steps.
+    #[arg(long)]
+    pub warmup: Option<f64>,
     /// Learning-rate schedule: linear (warm-up, then decay to zero at the last
     /// step) or constant (the live trainer's: 20 warm-up steps, then --lr).
     #[arg(long, value_enum, default_value = "linear")]

@@ -951,6 +951,46 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         )
         .expect("schedule");
     assert_eq!(schedule, "constant");
+    let warmups: Vec<i64> = rusqlite::Connection::open(&db)
+        .expect("open")
+        .prepare("SELECT config ->> '$.warmup_steps' FROM train_runs ORDER BY id")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("warmup_steps");
+    assert_eq!(
+        warmups,
+        [0, 20],
+        "--warmup 0, then the live trainer's 20 steps"
+    );
+
+    // --warmup is the linear schedule's; with the constant one it is refused, and
+    // nothing is trained or recorded.
+    let out = common::duel(
+        &db,
+        &[
+            "train",
+            "--model-dir",
+            base.to_str().expect("path"),
+            "--steps",
+            "4",
+            "--schedule",
+            "constant",
+            "--warmup",
+            "0.2",
+            "--out",
+            tmp.path().join("refused").to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--warmup"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(runs(&db), 2);
+    assert!(!tmp.path().join("refused").exists());
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model_out.join("duel.json")).expect("duel.json"))
             .expect("json");
@@ -958,6 +998,7 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         meta["schedule"], "constant",
         "the saved model says how it was trained"
     );
+    assert_eq!(meta["warmup_steps"], 20, "{meta}");
 }
 
 /// With `dropout: false` a training step does not depend on the dropout stream: two

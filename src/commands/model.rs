@@ -149,6 +149,24 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     if !db.exists() {
         return Err(BadInput(format!("{}: no such database", db.display())).into());
     }
+    let warmup_ratio = match (args.schedule, args.warmup) {
+        (Schedule::Constant, Some(_)) => {
+            return Err(BadInput(
+                "--warmup sets the linear schedule's warm-up; --schedule constant warms up \
+                 over its first 20 steps, as live training does"
+                    .into(),
+            )
+            .into());
+        }
+        (_, Some(w)) if !(0.0..1.0).contains(&w) => {
+            return Err(BadInput(format!(
+                "--warmup {w}: a share of the steps, from 0 to below 1"
+            ))
+            .into());
+        }
+        (Schedule::Linear, w) => w.unwrap_or(0.1),
+        (Schedule::Constant, None) => 0.0,
+    };
     let mut store = open(db)?;
     let all = examples_from_store(&store)?;
     let (held, train): (Vec<Example>, Vec<Example>) = all
@@ -169,7 +187,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         seed: args.seed,
         use_margin: args.margin,
         center_coef: args.center,
-        warmup_ratio: args.warmup,
+        warmup_ratio,
         dropout: args.dropout,
         ..Default::default()
     };
@@ -194,6 +212,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             [serde_json::to_string(&serde_json::json!({
                 "train": config, "base": base, "pairs": data.len(), "heldout": held_data.len(),
                 "steps": total, "schedule": args.schedule,
+                "warmup_steps": trainer.warmup_steps(),
             }))?],
         )?;
         conn.last_insert_rowid()
@@ -260,7 +279,8 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let meta = serde_json::json!({
-        "step": step, "config": config, "schedule": args.schedule, "base": base,
+        "step": step, "config": config, "schedule": args.schedule,
+        "warmup_steps": trainer.warmup_steps(), "base": base,
         "trained_pairs": data.len(),
         "evals": evals, "eval_per_epoch": file_evals,
     });

@@ -171,6 +171,15 @@ impl Trainer {
             .collect()
     }
 
+    /// How many steps the learning rate rises over before it holds or decays.
+    pub fn warmup_steps(&self) -> u64 {
+        if self.total_steps == 0 {
+            LIVE_WARMUP_STEPS as u64
+        } else {
+            (self.config.warmup_ratio * self.total_steps as f64).round() as u64
+        }
+    }
+
     /// Linear warm-up, then linear decay to zero at `total_steps`; with no total
     /// (live training, where labels keep coming) a short warm-up, then constant.
     pub fn lr_at(&self, step: u64) -> f64 {
