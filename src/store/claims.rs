@@ -262,18 +262,6 @@ impl Store {
             )
             .optional()?)
     }
-
-    /// The session holding a live claim on `pair_id`, if any (for tests and tools).
-    pub fn claim_holder(&self, pair_id: i64) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT session FROM claims WHERE pair_id = ?1 AND expires_at > ?2 LIMIT 1",
-                params![pair_id, unix_now()],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
 }
 
 #[cfg(test)]
