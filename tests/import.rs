@@ -419,6 +419,48 @@ fn a_large_import_leaves_the_schema_and_uniqueness_as_they_were() {
         "the indexes were not deferred: nothing here is tested"
     );
     assert_eq!(schema(&db), fresh);
+
+    // A large labeled import goes without the trigger that keeps the disagreement
+    // order's keys, and rebuilds them: the keys are the ones a count from scratch
+    // gives, for new pairs and for a stored pair the file judges, and the trigger is
+    // back.
+    let db2 = dir.path().join("labeled.db");
+    let mut store2 = duel::store::Store::open(&db2).expect("open");
+    let small = write(
+        dir.path(),
+        "small.jsonl",
+        numbered_pairs(30, "s").as_bytes(),
+    );
+    import_file(&mut store2, &small, &opts).expect("small import");
+    let mut labeled: String = (0..200)
+        .map(|i| format!("{{\"prompt\":\"l{i}\",\"chosen\":\"x{i}\",\"rejected\":\"y{i}\"}}\n"))
+        .collect();
+    labeled.push_str("{\"prompt\":\"q0\",\"chosen\":\"sb0\",\"rejected\":\"sa0\"}\n");
+    let labeled = write(dir.path(), "labeled.jsonl", labeled.as_bytes());
+    let r = import_file(&mut store2, &labeled, &opts).expect("labeled import");
+    assert_eq!(r.inserted, 200);
+    assert!(
+        r.rebuilt_indexes,
+        "not a bulk import: nothing here is tested"
+    );
+    let verdicts = |table: &str| -> Vec<(i64, i64, i64, f64)> {
+        store2
+            .conn()
+            .prepare(&format!(
+                "SELECT pair_id, choices, lean, against FROM {table} ORDER BY pair_id"
+            ))
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let kept = verdicts("pair_verdicts");
+    assert_eq!(kept.len(), 201);
+    assert_eq!(kept[0], (1, 1, -1, 0.0), "pair s-0 judged B");
+    assert_eq!(kept, verdicts("pair_verdicts_fresh"));
+    assert_eq!(schema(&db2), fresh);
+
     // The same file again: every record is found as already stored.
     let r = import_file(&mut store, &file, &opts).expect("reimport");
     assert_eq!((r.inserted, r.duplicates), (0, 600));

@@ -462,6 +462,36 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
             serde_json::json!(times[times.len() / 2]),
         );
     }
+    // The disagreement order goes over judged pairs: judge up to 100,000 (once each,
+    // half A and half B), then claim with overlap 2 as a second annotator would.
+    let judged = store.conn().execute(
+        "INSERT INTO labels (pair_id, annotator, choice, source)
+         SELECT id, 'bench-first', CASE id % 2 WHEN 0 THEN 'a' ELSE 'b' END, 'bench'
+         FROM pairs WHERE id <= 100000",
+        [],
+    )?;
+    {
+        let none = std::collections::HashSet::new();
+        let mut times = Vec::new();
+        let mut walk = QueueWalk::new(7);
+        let order = QueueOrder::Disagreement;
+        for _ in 0..9 {
+            let t = std::time::Instant::now();
+            let id =
+                store.claim_next_in_order("bench-second", "second", 2, &none, order, &mut walk)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let Some(id) = id else { break };
+            store.conn().execute(
+                "INSERT INTO labels (pair_id, annotator, choice, source) VALUES (?1, 'bench-second', 'a', 'bench')",
+                [id],
+            )?;
+        }
+        times.sort_by(f64::total_cmp);
+        claim_ms.insert(
+            format!("disagreement, {judged} judged, overlap 2"),
+            serde_json::json!(times[times.len() / 2]),
+        );
+    }
     let result = serde_json::json!({
         "pairs": report.inserted,
         "claim_ms": claim_ms,

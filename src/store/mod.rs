@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_claims.sql"),
     include_str!("migrations/0003_queue_order.sql"),
     include_str!("migrations/0004_queue_indexes.sql"),
+    include_str!("migrations/0005_pair_verdicts.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {

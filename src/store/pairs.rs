@@ -130,7 +130,14 @@ struct Known {
     /// by `finish` (sorting once is much faster than inserting random keys one by
     /// one); uniqueness is checked against the sets above meanwhile.
     indexes_deferred: bool,
+    /// The trigger that keeps a judged pair's `pair_verdicts` row as each label is
+    /// inserted, as the schema holds it, while a bulk import goes without it (the rows
+    /// are rebuilt in one pass by `finish`).
+    verdict_trigger: Option<String>,
 }
+
+/// The trigger on label inserts that a bulk import suspends (migration 0005).
+const VERDICT_TRIGGER: &str = "labels_verdict_insert";
 
 /// The indexes on random keys that a bulk import drops and builds again, as the
 /// migrations create them (a test checks that the schema is the same after an import).
@@ -179,6 +186,7 @@ impl<'c> PairWriter<'c> {
                 prompts: HashMap::with_capacity(prompts as usize),
                 ext_ids: HashSet::new(),
                 indexes_deferred: false,
+                verdict_trigger: None,
             };
             let mut stmt = conn.prepare("SELECT ext_id FROM pairs WHERE ext_id IS NOT NULL")?;
             let mut rows = stmt.query([])?;
@@ -212,8 +220,9 @@ impl<'c> PairWriter<'c> {
         self.known.as_ref().map(|k| k.pairs.len())
     }
 
-    /// In bulk mode, drops the unique indexes on `pairs` until `finish` builds them
-    /// again: worth it when many pairs are about to be inserted. Must run inside the
+    /// In bulk mode, drops the unique indexes on `pairs` (and suspends the trigger
+    /// that keeps `pair_verdicts`) until `finish` builds them again: worth it when
+    /// many pairs are about to be inserted. Must run inside the
     /// caller's transaction, so that an interrupted import leaves the indexes as
     /// they were. Does nothing outside bulk mode.
     pub fn defer_indexes(&mut self) -> Result<()> {
@@ -231,6 +240,13 @@ impl<'c> PairWriter<'c> {
         for (name, _) in DEFERRABLE_INDEXES {
             self.conn.execute_batch(&format!("DROP INDEX {name}"))?;
         }
+        k.verdict_trigger = Some(self.conn.query_row(
+            "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
+            [VERDICT_TRIGGER],
+            |r| r.get(0),
+        )?);
+        self.conn
+            .execute_batch(&format!("DROP TRIGGER {VERDICT_TRIGGER}"))?;
         k.indexes_deferred = true;
         Ok(())
     }
@@ -243,6 +259,14 @@ impl<'c> PairWriter<'c> {
             // Sorting for the index build stays in memory (a few tens of bytes a pair).
             self.conn.pragma_update(None, "temp_store", "MEMORY")?;
             for (_, sql) in DEFERRABLE_INDEXES {
+                self.conn.execute_batch(sql)?;
+            }
+            self.conn.execute_batch(
+                "DELETE FROM pair_verdicts;
+                 INSERT INTO pair_verdicts (pair_id, choices, lean, against)
+                 SELECT pair_id, choices, lean, against FROM pair_verdicts_fresh;",
+            )?;
+            if let Some(sql) = self.known.as_ref().and_then(|k| k.verdict_trigger.as_ref()) {
                 self.conn.execute_batch(sql)?;
             }
             self.conn.pragma_update(None, "temp_store", "DEFAULT")?;
