@@ -421,6 +421,21 @@ mod tests {
             );
         }
         assert!(!verdicts_kept(&store).is_empty());
+        // The triggers read one pair's judgements through the index, not all of them
+        // (which would make every judgement cost as much as the whole table).
+        let plan: Vec<String> = store
+            .conn()
+            .prepare("EXPLAIN QUERY PLAN SELECT * FROM pair_verdicts_fresh WHERE pair_id = ?1")
+            .expect("plan")
+            .query_map([1], |r| r.get::<_, String>(3))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("plan rows");
+        assert!(
+            plan.iter()
+                .any(|l| l.starts_with("SEARCH labels USING INDEX labels_pair")),
+            "{plan:?}"
+        );
     }
 
     #[test]
