@@ -292,6 +292,15 @@ fn kill_9_during_import_leaves_all_or_nothing() {
             ),
             2
         );
+        // So is the trigger it suspends.
+        assert_eq!(
+            query(
+                &db,
+                "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger'
+                 AND name = 'labels_verdict_insert'"
+            ),
+            1
+        );
     }
     // At least one kill landed inside the import (the test would prove nothing otherwise).
     assert!(partial_seen >= 1);
