@@ -122,9 +122,6 @@ pub struct LabelArgs {
     /// Learning rate of live training.
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
-    /// Layer-wise learning-rate decay of live training (as `duel train`'s).
-    #[arg(long, default_value_t = 1.0, value_parser = layer_decay)]
-    pub layer_decay: f64,
     /// Longest model input in tokens.
     #[arg(long, default_value_t = 256)]
     pub max_length: usize,
@@ -284,11 +281,6 @@ pub struct TrainArgs {
     pub model_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 1e-4)]
     pub lr: f64,
-    /// Layer-wise learning-rate decay: the head trains at --lr, each encoder layer
-    /// at this share of the rate of the layer above it, the embeddings one share
-    /// below the lowest layer; 1 for one rate everywhere.
-    #[arg(long, default_value_t = 1.0, value_parser = layer_decay)]
-    pub layer_decay: f64,
     /// Share of prompts held out for evaluation.
     #[arg(long, default_value_t = 0.15)]
     pub holdout: f64,
@@ -380,13 +372,4 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-/// A layer-wise decay: a share of the rate, above 0 and at most 1.
-fn layer_decay(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(d) if d > 0.0 && d <= 1.0 => Ok(d),
-        Ok(_) => Err("a share of the rate, above 0 and at most 1".into()),
-        Err(e) => Err(e.to_string()),
-    }
 }

@@ -926,8 +926,6 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
             "24",
             "--schedule",
             "constant",
-            "--layer-decay",
-            "0.8",
             "--lr",
             "2e-3",
             "--max-length",
@@ -966,15 +964,6 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         [0, 20],
         "--warmup 0, then the live trainer's 20 steps"
     );
-    let decay: f64 = rusqlite::Connection::open(&db)
-        .expect("open")
-        .query_row(
-            "SELECT config ->> '$.train.layer_decay' FROM train_runs ORDER BY id DESC LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .expect("layer_decay");
-    assert_eq!(decay, 0.8);
 
     // --warmup is the linear schedule's; with the constant one it is refused, and
     // nothing is trained or recorded.
@@ -997,25 +986,6 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--warmup"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    // A layer decay outside (0, 1] is refused the same way.
-    let out = common::duel(
-        &db,
-        &[
-            "train",
-            "--model-dir",
-            base.to_str().expect("path"),
-            "--layer-decay",
-            "1.5",
-            "--out",
-            tmp.path().join("refused").to_str().expect("path"),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--layer-decay"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -159,7 +159,6 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| db.with_extension("model")),
             train: crate::train::TrainConfig {
                 lr: args.lr,
-                layer_decay: args.layer_decay,
                 max_length: args.max_length,
                 ..Default::default()
             },

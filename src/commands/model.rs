@@ -189,7 +189,6 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         center_coef: args.center,
         warmup_ratio,
         dropout: args.dropout,
-        layer_decay: args.layer_decay,
         ..Default::default()
     };
     // A bad evaluation file stops the run before anything is trained or recorded.

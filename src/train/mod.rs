@@ -54,10 +54,6 @@ pub struct TrainConfig {
     pub center_coef: f64,
     /// Train with the encoder's dropout on (the rates in its config.json).
     pub dropout: bool,
-    /// Layer-wise learning-rate decay: the pooler and classifier train at `lr`,
-    /// each encoder layer below them at `layer_decay` times the rate of the one
-    /// above, the embeddings one step below the lowest layer. 1 for one rate.
-    pub layer_decay: f64,
 }
 
 impl Default for TrainConfig {
@@ -73,32 +69,12 @@ impl Default for TrainConfig {
             use_margin: false,
             center_coef: 0.0,
             dropout: true,
-            layer_decay: 1.0,
         }
     }
 }
 
 /// Warm-up of live training, in steps.
 const LIVE_WARMUP_STEPS: f64 = 20.0;
-
-/// The share of the learning rate a parameter trains at under layer-wise decay
-/// `decay` in an encoder of `layers` layers: 1 for the pooler and the classifier,
-/// `decay^(layers - i)` for layer `i` (counted from 0 at the bottom), and
-/// `decay^(layers + 1)` for the embeddings.
-pub fn lr_scale(name: &str, layers: usize, decay: f64) -> f64 {
-    let depth = if name.starts_with("bert.embeddings.") {
-        layers + 1
-    } else if let Some(i) = name
-        .strip_prefix("bert.encoder.layer.")
-        .and_then(|rest| rest.split('.').next())
-        .and_then(|i| i.parse::<usize>().ok())
-    {
-        layers.saturating_sub(i)
-    } else {
-        0
-    };
-    decay.powi(depth as i32)
-}
 
 /// Whether a prompt belongs to the held-out split: a fixed share of prompts by hash,
 /// so every pair of one prompt lands on the same side.
@@ -139,21 +115,18 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(model: RewardModel, encoder: TextEncoder, config: TrainConfig) -> Result<Trainer> {
-        let named = model.named_vars();
-        let layers = model.config.num_hidden_layers;
-        let scales = named
-            .iter()
-            .map(|(name, _)| lr_scale(name, layers, config.layer_decay) as f32)
+        let vars: Vec<Var> = model
+            .named_vars()
+            .into_iter()
+            .map(|(_, v)| v.clone())
             .collect();
-        let vars: Vec<Var> = named.into_iter().map(|(_, v)| v.clone()).collect();
         let opt = AdamW::new(
             vars,
             AdamWConfig {
                 weight_decay: config.weight_decay as f32,
                 ..Default::default()
             },
-        )?
-        .with_lr_scales(scales)?;
+        )?;
         Ok(Trainer {
             rng: DropoutRng::new(config.seed),
             model,
@@ -469,111 +442,6 @@ mod tests {
         assert!(lrs[9] > 0.0, "{lrs:?}");
         t.total_steps = 0;
         assert!(t.lr_at(0) < t.lr_at(19) && (t.lr_at(100) - 1.0).abs() < 1e-12);
-    }
-
-    /// With layer-wise decay, Adam's first step (which moves every coordinate with a
-    /// gradient by the step's rate times its scale) moves the classifier by the
-    /// full rate, the top layer by `d`, the bottom one by `d^L`, and the embeddings
-    /// by `d^(L+1)`.
-    #[test]
-    fn layer_decay_gives_each_layer_its_share_of_the_rate() {
-        let cfg = crate::model::bert::tiny_config();
-        let layers = cfg.num_hidden_layers;
-        assert_eq!(lr_scale("classifier.weight", layers, 0.5), 1.0);
-        assert_eq!(lr_scale("bert.pooler.dense.bias", layers, 0.5), 1.0);
-        let w = crate::model::bert::random_weights(&cfg, 1).expect("w");
-        let model = RewardModel::from_weights(cfg, &w, 1).expect("m");
-        let tok = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("assets/models/all-MiniLM-L6-v2/tokenizer.json");
-        let Ok(encoder) = TextEncoder::load(&tok) else {
-            panic!("{} missing: run `make test`", tok.display())
-        };
-        let decay = 0.5;
-        let mut t = Trainer::new(
-            model,
-            encoder,
-            TrainConfig {
-                lr: 1e-2,
-                dropout: false,
-                layer_decay: decay,
-                ..Default::default()
-            },
-        )
-        .expect("trainer");
-        let data = t
-            .encode(&[
-                Example {
-                    prompt: "say something kind".into(),
-                    chosen: "you did well today".into(),
-                    rejected: "no".into(),
-                    margin: None,
-                },
-                Example {
-                    prompt: "name a colour".into(),
-                    chosen: "blue".into(),
-                    rejected: "a colour is a colour".into(),
-                    margin: None,
-                },
-            ])
-            .expect("encode");
-        let before: Vec<(String, Vec<f32>)> = t
-            .model
-            .named_vars()
-            .into_iter()
-            .map(|(n, v)| {
-                (
-                    n,
-                    v.as_tensor()
-                        .flatten_all()
-                        .expect("flat")
-                        .to_vec1()
-                        .expect("values"),
-                )
-            })
-            .collect();
-        let rate = t.lr_at(0);
-        let stats = t.step(&[&data[0], &data[1]]).expect("step");
-        assert!(!stats.skipped);
-        let after = t.model.named_vars();
-        let moved = |name: &str| -> f64 {
-            let (i, _) = before
-                .iter()
-                .enumerate()
-                .find(|(_, (n, _))| n == name)
-                .expect(name);
-            let now: Vec<f32> = after[i]
-                .1
-                .as_tensor()
-                .flatten_all()
-                .expect("flat")
-                .to_vec1()
-                .expect("values");
-            now.iter()
-                .zip(&before[i].1)
-                .map(|(a, b)| f64::from((a - b).abs()))
-                .fold(0.0, f64::max)
-        };
-        let top = format!("bert.encoder.layer.{}.output.dense.bias", layers - 1);
-        for (name, share) in [
-            ("classifier.weight", 1.0),
-            (top.as_str(), decay),
-            (
-                "bert.encoder.layer.0.output.dense.bias",
-                decay.powi(layers as i32),
-            ),
-            (
-                "bert.embeddings.LayerNorm.bias",
-                decay.powi(layers as i32 + 1),
-            ),
-        ] {
-            let m = moved(name);
-            // Within 2%: where a gradient is tiny, Adam's epsilon takes a little off.
-            assert!(
-                (0.98..1.001).contains(&(m / (rate * share))),
-                "{name} moved {m}, not {}",
-                rate * share
-            );
-        }
     }
 
     /// The loss and its gradient with respect to each reward (what the hand-written

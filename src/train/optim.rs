@@ -30,8 +30,6 @@ pub struct AdamW {
     vars: Vec<Var>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
-    /// Each parameter's learning rate as a share of the step's (1 unless set).
-    lr_scales: Vec<f32>,
     pub step: u64,
 }
 
@@ -79,7 +77,6 @@ impl InplaceOp2 for Moment {
 }
 
 /// `p -= lr * (m̂ / (sqrt(v̂) + eps) + wd * p)`.
-#[derive(Clone, Copy)]
 struct Update {
     lr: f32,
     bc1: f32,
@@ -125,7 +122,6 @@ impl AdamW {
             .map(|v| v.zeros_like())
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW {
-            lr_scales: vec![1.0; vars.len()],
             config,
             vars,
             m,
@@ -134,21 +130,7 @@ impl AdamW {
         })
     }
 
-    /// Gives each parameter (in the order the optimizer was given them) its own share
-    /// of the step's learning rate.
-    pub fn with_lr_scales(mut self, scales: Vec<f32>) -> Result<AdamW> {
-        if scales.len() != self.vars.len() {
-            candle_core::bail!(
-                "{} learning-rate scales for {} parameters",
-                scales.len(),
-                self.vars.len()
-            );
-        }
-        self.lr_scales = scales;
-        Ok(self)
-    }
-
-    /// One step with learning rate `lr` (times each parameter's scale); `grads` are the parameters' gradients in the
+    /// One step with learning rate `lr`; `grads` are the parameters' gradients in the
     /// order the optimizer was given them (`None`: left alone); `grad_scale`
     /// multiplies every gradient (gradient clipping).
     pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f32) -> Result<()> {
@@ -162,21 +144,16 @@ impl AdamW {
         self.step += 1;
         let c = self.config;
         let t = self.step as i32;
-        let base = Update {
+        let upd = Update {
             lr: lr as f32,
             bc1: 1.0 - c.beta1.powi(t),
             bc2: 1.0 - c.beta2.powi(t),
             eps: c.eps,
             wd: c.weight_decay,
         };
-        let params = self.vars.iter().zip(&self.m).zip(&self.v);
-        for ((((var, m), v), g), &scale) in params.zip(grads).zip(&self.lr_scales) {
+        for (((var, m), v), g) in self.vars.iter().zip(&self.m).zip(&self.v).zip(grads) {
             let Some(g) = g else {
                 continue;
-            };
-            let upd = Update {
-                lr: base.lr * scale,
-                ..base
             };
             let g = g.contiguous()?;
             m.inplace_op2(
@@ -289,37 +266,5 @@ mod tests {
         for (a, b) in got.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
-    }
-
-    /// A parameter with a learning-rate scale moves that share of the step: Adam's
-    /// first step moves every coordinate by the rate itself (m̂ / √v̂ = ±1).
-    #[test]
-    fn a_scaled_parameter_moves_its_share_of_the_step() {
-        let p = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).expect("var");
-        let q = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).expect("var");
-        let mut opt = AdamW::new(vec![p.clone(), q.clone()], AdamWConfig::default())
-            .expect("opt")
-            .with_lr_scales(vec![1.0, 0.25])
-            .expect("scales");
-        let g = Tensor::new(&[0.5f32, -1.5], &Device::Cpu).expect("g");
-        opt.step(&[Some(g.clone()), Some(g)], 0.01, 1.0)
-            .expect("step");
-        let moved = |v: &Var| -> Vec<f32> {
-            let now: Vec<f32> = v.as_tensor().to_vec1().expect("v");
-            now.iter()
-                .zip([1.0f32, -2.0])
-                .map(|(a, b)| (a - b).abs())
-                .collect()
-        };
-        for (a, b) in moved(&p).iter().zip(moved(&q)) {
-            assert!((a - 0.01).abs() < 1e-6, "{a}");
-            assert!((b - 0.0025).abs() < 1e-6, "{b}");
-        }
-        assert!(
-            AdamW::new(vec![p], AdamWConfig::default())
-                .expect("opt")
-                .with_lr_scales(vec![1.0, 1.0])
-                .is_err()
-        );
     }
 }
