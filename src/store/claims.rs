@@ -255,14 +255,23 @@ impl Store {
 mod tests {
     use super::*;
 
-    /// `annotator` judges `pair_id` at once, as a labeler would.
+    /// `annotator` judges `pair_id` (A is better) at once, as a labeler would.
     fn judge(store: &mut Store, annotator: &str, pair_id: i64) {
-        use crate::domain::{Choice, NewLabel};
+        judge_as(store, annotator, pair_id, crate::domain::Choice::A);
+    }
+
+    /// `annotator` makes `choice` on `pair_id`; the label's id.
+    fn judge_as(
+        store: &mut Store,
+        annotator: &str,
+        pair_id: i64,
+        choice: crate::domain::Choice,
+    ) -> i64 {
         store
-            .record_label(&NewLabel {
+            .record_label(&crate::domain::NewLabel {
                 pair_id,
                 annotator: annotator.into(),
-                choice: Choice::A,
+                choice,
                 strength: None,
                 left: None,
                 note: None,
@@ -270,7 +279,25 @@ mod tests {
                 source: "tui".into(),
                 queue_order: None,
             })
-            .expect("label");
+            .expect("label")
+    }
+
+    /// A store holding `n` pairs with ids 1 to `n`, each with its own prompt.
+    fn store_with_pairs(n: usize) -> Store {
+        use crate::domain::Prompt;
+        use crate::store::NewPair;
+        let mut store = Store::open_in_memory().expect("store");
+        let pairs: Vec<NewPair> = (0..n)
+            .map(|i| {
+                NewPair::new(
+                    Prompt::from_text(format!("q{i}")),
+                    format!("a{i}"),
+                    "b".into(),
+                )
+            })
+            .collect();
+        store.insert_pairs(&pairs).expect("insert");
+        store
     }
 
     /// Every order walks an index and stops at the first pair it can serve: no query
@@ -330,19 +357,8 @@ mod tests {
     /// a random order of 600 such events on 12 pairs.
     #[test]
     fn the_disagreement_keys_follow_every_judgement_and_score() {
-        use crate::domain::{Choice, NewLabel, Prompt};
-        use crate::store::NewPair;
-        let mut store = Store::open_in_memory().expect("store");
-        let pairs: Vec<NewPair> = (0..12)
-            .map(|i| {
-                NewPair::new(
-                    Prompt::from_text(format!("q{i}")),
-                    format!("a{i}"),
-                    "b".into(),
-                )
-            })
-            .collect();
-        store.insert_pairs(&pairs).expect("insert");
+        use crate::domain::Choice;
+        let mut store = store_with_pairs(12);
         // splitmix64: a fixed, repeatable stream of events.
         let mut state = 7u64;
         let mut next = || {
@@ -361,19 +377,7 @@ mod tests {
                 0 | 1 => {
                     let choice = [Choice::A, Choice::B, Choice::Tie, Choice::BothBad]
                         [((r >> 16) % 4) as usize];
-                    let id = store
-                        .record_label(&NewLabel {
-                            pair_id: pair,
-                            annotator: format!("ann{}", (r >> 20) % 3),
-                            choice,
-                            strength: None,
-                            left: None,
-                            note: None,
-                            elapsed_ms: None,
-                            source: "tui".into(),
-                            queue_order: None,
-                        })
-                        .expect("label");
+                    let id = judge_as(&mut store, &format!("ann{}", (r >> 20) % 3), pair, choice);
                     live.push(id);
                 }
                 2 if !live.is_empty() => {
@@ -456,19 +460,7 @@ mod tests {
     /// passed over while another labeler held it.
     #[test]
     fn the_shuffled_walk_starts_by_salt_and_comes_round_to_passed_pairs() {
-        use crate::domain::Prompt;
-        use crate::store::NewPair;
-        let mut store = Store::open_in_memory().expect("store");
-        let pairs: Vec<NewPair> = (0..20)
-            .map(|i| {
-                NewPair::new(
-                    Prompt::from_text(format!("q{i}")),
-                    format!("a{i}"),
-                    "b".into(),
-                )
-            })
-            .collect();
-        store.insert_pairs(&pairs).expect("insert");
+        let mut store = store_with_pairs(20);
         let none = HashSet::new();
         let mut by_position: Vec<i64> = (1..=20).collect();
         by_position.sort_by_key(|&id| shuffle_position(id));
@@ -526,13 +518,7 @@ mod tests {
     /// round to a pair it passed over while another labeler held it.
     #[test]
     fn the_sequential_walk_comes_round_to_passed_pairs() {
-        use crate::domain::Prompt;
-        use crate::store::NewPair;
-        let mut store = Store::open_in_memory().expect("store");
-        let pairs: Vec<NewPair> = (0..6)
-            .map(|i| NewPair::new(Prompt::from_text(format!("q{i}")), "a".into(), "b".into()))
-            .collect();
-        store.insert_pairs(&pairs).expect("insert");
+        let mut store = store_with_pairs(6);
         store.claim_pair("z", "zz", 2).expect("hold");
         let none = HashSet::new();
         let mut walk = QueueWalk::new(99);
