@@ -266,6 +266,29 @@ pub struct NewLabel {
     pub queue_order: Option<String>,
 }
 
+impl NewLabel {
+    /// A judgement with nothing beside the choice: no strength, side, note, time or
+    /// queue order (an import's, or a script's).
+    pub fn plain(
+        pair_id: i64,
+        annotator: impl Into<String>,
+        choice: Choice,
+        source: impl Into<String>,
+    ) -> NewLabel {
+        NewLabel {
+            pair_id,
+            annotator: annotator.into(),
+            choice,
+            strength: None,
+            left: None,
+            note: None,
+            elapsed_ms: None,
+            source: source.into(),
+            queue_order: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -285,16 +285,10 @@ fn team_statistics_and_generator_ratings() {
     for (pair_id, who, choice) in votes {
         store
             .record_label(&NewLabel {
-                pair_id,
-                annotator: who.into(),
-                choice,
-                strength: None,
                 // x always saw A on the left; the others B.
                 left: Some(if who == "x" { Side::A } else { Side::B }),
-                note: None,
                 elapsed_ms: Some(1000),
-                source: "test".into(),
-                queue_order: None,
+                ..NewLabel::plain(pair_id, who, choice, "test")
             })
             .expect("label");
     }

@@ -711,15 +711,8 @@ mod active {
                 };
                 store
                     .record_label(&NewLabel {
-                        pair_id: id,
-                        annotator: "sim".into(),
-                        choice: Choice::A,
-                        strength: None,
-                        left: None,
-                        note: None,
-                        elapsed_ms: None,
-                        source: "test".into(),
                         queue_order: Some(pick.as_str().into()),
+                        ..NewLabel::plain(id, "sim", Choice::A, "test")
                     })
                     .expect("label");
                 labeled.push(by_id[&id].clone());

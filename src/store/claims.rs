@@ -268,17 +268,9 @@ mod tests {
         choice: crate::domain::Choice,
     ) -> i64 {
         store
-            .record_label(&crate::domain::NewLabel {
-                pair_id,
-                annotator: annotator.into(),
-                choice,
-                strength: None,
-                left: None,
-                note: None,
-                elapsed_ms: None,
-                source: "tui".into(),
-                queue_order: None,
-            })
+            .record_label(&crate::domain::NewLabel::plain(
+                pair_id, annotator, choice, "tui",
+            ))
             .expect("label")
     }
 

@@ -353,17 +353,7 @@ impl<'c> PairWriter<'c> {
     fn import_label(&self, pair_id: i64, choice: Choice) -> Result<i64> {
         super::labels::insert_label(
             self.conn,
-            &NewLabel {
-                pair_id,
-                annotator: "import".into(),
-                choice,
-                strength: None,
-                left: None,
-                note: None,
-                elapsed_ms: None,
-                source: "import".into(),
-                queue_order: None,
-            },
+            &NewLabel::plain(pair_id, "import", choice, "import"),
         )
     }
 
@@ -650,17 +640,7 @@ mod tests {
         let none = HashSet::new();
         assert_eq!(s.next_pair_id("ann", 1, &none).expect("next"), Some(1));
         let id = s
-            .record_label(&NewLabel {
-                pair_id: 1,
-                annotator: "other".into(),
-                choice: Choice::A,
-                strength: None,
-                left: None,
-                note: None,
-                elapsed_ms: None,
-                source: "tui".into(),
-                queue_order: None,
-            })
+            .record_label(&NewLabel::plain(1, "other", Choice::A, "tui"))
             .expect("label");
         // Judged by someone else: with overlap 1 it is done, with overlap 2 it is not.
         assert_eq!(s.next_pair_id("ann", 1, &none).expect("next"), Some(2));

@@ -93,16 +93,6 @@ pub fn numbered_store(n: usize) -> Store {
 /// Records a plain judgement (no side, strength, note or time) by `who`.
 pub fn judge(store: &mut Store, pair_id: i64, who: &str, choice: duel::domain::Choice) -> i64 {
     store
-        .record_label(&duel::domain::NewLabel {
-            pair_id,
-            annotator: who.into(),
-            choice,
-            strength: None,
-            left: None,
-            note: None,
-            elapsed_ms: None,
-            source: "test".into(),
-            queue_order: None,
-        })
+        .record_label(&duel::domain::NewLabel::plain(pair_id, who, choice, "test"))
         .expect("label")
 }
