@@ -207,6 +207,47 @@ mod tests {
         Store::open(&path).expect("reopen");
     }
 
+    /// A database made before the disagreement keys (version 4) gets them for the
+    /// judgements and scores it holds when it is opened: the disagreement order serves
+    /// its contested pairs first at once.
+    #[test]
+    fn an_older_database_gets_the_disagreement_keys_of_what_it_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("v4.db");
+        {
+            let mut c = Connection::open(&path).expect("open");
+            migrations().to_version(&mut c, 4).expect("version 4");
+            c.execute_batch(
+                "INSERT INTO prompts (id, hash, text) VALUES (1, x'01', 'q');
+                 INSERT INTO responses (id, prompt_id, text) VALUES (1, 1, 'a'), (2, 1, 'b');
+                 INSERT INTO pairs (id, prompt_id, response_a, response_b, content_hash)
+                 VALUES (1, 1, 1, 2, x'01'), (2, 1, 2, 1, x'02'), (3, 1, 1, 2, x'03'),
+                        (4, 1, 2, 1, x'04');
+                 -- 1: contested; 2: judged A, the model says B (p_a 0.1); 3: judged B
+                 -- then undone; 4: not judged.
+                 INSERT INTO labels (pair_id, annotator, choice, undone_at)
+                 VALUES (1, 'x', 'a', NULL), (1, 'y', 'b', NULL), (2, 'x', 'a', NULL),
+                        (3, 'x', 'b', '2026-11-29T00:00:00Z');
+                 INSERT INTO pair_scores (pair_id, p_a, step) VALUES (2, 0.1, 5), (4, 0.9, 5);",
+            )
+            .expect("v4 rows");
+        }
+        let store = Store::open(&path).expect("open");
+        let keys: Vec<(i64, i64, i64, f64)> = store
+            .conn()
+            .prepare("SELECT pair_id, choices, lean, against FROM pair_verdicts ORDER BY pair_id")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert_eq!(keys[0], (1, 2, 0, 0.0));
+        let (id, choices, lean, against) = keys[1];
+        assert_eq!((id, choices, lean), (2, 1, 1));
+        assert!((against - 0.4).abs() < 1e-12, "{against}");
+    }
+
     #[test]
     fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -32,7 +32,8 @@ LEFT JOIN pair_scores s ON s.pair_id = v.pair_id;
 INSERT INTO pair_verdicts (pair_id, choices, lean, against)
 SELECT pair_id, choices, lean, against FROM pair_verdicts_fresh;
 
--- A pair's row again from its live judgements (none: no row).
+-- A pair's row again, from the view, whenever its judgements or its score change
+-- (a pair with no live judgement gets no row).
 CREATE TRIGGER labels_verdict_insert AFTER INSERT ON labels BEGIN
     DELETE FROM pair_verdicts WHERE pair_id = NEW.pair_id;
     INSERT INTO pair_verdicts (pair_id, choices, lean, against)
@@ -48,18 +49,22 @@ CREATE TRIGGER labels_verdict_update AFTER UPDATE ON labels BEGIN
 END;
 
 CREATE TRIGGER pair_scores_verdict_insert AFTER INSERT ON pair_scores BEGIN
-    UPDATE pair_verdicts
-    SET against = CASE lean WHEN 1 THEN 0.5 - NEW.p_a WHEN -1 THEN NEW.p_a - 0.5 ELSE 0 END
+    DELETE FROM pair_verdicts WHERE pair_id = NEW.pair_id;
+    INSERT INTO pair_verdicts (pair_id, choices, lean, against)
+    SELECT pair_id, choices, lean, against FROM pair_verdicts_fresh
     WHERE pair_id = NEW.pair_id;
 END;
 
 CREATE TRIGGER pair_scores_verdict_update AFTER UPDATE ON pair_scores BEGIN
-    UPDATE pair_verdicts SET against = 0 WHERE pair_id = OLD.pair_id;
-    UPDATE pair_verdicts
-    SET against = CASE lean WHEN 1 THEN 0.5 - NEW.p_a WHEN -1 THEN NEW.p_a - 0.5 ELSE 0 END
-    WHERE pair_id = NEW.pair_id;
+    DELETE FROM pair_verdicts WHERE pair_id IN (OLD.pair_id, NEW.pair_id);
+    INSERT INTO pair_verdicts (pair_id, choices, lean, against)
+    SELECT pair_id, choices, lean, against FROM pair_verdicts_fresh
+    WHERE pair_id IN (OLD.pair_id, NEW.pair_id);
 END;
 
 CREATE TRIGGER pair_scores_verdict_delete AFTER DELETE ON pair_scores BEGIN
-    UPDATE pair_verdicts SET against = 0 WHERE pair_id = OLD.pair_id;
+    DELETE FROM pair_verdicts WHERE pair_id = OLD.pair_id;
+    INSERT INTO pair_verdicts (pair_id, choices, lean, against)
+    SELECT pair_id, choices, lean, against FROM pair_verdicts_fresh
+    WHERE pair_id = OLD.pair_id;
 END;
