@@ -5,7 +5,8 @@ use crate::cli::{EvalArgs, Schedule, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
 use crate::model::{DEFAULT_ENCODER_DIR, checkpoint};
 use crate::train::{
-    Encoded, Example, TrainConfig, Trainer, epoch_batches, examples_from_store, is_heldout,
+    Encoded, Example, LIVE_WARMUP_STEPS, TrainConfig, Trainer, epoch_batches, examples_from_store,
+    is_heldout,
 };
 use anyhow::{Context, Result};
 use std::io::{BufRead, Write};
@@ -151,11 +152,10 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     }
     let warmup_ratio = match (args.schedule, args.warmup) {
         (Schedule::Constant, Some(_)) => {
-            return Err(BadInput(
+            return Err(BadInput(format!(
                 "--warmup sets the linear schedule's warm-up; --schedule constant warms up \
-                 over its first 20 steps, as live training does"
-                    .into(),
-            )
+                 over its first {LIVE_WARMUP_STEPS} steps, as live training does"
+            ))
             .into());
         }
         (_, Some(w)) if !(0.0..1.0).contains(&w) => {
@@ -164,7 +164,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             ))
             .into());
         }
-        (Schedule::Linear, w) => w.unwrap_or(0.1),
+        (Schedule::Linear, w) => w.unwrap_or(TrainConfig::default().warmup_ratio),
         (Schedule::Constant, None) => 0.0,
     };
     let mut store = open(db)?;

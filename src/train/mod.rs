@@ -73,8 +73,8 @@ impl Default for TrainConfig {
     }
 }
 
-/// Warm-up of live training, in steps.
-const LIVE_WARMUP_STEPS: f64 = 20.0;
+/// Warm-up of live training (and `duel train --schedule constant`), in steps.
+pub const LIVE_WARMUP_STEPS: u64 = 20;
 
 /// Whether a prompt belongs to the held-out split: a fixed share of prompts by hash,
 /// so every pair of one prompt lands on the same side.
@@ -174,7 +174,7 @@ impl Trainer {
     /// How many steps the learning rate rises over before it holds or decays.
     pub fn warmup_steps(&self) -> u64 {
         if self.total_steps == 0 {
-            LIVE_WARMUP_STEPS as u64
+            LIVE_WARMUP_STEPS
         } else {
             (self.config.warmup_ratio * self.total_steps as f64).round() as u64
         }
@@ -184,14 +184,14 @@ impl Trainer {
     /// (live training, where labels keep coming) a short warm-up, then constant.
     pub fn lr_at(&self, step: u64) -> f64 {
         let base = self.config.lr;
+        let warm = self.warmup_steps() as f64;
+        let s = step as f64;
         if self.total_steps == 0 {
-            return base * ((step as f64 + 1.0) / LIVE_WARMUP_STEPS).min(1.0);
+            return base * ((s + 1.0) / warm).min(1.0);
         }
         // As transformers' linear schedule, with `step` counted from 0: the last
         // step still learns.
         let total = self.total_steps as f64;
-        let warm = (self.config.warmup_ratio * total).round();
-        let s = step as f64;
         if s < warm {
             base * (s + 1.0) / (warm + 1.0)
         } else {
