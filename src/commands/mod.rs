@@ -433,8 +433,7 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
     let report = import_file(&mut store, &file, &ImportOptions::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = start.elapsed().as_secs_f64();
-    // What a labeler waits for between two pairs at this size: a claim in each order,
-    // the median of 9, each one judging the pair before so the walk goes on.
+    // What a labeler waits for between two pairs at this size: a claim in each order.
     let mut claim_ms = serde_json::Map::new();
     for order in [
         QueueOrder::Sequential,
@@ -442,25 +441,8 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
         QueueOrder::Uncertain,
         QueueOrder::Disagreement,
     ] {
-        let none = std::collections::HashSet::new();
-        let mut times = Vec::new();
-        let mut walk = QueueWalk::new(7);
-        for _ in 0..9 {
-            let t = std::time::Instant::now();
-            let id =
-                store.claim_next_in_order("bench", order.as_str(), 1, &none, order, &mut walk)?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            let Some(id) = id else { break };
-            store.conn().execute(
-                "INSERT INTO labels (pair_id, annotator, choice, source) VALUES (?1, 'bench', 'a', 'bench')",
-                [id],
-            )?;
-        }
-        times.sort_by(f64::total_cmp);
-        claim_ms.insert(
-            order.as_str().into(),
-            serde_json::json!(times[times.len() / 2]),
-        );
+        let ms = median_claim_ms(&mut store, &format!("bench-{}", order.as_str()), 1, order)?;
+        claim_ms.insert(order.as_str().into(), serde_json::json!(ms));
     }
     // The disagreement order goes over judged pairs: judge up to 100,000 (once each,
     // half A and half B), then claim with overlap 2 as a second annotator would.
@@ -470,28 +452,11 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
          FROM pairs WHERE id <= 100000",
         [],
     )?;
-    {
-        let none = std::collections::HashSet::new();
-        let mut times = Vec::new();
-        let mut walk = QueueWalk::new(7);
-        let order = QueueOrder::Disagreement;
-        for _ in 0..9 {
-            let t = std::time::Instant::now();
-            let id =
-                store.claim_next_in_order("bench-second", "second", 2, &none, order, &mut walk)?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
-            let Some(id) = id else { break };
-            store.conn().execute(
-                "INSERT INTO labels (pair_id, annotator, choice, source) VALUES (?1, 'bench-second', 'a', 'bench')",
-                [id],
-            )?;
-        }
-        times.sort_by(f64::total_cmp);
-        claim_ms.insert(
-            format!("disagreement, {judged} judged, overlap 2"),
-            serde_json::json!(times[times.len() / 2]),
-        );
-    }
+    let ms = median_claim_ms(&mut store, "bench-second", 2, QueueOrder::Disagreement)?;
+    claim_ms.insert(
+        format!("disagreement, {judged} judged, overlap 2"),
+        serde_json::json!(ms),
+    );
     let result = serde_json::json!({
         "pairs": report.inserted,
         "claim_ms": claim_ms,
@@ -515,6 +480,34 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
         println!("next pair (median ms a claim): {}", result["claim_ms"]);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The median of 9 claims by `annotator` in `order`, in milliseconds, each one
+/// judging the pair before (as a labeler does) so that the walk goes on.
+fn median_claim_ms(
+    store: &mut Store,
+    annotator: &str,
+    overlap: u32,
+    order: QueueOrder,
+) -> Result<f64> {
+    let none = std::collections::HashSet::new();
+    let mut times = Vec::new();
+    let mut walk = QueueWalk::new(7);
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        let id =
+            store.claim_next_in_order(annotator, annotator, overlap, &none, order, &mut walk)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let Some(id) = id else { break };
+        store.record_label(&crate::domain::NewLabel::plain(
+            id,
+            annotator,
+            crate::domain::Choice::A,
+            "bench",
+        ))?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 /// The bundled demo pairs as examples (response A as the chosen one), for benches.
