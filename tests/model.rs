@@ -218,8 +218,18 @@ fn snapshot(tr: &Trainer) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
-#[test]
-fn every_parameter_changes_and_a_learnable_rule_is_learned() {
+/// Six epochs on 64 pairs of a learnable rule: the training accuracy and the mean
+/// loss of the first and last epochs, and the parameters before and after.
+#[allow(clippy::type_complexity)]
+fn train_rule(
+    length_aux: f64,
+) -> (
+    f64,
+    f64,
+    f64,
+    Vec<(String, Vec<f32>)>,
+    Vec<(String, Vec<f32>)>,
+) {
     let mut tr = tiny_trainer(
         1,
         TrainConfig {
@@ -228,11 +238,11 @@ fn every_parameter_changes_and_a_learnable_rule_is_learned() {
             max_length: 64,
             warmup_ratio: 0.0,
             seed: 3,
+            length_aux,
             ..Default::default()
         },
     );
     let data = tr.encode(&rule_examples(64)).expect("encode");
-    let before = tr.evaluate(&data, 16).expect("eval");
     let start = snapshot(&tr);
     let mut first_losses = Vec::new();
     let mut last_losses = Vec::new();
@@ -249,27 +259,38 @@ fn every_parameter_changes_and_a_learnable_rule_is_learned() {
             }
         }
     }
-    let end = snapshot(&tr);
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let accuracy = tr.evaluate(&data, 16).expect("eval").accuracy;
+    (
+        accuracy,
+        mean(&first_losses),
+        mean(&last_losses),
+        start,
+        snapshot(&tr),
+    )
+}
+
+#[test]
+fn every_parameter_changes_and_a_learnable_rule_is_learned() {
+    // The Bradley-Terry loss alone.
+    let (accuracy, first, last, start, end) = train_rule(0.0);
     for ((name, a), (_, b)) in start.iter().zip(&end) {
         if zero_by_math(name) {
             continue;
         }
         assert!(a != b, "{name} did not change");
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    assert!(
-        mean(&last_losses) < 0.5 * mean(&first_losses),
-        "loss {} -> {}",
-        mean(&first_losses),
-        mean(&last_losses)
-    );
-    let after = tr.evaluate(&data, 16).expect("eval");
-    assert!(
-        after.accuracy > 0.9,
-        "training accuracy {} (was {})",
-        after.accuracy,
-        before.accuracy
-    );
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+    assert!(accuracy > 0.9, "training accuracy {accuracy}");
+
+    // With the default length objective the rule is learned too. On this tiny model
+    // (a 32-wide pooled vector shared with the probe, and the probe's gradient in
+    // the clipped norm) the rewards separate more slowly: the loss falls less far.
+    let length_aux = TrainConfig::default().length_aux;
+    assert!(length_aux > 0.0);
+    let (accuracy, first, last, _, _) = train_rule(length_aux);
+    assert!(last < 0.8 * first, "loss {first} -> {last}");
+    assert!(accuracy > 0.9, "training accuracy {accuracy}");
 }
 
 #[test]
@@ -984,6 +1005,29 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
     );
     assert_eq!(runs(&db), 2);
     assert!(!tmp.path().join("refused").exists());
+    // So is a negative weight of the length objective.
+    let out = common::duel(
+        &db,
+        &[
+            "train",
+            "--model-dir",
+            base.to_str().expect("path"),
+            "--steps",
+            "4",
+            "--length-aux",
+            "-1",
+            "--out",
+            tmp.path().join("refused").to_str().expect("path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--length-aux -1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(runs(&db), 2);
+    assert!(!tmp.path().join("refused").exists());
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model_out.join("duel.json")).expect("duel.json"))
             .expect("json");
@@ -992,6 +1036,61 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         "the saved model says how it was trained"
     );
     assert_eq!(meta["warmup_steps"], 20, "{meta}");
+    assert_eq!(
+        meta["config"]["length_aux"], 1.0,
+        "the length objective is on by default and recorded: {meta}"
+    );
+}
+
+/// The length objective trains the encoder too, through the pooled vector: the
+/// same steps with it on and off leave different encoders. Its probe learns to
+/// read the texts' lengths (its error falls well below where it started), and off,
+/// no step reports it.
+#[test]
+fn the_length_objective_reaches_the_encoder_and_its_probe_learns_length() {
+    let run = |length_aux: f64| {
+        let mut tr = tiny_trainer(
+            2,
+            TrainConfig {
+                lr: 1e-3,
+                max_length: 64,
+                warmup_ratio: 0.0,
+                dropout: false,
+                length_aux,
+                ..Default::default()
+            },
+        );
+        let data = tr.encode(&rule_examples(12)).expect("encode");
+        let batch: Vec<&Encoded> = data.iter().collect();
+        let losses: Vec<Option<f64>> = (0..40)
+            .map(|_| tr.step(&batch).expect("step").length_loss)
+            .collect();
+        (snapshot(&tr), losses)
+    };
+    let (off, off_losses) = run(0.0);
+    let (on, on_losses) = run(1.0);
+    assert!(off_losses.iter().all(Option::is_none));
+    let on_losses: Vec<f64> = on_losses
+        .into_iter()
+        .map(|l| l.expect("length loss"))
+        .collect();
+    let (first, last) = (on_losses[0], on_losses[on_losses.len() - 1]);
+    assert!(last < first / 4.0, "length loss {first} -> {last}");
+    let changed: Vec<&str> = off
+        .iter()
+        .zip(&on)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    for name in [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.pooler.dense.weight",
+    ] {
+        assert!(
+            changed.contains(&name),
+            "{name} untouched by the length objective"
+        );
+    }
 }
 
 /// With `dropout: false` a training step does not depend on the dropout stream: two

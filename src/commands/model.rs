@@ -167,6 +167,13 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         (Schedule::Linear, w) => w.unwrap_or(TrainConfig::default().warmup_ratio),
         (Schedule::Constant, None) => 0.0,
     };
+    let length_aux = args.length_aux.unwrap_or(TrainConfig::default().length_aux);
+    if !(length_aux.is_finite() && length_aux >= 0.0) {
+        return Err(BadInput(format!(
+            "--length-aux {length_aux}: a weight of 0 (off) or more"
+        ))
+        .into());
+    }
     let mut store = open(db)?;
     let all = examples_from_store(&store)?;
     let (held, train): (Vec<Example>, Vec<Example>) = all
@@ -189,6 +196,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         center_coef: args.center,
         warmup_ratio,
         dropout: args.dropout,
+        length_aux,
         ..Default::default()
     };
     // A bad evaluation file stops the run before anything is trained or recorded.

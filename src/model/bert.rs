@@ -361,8 +361,18 @@ impl RewardModel {
         &self,
         ids: &Tensor,
         mask: &Tensor,
-        mut rng: Option<&mut DropoutRng>,
+        rng: Option<&mut DropoutRng>,
     ) -> Result<Tensor> {
+        Ok(self.forward_pooled(ids, mask, rng)?.0)
+    }
+
+    /// The rewards and the pooled vectors they were computed from (before dropout).
+    pub fn forward_pooled(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        mut rng: Option<&mut DropoutRng>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
         let cfg = &self.config;
         if t > cfg.max_position_embeddings {
@@ -423,8 +433,9 @@ impl RewardModel {
         }
         let cls = x.narrow(1, 0, 1)?.squeeze(1)?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
-        let pooled = dropout(&pooled, cfg.hidden_dropout_prob, &mut rng)?;
-        self.classifier.forward(&pooled)?.squeeze(D::Minus1)
+        let dropped = dropout(&pooled, cfg.hidden_dropout_prob, &mut rng)?;
+        let rewards = self.classifier.forward(&dropped)?.squeeze(D::Minus1)?;
+        Ok((rewards, pooled))
     }
 }
 

@@ -282,6 +282,14 @@ pub struct Tape {
     p_hidden: f32,
 }
 
+impl Tape {
+    /// The pooled vectors (`tanh` of the pooler, before dropout), `hidden` values for
+    /// each sequence of the batch.
+    pub fn pooled(&self) -> &[f32] {
+        &self.pooled
+    }
+}
+
 /// Applies the dropout mask `key` of rate `p` (as drawn from `DropoutRng`): kept
 /// elements are scaled by `1 / (1 - p)`, the others zeroed. Returns the mask, which
 /// the backward applies to the gradient.
@@ -643,6 +651,17 @@ impl RewardModel {
     /// Gradients of the loss with respect to every parameter, in `named_vars` order,
     /// given the gradient of the loss with respect to each reward.
     pub fn backward(&self, tape: Tape, d_rewards: &[f32]) -> Result<Vec<Tensor>> {
+        self.backward_with(tape, d_rewards, None)
+    }
+
+    /// As `backward`, for a loss that also reads the pooled vectors (`Tape::pooled`):
+    /// `d_pooled` is its gradient with respect to them.
+    pub fn backward_with(
+        &self,
+        tape: Tape,
+        d_rewards: &[f32],
+        d_pooled: Option<&[f32]>,
+    ) -> Result<Vec<Tensor>> {
         let d = tape.dims;
         let (h, t) = (d.h, d.t);
         if d_rewards.len() != d.b {
@@ -669,6 +688,18 @@ impl RewardModel {
                 }
             }
             apply_mask(&mut dpooled, tape.pool_mask.as_deref(), tape.p_hidden);
+            if let Some(extra) = d_pooled {
+                if extra.len() != dpooled.len() {
+                    bail!(
+                        "{} pooled gradients for {} values",
+                        extra.len(),
+                        dpooled.len()
+                    );
+                }
+                for (g, e) in dpooled.iter_mut().zip(extra) {
+                    *g += e;
+                }
+            }
             for (g, p) in dpooled.iter_mut().zip(tape.pooled.iter()) {
                 *g *= 1.0 - p * p;
             }
@@ -1025,7 +1056,8 @@ mod tests {
     }
 
     /// Rewards and every gradient agree with candle's autograd through the reference
-    /// forward, with and without dropout.
+    /// forward, with and without dropout, for a loss on the rewards and the pooled
+    /// vectors.
     #[test]
     fn rewards_and_gradients_match_the_autograd_reference() {
         for dropout in [0.0, 0.1] {
@@ -1037,11 +1069,24 @@ mod tests {
             // A loss that weighs each reward differently: sum of c_i * r_i.
             let coef: Vec<f32> = (0..b).map(|i| 0.5 + i as f32).collect();
             let mut rng = DropoutRng::new(11);
-            let r_ref = m.forward(&ids_t, &mask_t, Some(&mut rng)).expect("fwd");
-            let loss = (&r_ref * Tensor::new(coef.as_slice(), &Device::Cpu).expect("c"))
+            let (r_ref, pooled_ref) = m
+                .forward_pooled(&ids_t, &mask_t, Some(&mut rng))
+                .expect("fwd");
+            // Plus a term on the pooled vectors, as the length objective adds.
+            let h = m.config.hidden_size;
+            let pcoef: Vec<f32> = (0..b * h)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+                .collect();
+            let pcoef_t = Tensor::from_vec(pcoef.clone(), (b, h), &Device::Cpu).expect("pc");
+            let loss = ((&r_ref * Tensor::new(coef.as_slice(), &Device::Cpu).expect("c"))
                 .expect("mul")
                 .sum_all()
-                .expect("sum");
+                .expect("sum")
+                + (&pooled_ref * &pcoef_t)
+                    .expect("mul")
+                    .sum_all()
+                    .expect("sum"))
+            .expect("add");
             let store = loss.backward().expect("bwd");
 
             let mut rng = DropoutRng::new(11);
@@ -1049,7 +1094,15 @@ mod tests {
                 .forward_tape(&padded.batch(), Some(&mut rng))
                 .expect("tape");
             close(&r, &r_ref.to_vec1::<f32>().expect("v"), 1e-4, "rewards");
-            let grads = m.backward(tape, &coef).expect("backward");
+            let want_pooled = pooled_ref
+                .flatten_all()
+                .expect("flat")
+                .to_vec1::<f32>()
+                .expect("v");
+            close(tape.pooled(), &want_pooled, 1e-4, "pooled");
+            let grads = m
+                .backward_with(tape, &coef, Some(&pcoef))
+                .expect("backward");
             for ((name, var), g) in m.named_vars().into_iter().zip(&grads) {
                 let want = store
                     .get(var.as_tensor())

@@ -1,5 +1,6 @@
 //! Training the reward model: data, batching, the Bradley-Terry loss, the loop.
 
+pub mod length;
 pub mod messages;
 pub mod optim;
 pub mod worker;
@@ -7,6 +8,7 @@ pub mod worker;
 use crate::model::engine::Padded;
 use crate::model::{DropoutRng, RewardModel, TextEncoder};
 use candle_core::{Result, Tensor, Var};
+use length::LengthProbe;
 use optim::{AdamW, AdamWConfig, grad_norm};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -54,6 +56,8 @@ pub struct TrainConfig {
     pub center_coef: f64,
     /// Train with the encoder's dropout on (the rates in its config.json).
     pub dropout: bool,
+    /// Weight of the auxiliary length objective (`length::LengthProbe`), 0 for none.
+    pub length_aux: f64,
 }
 
 impl Default for TrainConfig {
@@ -69,6 +73,7 @@ impl Default for TrainConfig {
             use_margin: false,
             center_coef: 0.0,
             dropout: true,
+            length_aux: 1.0,
         }
     }
 }
@@ -94,6 +99,8 @@ pub struct StepStats {
     pub lr: f64,
     /// The loss or the gradient was not finite: no update was made.
     pub skipped: bool,
+    /// The length objective's mean squared error (in log tokens), when it is on.
+    pub length_loss: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -111,6 +118,8 @@ pub struct Trainer {
     rng: DropoutRng,
     /// Steps in the schedule (for warm-up and decay); 0 for a constant rate.
     pub total_steps: u64,
+    /// The auxiliary length objective, when `config.length_aux` is above 0.
+    length_probe: Option<LengthProbe>,
 }
 
 impl Trainer {
@@ -127,7 +136,11 @@ impl Trainer {
                 ..Default::default()
             },
         )?;
+        let length_probe = (config.length_aux > 0.0)
+            .then(|| LengthProbe::new(model.config.hidden_size, config.length_aux))
+            .transpose()?;
         Ok(Trainer {
+            length_probe,
             rng: DropoutRng::new(config.seed),
             model,
             encoder,
@@ -226,13 +239,29 @@ impl Trainer {
             grad_norm: f64::NAN,
             lr,
             skipped: true,
+            length_loss: None,
         };
         if !loss_v.is_finite() {
             return Ok(skipped);
         }
+        let probe = match &self.length_probe {
+            Some(p) => {
+                let lens: Vec<usize> = batch
+                    .iter()
+                    .map(|e| e.chosen.len())
+                    .chain(batch.iter().map(|e| e.rejected.len()))
+                    .collect();
+                Some(p.loss(tape.pooled(), &lens)?)
+            }
+            None => None,
+        };
         let grads: Vec<Option<Tensor>> = self
             .model
-            .backward(tape, &d_rewards)?
+            .backward_with(
+                tape,
+                &d_rewards,
+                probe.as_ref().map(|p| p.d_pooled.as_slice()),
+            )?
             .into_iter()
             .map(Some)
             .collect();
@@ -249,12 +278,17 @@ impl Trainer {
             1.0
         };
         self.opt.step(&grads, lr, scale)?;
+        let length_loss = probe.as_ref().map(|p| p.loss);
+        if let (Some(p), Some(step)) = (&mut self.length_probe, probe) {
+            p.apply(step, lr)?;
+        }
         Ok(StepStats {
             loss: loss_v,
             accuracy,
             grad_norm: norm,
             lr,
             skipped: false,
+            length_loss,
         })
     }
 
