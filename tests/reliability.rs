@@ -301,6 +301,15 @@ fn kill_9_during_import_leaves_all_or_nothing() {
             ),
             1
         );
+        // The import may have been writing through a rollback journal: the next
+        // open puts the database back in WAL mode, with the same pairs.
+        assert!(duel(&db, &["stats"]).status.success());
+        let mode: String = rusqlite::Connection::open(&db)
+            .expect("open")
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .expect("journal_mode");
+        assert_eq!(mode, "wal");
+        assert_eq!(query(&db, "SELECT count(*) FROM pairs"), pairs);
     }
     // At least one kill landed inside the import (the test would prove nothing otherwise).
     assert!(partial_seen >= 1);

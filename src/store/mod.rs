@@ -67,6 +67,9 @@ pub enum StoreError {
 /// Page size of databases `duel` creates.
 pub const PAGE_SIZE: i64 = 16 * 1024;
 
+/// How long a connection waits for another's lock before giving up.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug)]
@@ -123,7 +126,7 @@ impl Store {
                 known: schema_version(),
             });
         }
-        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         if objects == 0 {
             // A new database: 16 KiB pages make a large import about 15% faster
             // (fewer pages to split and log) and cost nothing when reading one pair.
