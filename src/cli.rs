@@ -299,8 +299,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 0.0)]
     pub center: f64,
     /// Weight of the auxiliary length objective [default: 1]: a probe on the pooled
-    /// vector learns each text's log token count and its error trains the encoder
-    /// too, so the reward can weigh length beside content. 0 turns it off.
+    /// vector learns the log token count of each model input and its error trains
+    /// the encoder too, so the reward can weigh length beside content. 0 turns it off.
     #[arg(long, value_name = "W", allow_negative_numbers = true)]
     pub length_aux: Option<f64>,
     /// Dropout while training: on (the encoder's own rates) or off.

@@ -37,6 +37,10 @@ pub fn schema_version() -> i64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error(
+        "{path}: busy, another process is writing to it (an import, say); try again when it is done"
+    )]
+    Busy { path: PathBuf },
     #[error("{path}: not a duel database (SQLite says: {source})")]
     NotADatabase {
         path: PathBuf,
@@ -102,23 +106,28 @@ impl Store {
     }
 
     fn setup(mut conn: Connection, path: PathBuf) -> Result<Store> {
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         // Reading the header is the first thing done: it fails on a file that is not
-        // a database, before the WAL pragma would rewrite anything.
-        let found: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|source| StoreError::NotADatabase {
+        // a database, before the WAL pragma would rewrite anything. A database
+        // locked past the timeout (an import holding it) is busy, not garbage.
+        let unreadable = |source: rusqlite::Error| match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy { path: path.clone() }
+            }
+            _ => StoreError::NotADatabase {
                 path: path.clone(),
                 source,
-            })?;
+            },
+        };
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(unreadable)?;
         // `schema_version` needs a real read of the schema to detect garbage.
         let objects = conn
             .query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
                 r.get::<_, i64>(0)
             })
-            .map_err(|source| StoreError::NotADatabase {
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(unreadable)?;
         if found > schema_version() {
             return Err(StoreError::TooNew {
                 path,
@@ -126,7 +135,6 @@ impl Store {
                 known: schema_version(),
             });
         }
-        conn.busy_timeout(BUSY_TIMEOUT)?;
         if objects == 0 {
             // A new database: 16 KiB pages make a large import about 15% faster
             // (fewer pages to split and log) and cost nothing when reading one pair.
@@ -261,6 +269,26 @@ mod tests {
         assert!(matches!(err, StoreError::NotADatabase { .. }), "{err}");
         assert!(err.to_string().contains("notes.db"));
         assert_eq!(std::fs::read(&path).expect("read"), content);
+    }
+
+    /// A database another process holds locked past the timeout (as a first import
+    /// through a rollback journal does) is busy, not "not a database".
+    #[test]
+    fn a_database_locked_by_a_writer_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("locked.db");
+        drop(Store::open(&path).expect("create"));
+        let writer = Connection::open(&path).expect("writer");
+        let mode: String = writer
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .expect("journal");
+        assert_eq!(mode, "delete");
+        writer.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+        let err = Store::open(&path).expect_err("must wait, then fail");
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        assert!(err.to_string().contains("locked.db: busy"), "{err}");
+        writer.execute_batch("COMMIT").expect("unlock");
+        assert!(Store::open(&path).is_ok());
     }
 
     #[test]
