@@ -1,4 +1,4 @@
-//! An auxiliary objective that makes the encoder's pooled vector carry each text's
+//! An auxiliary objective that makes the encoder's pooled vector carry each input's
 //! length: a linear probe on it learns to predict the log of the text's token count,
 //! and the probe's squared error is added to the loss (times `TrainConfig::length_aux`),
 //! so its gradient reaches the encoder through the pooler.
