@@ -979,55 +979,30 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
         "--warmup 0, then the live trainer's 20 steps"
     );
 
-    // --warmup is the linear schedule's; with the constant one it is refused, and
-    // nothing is trained or recorded.
-    let out = common::duel(
-        &db,
-        &[
+    // A refused run exits 2 naming the option, and trains and records nothing.
+    let refused = |extra: &[&str], says: &str| {
+        let out_dir = tmp.path().join("refused");
+        let mut args = vec![
             "train",
             "--model-dir",
             base.to_str().expect("path"),
             "--steps",
             "4",
-            "--schedule",
-            "constant",
-            "--warmup",
-            "0.2",
             "--out",
-            tmp.path().join("refused").to_str().expect("path"),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--warmup"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(runs(&db), 2);
-    assert!(!tmp.path().join("refused").exists());
+            out_dir.to_str().expect("path"),
+        ];
+        args.extend_from_slice(extra);
+        let out = common::duel(&db, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says), "{err}");
+        assert_eq!(runs(&db), 2);
+        assert!(!out_dir.exists());
+    };
+    // --warmup is the linear schedule's: with the constant one it is refused.
+    refused(&["--schedule", "constant", "--warmup", "0.2"], "--warmup");
     // So is a negative weight of the length objective.
-    let out = common::duel(
-        &db,
-        &[
-            "train",
-            "--model-dir",
-            base.to_str().expect("path"),
-            "--steps",
-            "4",
-            "--length-aux",
-            "-1",
-            "--out",
-            tmp.path().join("refused").to_str().expect("path"),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--length-aux -1"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(runs(&db), 2);
-    assert!(!tmp.path().join("refused").exists());
+    refused(&["--length-aux", "-1"], "--length-aux -1");
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(model_out.join("duel.json")).expect("duel.json"))
             .expect("json");
