@@ -649,14 +649,9 @@ impl RewardModel {
     }
 
     /// Gradients of the loss with respect to every parameter, in `named_vars` order,
-    /// given the gradient of the loss with respect to each reward.
-    pub fn backward(&self, tape: Tape, d_rewards: &[f32]) -> Result<Vec<Tensor>> {
-        self.backward_with(tape, d_rewards, None)
-    }
-
-    /// As `backward`, for a loss that also reads the pooled vectors (`Tape::pooled`):
-    /// `d_pooled` is its gradient with respect to them.
-    pub fn backward_with(
+    /// given the gradient of the loss with respect to each reward and, for a loss
+    /// that also reads the pooled vectors (`Tape::pooled`), with respect to them.
+    pub fn backward(
         &self,
         tape: Tape,
         d_rewards: &[f32],
@@ -1100,9 +1095,7 @@ mod tests {
                 .to_vec1::<f32>()
                 .expect("v");
             close(tape.pooled(), &want_pooled, 1e-4, "pooled");
-            let grads = m
-                .backward_with(tape, &coef, Some(&pcoef))
-                .expect("backward");
+            let grads = m.backward(tape, &coef, Some(&pcoef)).expect("backward");
             for ((name, var), g) in m.named_vars().into_iter().zip(&grads) {
                 let want = store
                     .get(var.as_tensor())

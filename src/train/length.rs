@@ -54,31 +54,23 @@ impl LengthProbe {
         })
     }
 
-    /// Predictions for `pooled` (one row of `hidden` per text), as `ln(tokens) - CENTER`.
-    pub fn predict(&self, pooled: &[f32]) -> Result<Vec<f32>> {
-        let w = self.weight.as_tensor().to_vec1::<f32>()?;
-        let b = self.bias.as_tensor().to_vec1::<f32>()?[0];
-        Ok(pooled
-            .chunks(self.hidden)
-            .map(|p| p.iter().zip(&w).map(|(x, y)| x * y).sum::<f32>() + b)
-            .collect())
-    }
-
-    /// The loss against the texts' token counts `lens` and its gradients; nothing
-    /// is updated until `apply`.
+    /// The loss of the predictions for `pooled` (one row of `hidden` per text)
+    /// against the texts' token counts `lens`, and its gradients; nothing is updated
+    /// until `apply`.
     pub fn loss(&self, pooled: &[f32], lens: &[usize]) -> Result<ProbeStep> {
         let h = self.hidden;
         if pooled.len() != lens.len() * h {
             candle_core::bail!("{} pooled values for {} texts", pooled.len(), lens.len());
         }
         let w = self.weight.as_tensor().to_vec1::<f32>()?;
-        let pred = self.predict(pooled)?;
+        let b = self.bias.as_tensor().to_vec1::<f32>()?[0];
         let n = lens.len().max(1) as f32;
         let mut loss = 0f64;
         let mut d_pooled = vec![0f32; pooled.len()];
         let mut gw = vec![0f32; h];
         let mut gb = 0f32;
-        for (i, ((p, &len), y)) in pooled.chunks(h).zip(lens).zip(&pred).enumerate() {
+        for (i, (p, &len)) in pooled.chunks(h).zip(lens).enumerate() {
+            let y = p.iter().zip(&w).map(|(x, w)| x * w).sum::<f32>() + b;
             let err = y - ((len.max(1) as f32).ln() - CENTER);
             loss += f64::from(err * err);
             let g = 2.0 * err / n;

@@ -212,14 +212,18 @@ impl Trainer {
         }
     }
 
-    /// A batch's chosen then rejected texts, padded.
-    fn padded(&self, batch: &[&Encoded]) -> Padded {
-        let seqs: Vec<&[u32]> = batch
+    /// A batch's chosen then rejected texts: the order of its rewards.
+    fn sides<'a>(batch: &[&'a Encoded]) -> Vec<&'a [u32]> {
+        batch
             .iter()
             .map(|e| e.chosen.as_slice())
             .chain(batch.iter().map(|e| e.rejected.as_slice()))
-            .collect();
-        Padded::new(&seqs, self.encoder.pad_id())
+            .collect()
+    }
+
+    /// A batch's chosen then rejected texts, padded.
+    fn padded(&self, batch: &[&Encoded]) -> Padded {
+        Padded::new(&Self::sides(batch), self.encoder.pad_id())
     }
 
     /// One optimizer step on `batch`. A non-finite loss or gradient skips the update.
@@ -246,18 +250,14 @@ impl Trainer {
         }
         let probe = match &self.length_probe {
             Some(p) => {
-                let lens: Vec<usize> = batch
-                    .iter()
-                    .map(|e| e.chosen.len())
-                    .chain(batch.iter().map(|e| e.rejected.len()))
-                    .collect();
+                let lens: Vec<usize> = Self::sides(batch).iter().map(|s| s.len()).collect();
                 Some(p.loss(tape.pooled(), &lens)?)
             }
             None => None,
         };
         let grads: Vec<Option<Tensor>> = self
             .model
-            .backward_with(
+            .backward(
                 tape,
                 &d_rewards,
                 probe.as_ref().map(|p| p.d_pooled.as_slice()),
