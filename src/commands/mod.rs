@@ -72,13 +72,18 @@ fn import(db: &Path, args: ImportArgs) -> Result<ExitCode> {
                 for s in &r.skipped {
                     eprintln!("skipped {s}");
                 }
+                for s in &r.not_pairs {
+                    eprintln!("warning: {s} (not a pair to judge; skipped)");
+                }
                 eprintln!(
-                    "{}: {} records, {} new pairs ({} with a label), {} already present, {} skipped",
+                    "{}: {} records, {} new pairs ({} with a label), {} already present, \
+                     {} not a pair, {} skipped",
                     file.display(),
                     r.records,
                     r.inserted,
                     r.labeled,
                     r.duplicates,
+                    r.not_pairs.len(),
                     r.skipped.len()
                 );
             }

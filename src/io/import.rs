@@ -54,6 +54,11 @@ pub const DEFAULT_MAX_RECORD_BYTES: usize = 4 << 20;
 pub struct RecordError {
     pub field: Option<String>,
     pub message: String,
+    /// The record is well formed but cannot be a pair to judge (its two responses
+    /// are the same, or its transcripts differ before the last assistant turn).
+    /// Published sets hold such records and other tools train on the rest of the
+    /// file, so they are skipped with a warning rather than refused.
+    pub not_a_pair: bool,
 }
 
 impl RecordError {
@@ -61,10 +66,17 @@ impl RecordError {
         RecordError {
             field: field.map(str::to_owned),
             message: message.into(),
+            not_a_pair: false,
         }
     }
     fn field(field: &str, message: impl Into<String>) -> RecordError {
         Self::new(Some(field), message)
+    }
+    fn not_a_pair(field: &str, message: impl Into<String>) -> RecordError {
+        RecordError {
+            not_a_pair: true,
+            ..Self::field(field, message)
+        }
     }
 }
 
@@ -116,7 +128,10 @@ pub struct ImportReport {
     pub inserted: u64,
     pub duplicates: u64,
     pub labeled: u64,
+    /// Malformed records left out under `--skip-invalid`.
     pub skipped: Vec<LineError>,
+    /// Well-formed records that cannot be a pair, always left out with a warning.
+    pub not_pairs: Vec<LineError>,
     /// The unique indexes on pairs were dropped for the import and built again.
     pub rebuilt_indexes: bool,
     /// The import wrote through a rollback journal (see `rollback_journal`).
@@ -267,10 +282,7 @@ fn import_in_tx(
                 }
                 Ok(())
             };
-            match format {
-                Format::Jsonl => read_jsonl(reader, limit, &mut sink),
-                Format::Csv => read_csv(reader, limit, &mut sink),
-            }?;
+            read_records(reader, format, limit, &mut sink)?;
             if !batch.is_empty() {
                 let _ = send.send(batch);
             }
@@ -375,6 +387,10 @@ fn write_one(
                 line,
                 error,
             };
+            if located.error.not_a_pair {
+                report.not_pairs.push(located);
+                return Ok(());
+            }
             if !opts.skip_invalid {
                 return Err(ImportError::Record(located));
             }
@@ -475,7 +491,22 @@ fn read_jsonl(
     }
 }
 
-/// Parses one JSON Lines record. Public for the fuzz target.
+/// Reads every record of `r` as `format`, handing each to `handle` with its line
+/// (a record over `limit` bytes is an error, not read into memory). The importer's
+/// reader, without a store: what the fuzz tests drive.
+pub fn read_records(
+    r: impl BufRead,
+    format: Format,
+    limit: usize,
+    handle: &mut impl FnMut(u64, Result<NewPair, RecordError>) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    match format {
+        Format::Jsonl => read_jsonl(r, limit, handle),
+        Format::Csv => read_csv(r, limit, handle),
+    }
+}
+
+/// Parses one JSON Lines record.
 pub fn parse_json_line(bytes: &[u8]) -> Result<NewPair, RecordError> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(RecordError::new(
@@ -548,7 +579,10 @@ fn parse_record(mut map: Map<String, Value>) -> Result<NewPair, RecordError> {
         } else {
             "response_b"
         };
-        return Err(RecordError::field(field, "identical to the other response"));
+        return Err(RecordError::not_a_pair(
+            field,
+            "identical to the other response",
+        ));
     }
     pair.ext_id = match map.remove("id") {
         None | Some(Value::Null) => None,
@@ -611,15 +645,13 @@ fn implicit(chosen: Value, rejected: Value) -> Result<(Prompt, String, String), 
                 RecordError::field("rejected", "no \"\\n\\nAssistant:\" turn to split at")
             })?;
             if pc != pr {
-                return Err(RecordError::field(
+                return Err(RecordError::not_a_pair(
                     "rejected",
                     "its conversation before the last assistant turn differs from `chosen`'s",
                 ));
             }
             let prompt = Prompt::from_text(pc.to_owned());
             check_nonempty("prompt", &prompt.text)?;
-            check_nonempty("chosen", rc)?;
-            check_nonempty("rejected", rr)?;
             Ok((prompt, rc.to_owned(), rr.to_owned()))
         }
         (Value::Array(c), Value::Array(r)) => {
@@ -632,12 +664,12 @@ fn implicit(chosen: Value, rejected: Value) -> Result<(Prompt, String, String), 
                 RecordError::field("rejected", "the last message must be the assistant's")
             })?;
             if c != r {
-                return Err(RecordError::field(
+                return Err(RecordError::not_a_pair(
                     "rejected",
                     "its messages before the last differ from `chosen`'s",
                 ));
             }
-            if c.is_empty() {
+            if c.iter().all(|m| m.content.trim().is_empty()) {
                 return Err(RecordError::field(
                     "chosen",
                     "no messages before the response",
@@ -684,7 +716,8 @@ fn text_field(map: &mut Map<String, Value>, field: &str) -> Result<String, Recor
 }
 
 /// A response: a string, or a list holding one assistant message (TRL's
-/// conversational form).
+/// conversational form). An empty response is a real one (staying silent can be the
+/// better answer), so it is kept.
 fn response_value(v: Value, field: &str) -> Result<String, RecordError> {
     let s = match v {
         Value::String(s) => normalize(s),
@@ -705,7 +738,6 @@ fn response_value(v: Value, field: &str) -> Result<String, RecordError> {
             ));
         }
     };
-    check_nonempty(field, &s)?;
     Ok(s)
 }
 
@@ -718,7 +750,7 @@ fn prompt_field(v: Option<Value>) -> Result<Prompt, RecordError> {
         }
         Some(Value::Array(items)) => {
             let msgs = messages("prompt", items)?;
-            if msgs.is_empty() {
+            if msgs.iter().all(|m| m.content.trim().is_empty()) {
                 return Err(RecordError::field("prompt", "empty conversation"));
             }
             Ok(Prompt::from_messages(msgs))
@@ -761,7 +793,6 @@ fn messages(field: &str, items: Vec<Value>) -> Result<Vec<Message>, RecordError>
                 }
                 None => return Err(RecordError::field(&format!("{at}.content"), "missing")),
             };
-            check_nonempty(&format!("{at}.content"), &content)?;
             Ok(Message { role, content })
         })
         .collect()
@@ -976,11 +1007,10 @@ mod tests {
                 .as_deref(),
             Some("prompt")
         );
-        let e = err(r#"{"prompt":"q","response_a":"","response_b":"y"}"#);
-        assert_eq!(
-            (e.field.as_deref(), e.message.as_str()),
-            (Some("response_a"), "empty")
-        );
+        // An empty response is a response (published sets hold them).
+        let p = parse_json_line(br#"{"prompt":"q","response_a":"","response_b":"y"}"#)
+            .expect("an empty response is kept");
+        assert_eq!(p.response_a, "");
         let e = err(r#"{"prompt":"q","response_a":5,"response_b":"y"}"#);
         assert_eq!(e.field.as_deref(), Some("response_a"));
         assert!(e.message.contains("found a number"), "{e}");
@@ -1002,12 +1032,10 @@ mod tests {
                 .as_deref(),
             Some("prompt[0].content")
         );
-        assert_eq!(
-            err(r#"{"prompt":"q","response_a":"x","response_b":"x"}"#)
-                .field
-                .as_deref(),
-            Some("response_b")
-        );
+        let e = err(r#"{"prompt":"q","response_a":"x","response_b":"x"}"#);
+        assert_eq!(e.field.as_deref(), Some("response_b"));
+        assert!(e.not_a_pair, "identical responses are not a pair to judge");
+        assert!(!err(r#"{"prompt":"q","response_a":5,"response_b":"y"}"#).not_a_pair);
         assert!(err(r#"{"prompt":"q"}"#).message.contains("missing fields"));
         assert!(err(r#"[1,2]"#).message.contains("expected a JSON object"));
         assert!(err(r#"{"prompt":"q","#).message.contains("invalid JSON"));

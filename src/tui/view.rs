@@ -107,6 +107,14 @@ fn response_lines(app: &App, pane: Pane, width: u16) -> Rc<Vec<Line<'static>>> {
         } else {
             &cur.right_text
         };
+        if text.trim().is_empty() {
+            // An empty response is a real one (saying nothing can be the better
+            // answer); say so rather than show a blank pane that looks unloaded.
+            return vec![Line::from(Span::styled(
+                "(empty response)",
+                Style::new().fg(Color::DarkGray).italic(),
+            ))];
+        }
         if !app.diff {
             return wrap(text, Style::default(), w);
         }
