@@ -21,6 +21,10 @@ pub fn generator_path(arg: Option<&Path>) -> PathBuf {
 }
 
 pub(crate) fn load_generator(arg: Option<&Path>) -> Result<Generator> {
+    Generator::load(&existing_generator(arg)?).map_err(bad_gguf)
+}
+
+fn existing_generator(arg: Option<&Path>) -> Result<PathBuf> {
     let path = generator_path(arg);
     if !path.exists() {
         anyhow::bail!(super::BadInput(format!(
@@ -28,7 +32,20 @@ pub(crate) fn load_generator(arg: Option<&Path>) -> Result<Generator> {
             path.display()
         )));
     }
-    Generator::load(&path)
+    Ok(path)
+}
+
+/// A spoiled GGUF file is the user's input: exit status 2 with its message.
+fn bad_gguf(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<crate::generator::llama::BadGguf>() {
+        Ok(bad) => super::BadInput(format!("cannot use the generator: {bad}")).into(),
+        Err(e) => e,
+    }
+}
+
+/// Checks the generator file before anything is written on its behalf.
+pub(crate) fn check_generator(arg: Option<&Path>) -> Result<()> {
+    Generator::check(&existing_generator(arg)?).map_err(bad_gguf)
 }
 
 /// Exit status after Ctrl-C, as shells report it.
@@ -41,6 +58,7 @@ pub fn generate(db: &Path, args: GenerateArgs) -> Result<ExitCode> {
     if prompts.is_empty() {
         bail!(BadInput(format!("{}: no prompts", args.prompts.display())));
     }
+    check_generator(args.sampling.generator.as_deref())?;
     let mut store = super::open(db)?;
     // Prompts already generated for are skipped unless --more.
     let mut todo = Vec::new();

@@ -308,14 +308,14 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
     }
     let store = open(db)?;
     if let Some(dir) = &args.model {
-        let trainer = crate::train::Trainer::load(
+        let dir = &model::model_dir(Some(dir))?;
+        let trainer = model::load_model(
             dir,
             crate::train::TrainConfig {
                 max_length: args.max_length,
                 ..Default::default()
             },
-        )
-        .map_err(|e| BadInput(format!("{}: cannot load the model: {e}", dir.display())))?;
+        )?;
         let step = crate::model::checkpoint::meta(dir)
             .and_then(|m| m["step"].as_u64())
             .unwrap_or(0);

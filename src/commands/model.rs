@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-fn model_dir(arg: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn model_dir(arg: Option<&Path>) -> Result<PathBuf> {
     let dir = arg
         .map(Path::to_owned)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_ENCODER_DIR));
@@ -28,6 +28,18 @@ fn model_dir(arg: Option<&Path>) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Loads a model folder; a folder whose files are wrong (a config that does not fit
+/// its tensors, a truncated file, a tokenizer past the vocabulary) is bad input.
+pub(crate) fn load_model(dir: &Path, config: TrainConfig) -> Result<Trainer> {
+    Trainer::load(dir, config).map_err(|e| {
+        if e.is_bad_input() {
+            BadInput(format!("cannot use the model: {e}")).into()
+        } else {
+            anyhow::Error::new(e).context(format!("loading the model from {}", dir.display()))
+        }
+    })
 }
 
 /// `{prompt, chosen, rejected}` lines (any labeled import form) of a file.
@@ -201,7 +213,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     };
     // A bad evaluation file stops the run before anything is trained or recorded.
     let eval_examples = args.eval.as_deref().map(examples_from_file).transpose()?;
-    let mut trainer = Trainer::load(&base, config.clone())?;
+    let mut trainer = load_model(&base, config.clone())?;
     let data = trainer.encode(&train)?;
     let held_data = trainer.encode(&held)?;
     let eval_data = eval_examples.map(|e| trainer.encode(&e)).transpose()?;
@@ -330,7 +342,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
 
 fn load_trained(dir: &Path, args: &crate::cli::ModelArgs) -> Result<Trainer> {
     let dir = model_dir(Some(dir))?;
-    Trainer::load(
+    load_model(
         &dir,
         TrainConfig {
             max_length: args.max_length,
@@ -464,7 +476,7 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
     let mut out = serde_json::Map::new();
     let mut steps = serde_json::Map::new();
     for &seq in seqs {
-        let mut trainer = Trainer::load(
+        let mut trainer = load_model(
             &dir,
             TrainConfig {
                 max_length: seq,
@@ -512,7 +524,7 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         }
     }
     // Scoring: 64 texts of 128 tokens.
-    let trainer = Trainer::load(
+    let trainer = load_model(
         &dir,
         TrainConfig {
             max_length: 128,

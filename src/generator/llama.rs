@@ -3,7 +3,7 @@
 //! preallocated, several sequences advance in one batch (both responses of a pair
 //! share each weight read), and a prompt's cache can be copied to a second sequence.
 
-use super::quant::{Kernel, Q41, Q80, QActs, QMatrix, matmul};
+use super::quant::{BLOCK, Kernel, Q41, Q80, QActs, QMatrix, matmul};
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use rayon::prelude::*;
@@ -112,58 +112,197 @@ pub struct Scratch {
     pub logits: Vec<f32>,
 }
 
-fn meta_usize(ct: &gguf_file::Content, key: &str) -> Result<usize> {
-    let v = ct
-        .metadata
-        .get(key)
-        .with_context(|| format!("GGUF metadata has no `{key}`"))?;
-    Ok(v.to_u32()
-        .map(|v| v as usize)
-        .or_else(|_| v.to_u64().map(|v| v as usize))?)
+/// A GGUF file that cannot be used, and why: the user's to fix (exit status 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {msg}")]
+pub struct BadGguf {
+    pub path: std::path::PathBuf,
+    pub msg: String,
 }
 
-fn meta_f32(ct: &gguf_file::Content, key: &str) -> Option<f32> {
-    ct.metadata.get(key).and_then(|v| v.to_f32().ok())
+/// The longest context a sequence gets, whatever the file says it was trained for:
+/// the rotary tables are sized by it, never by a number from the file.
+pub const MAX_CONTEXT: usize = 8192;
+
+/// The most layers, heads and widths accepted; far above any model this runs, and
+/// low enough that no product of them overflows.
+const MAX_SIZE: usize = 1 << 20;
+
+fn meta_usize(ct: &gguf_file::Content, key: &str) -> Result<Option<usize>, String> {
+    let Some(v) = ct.metadata.get(key) else {
+        return Ok(None);
+    };
+    let n = v
+        .to_u32()
+        .map(u64::from)
+        .or_else(|_| v.to_u64())
+        .map_err(|_| format!("metadata `{key}`: not an unsigned integer"))?;
+    match usize::try_from(n) {
+        Ok(n) if (1..=MAX_SIZE).contains(&n) => Ok(Some(n)),
+        _ => Err(format!("metadata `{key}`: {n} is outside 1 to {MAX_SIZE}")),
+    }
+}
+
+fn required(ct: &gguf_file::Content, key: &str) -> Result<usize, String> {
+    meta_usize(ct, key)?.ok_or_else(|| format!("metadata has no `{key}`"))
+}
+
+fn meta_f32(ct: &gguf_file::Content, key: &str, default: f32) -> Result<f32, String> {
+    match ct.metadata.get(key) {
+        None => Ok(default),
+        Some(v) => match v.to_f32() {
+            Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+            _ => Err(format!("metadata `{key}`: not a positive number")),
+        },
+    }
+}
+
+/// The model's sizes from the metadata, checked against each other.
+fn config(ct: &gguf_file::Content) -> Result<Config, String> {
+    let arch = ct
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(format!(
+            "architecture `{}` is not supported (llama only)",
+            arch.escape_debug()
+        ));
+    }
+    let dim = required(ct, "llama.embedding_length")?;
+    let n_head = required(ct, "llama.attention.head_count")?;
+    let n_kv_head = meta_usize(ct, "llama.attention.head_count_kv")?.unwrap_or(n_head);
+    if !dim.is_multiple_of(n_head) {
+        return Err(format!(
+            "metadata `llama.embedding_length` {dim} is not a multiple of \
+             `llama.attention.head_count` {n_head}"
+        ));
+    }
+    let head_dim = meta_usize(ct, "llama.rope.dimension_count")?.unwrap_or(dim / n_head);
+    if head_dim * n_head != dim || !head_dim.is_multiple_of(2) {
+        return Err(format!(
+            "metadata `llama.rope.dimension_count` {head_dim}: an even head width, \
+             times {n_head} heads, must be `llama.embedding_length` {dim}"
+        ));
+    }
+    if !n_head.is_multiple_of(n_kv_head) {
+        return Err(format!(
+            "metadata `llama.attention.head_count_kv` {n_kv_head} does not divide \
+             `llama.attention.head_count` {n_head}"
+        ));
+    }
+    let ff = required(ct, "llama.feed_forward_length")?;
+    for (key, v) in [
+        ("llama.embedding_length", dim),
+        ("llama.feed_forward_length", ff),
+    ] {
+        if !v.is_multiple_of(BLOCK) {
+            return Err(format!(
+                "metadata `{key}` {v} is not a multiple of {BLOCK} (quantized blocks)"
+            ));
+        }
+    }
+    Ok(Config {
+        n_layer: required(ct, "llama.block_count")?,
+        dim,
+        ff,
+        n_head,
+        n_kv_head,
+        head_dim,
+        vocab: 0,
+        ctx: meta_usize(ct, "llama.context_length")?
+            .unwrap_or(2048)
+            .min(MAX_CONTEXT),
+        rope_base: meta_f32(ct, "llama.rope.freq_base", 10_000.0)?,
+        eps: meta_f32(ct, "llama.attention.layer_norm_rms_epsilon", 1e-5)?,
+    })
+}
+
+/// Checks that tensor `name` exists with `shape` (rows, then columns; one number
+/// for a vector), before its bytes are read.
+fn check_tensor(ct: &gguf_file::Content, name: &str, shape: &[usize]) -> Result<(), String> {
+    let info = ct
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| format!("no tensor `{name}`"))?;
+    let found = info.shape.dims();
+    if found != shape {
+        return Err(format!(
+            "tensor `{name}`: expected shape {shape:?} from the metadata, found {found:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// Every tensor the forward reads, against the config.
+fn check_tensors(ct: &gguf_file::Content, cfg: &Config) -> Result<(), String> {
+    let (dim, kv, ff) = (cfg.dim, cfg.kv_dim(), cfg.ff);
+    let vocab = ct
+        .tensor_infos
+        .get("token_embd.weight")
+        .and_then(|t| t.shape.dims().first().copied())
+        .ok_or("no tensor `token_embd.weight`")?;
+    if vocab == 0 {
+        return Err("tensor `token_embd.weight` has no rows".into());
+    }
+    check_tensor(ct, "token_embd.weight", &[vocab, dim])?;
+    if ct.tensor_infos.contains_key("output.weight") {
+        check_tensor(ct, "output.weight", &[vocab, dim])?;
+    }
+    check_tensor(ct, "output_norm.weight", &[dim])?;
+    for i in 0..cfg.n_layer {
+        let p = format!("blk.{i}");
+        for (name, shape) in [
+            ("attn_norm", vec![dim]),
+            ("attn_q", vec![dim, dim]),
+            ("attn_k", vec![kv, dim]),
+            ("attn_v", vec![kv, dim]),
+            ("attn_output", vec![dim, dim]),
+            ("ffn_norm", vec![dim]),
+            ("ffn_gate", vec![ff, dim]),
+            ("ffn_up", vec![ff, dim]),
+            ("ffn_down", vec![dim, ff]),
+        ] {
+            check_tensor(ct, &format!("{p}.{name}.weight"), &shape)?;
+        }
+    }
+    if let Some(gguf_file::Value::Array(tokens)) = ct.metadata.get("tokenizer.ggml.tokens")
+        && tokens.len() > vocab
+    {
+        return Err(format!(
+            "metadata `tokenizer.ggml.tokens` holds {} tokens, but `token_embd.weight` has \
+             {vocab} rows",
+            tokens.len()
+        ));
+    }
+    Ok(())
 }
 
 impl Llama {
-    pub fn load(path: &Path) -> Result<(Llama, gguf_file::Content)> {
+    /// Checks a GGUF file without loading its tensors: its layout
+    /// (`gguf::check`), every metadata value the model reads and every tensor's
+    /// type and shape. Returns the parsed header, the configuration and a reader.
+    pub fn check(path: &Path) -> Result<(gguf_file::Content, Config, BufReader<File>)> {
+        let bad = |msg: String| BadGguf {
+            path: path.to_owned(),
+            msg,
+        };
+        super::gguf::check(path).map_err(bad)?;
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let mut r = BufReader::new(file);
         let ct = gguf_file::Content::read(&mut r)
-            .with_context(|| format!("{}: not a GGUF file", path.display()))?;
-        let arch = ct
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        if arch != "llama" {
-            bail!(
-                "{}: architecture `{arch}` is not supported (llama only)",
-                path.display()
-            );
-        }
-        let dim = meta_usize(&ct, "llama.embedding_length")?;
-        let n_head = meta_usize(&ct, "llama.attention.head_count")?;
-        let cfg = Config {
-            n_layer: meta_usize(&ct, "llama.block_count")?,
-            dim,
-            ff: meta_usize(&ct, "llama.feed_forward_length")?,
-            n_head,
-            n_kv_head: meta_usize(&ct, "llama.attention.head_count_kv").unwrap_or(n_head),
-            head_dim: meta_usize(&ct, "llama.rope.dimension_count").unwrap_or(dim / n_head),
-            vocab: 0,
-            ctx: meta_usize(&ct, "llama.context_length").unwrap_or(2048),
-            rope_base: meta_f32(&ct, "llama.rope.freq_base").unwrap_or(10_000.0),
-            eps: meta_f32(&ct, "llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        };
-        if cfg.head_dim * n_head != dim || n_head % cfg.n_kv_head != 0 {
-            bail!(
-                "{}: inconsistent head counts in the GGUF metadata",
-                path.display()
-            );
-        }
+            .map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
+        let cfg = config(&ct).map_err(bad)?;
+        check_tensors(&ct, &cfg).map_err(bad)?;
+        Ok((ct, cfg, r))
+    }
+
+    /// Loads a GGUF file, checked first (`Llama::check`): a file that fails is a
+    /// `BadGguf` naming the key or tensor.
+    pub fn load(path: &Path) -> Result<(Llama, gguf_file::Content)> {
+        let (ct, cfg, mut r) = Llama::check(path)?;
         let dev = candle_core::Device::Cpu;
         let mut tensor = |name: &str| -> Result<QTensor> {
             ct.tensor(&mut r, name, &dev)

@@ -6,12 +6,14 @@
 
 pub mod chat;
 pub mod feed;
+pub mod gguf;
 pub mod llama;
 pub mod pairs;
 pub mod quant;
 
 use crate::domain::Message;
 use anyhow::{Result, bail};
+use candle_core::quantized::gguf_file;
 use chat::ChatTokenizer;
 use llama::{KvCache, Llama, Scratch};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -67,9 +69,23 @@ pub struct Generator {
 const DEFAULT_CONTEXT: usize = 2048;
 
 impl Generator {
+    /// Checks a GGUF file as `load` would, without loading its tensors: cheap
+    /// enough to run before anything is changed on the file's behalf.
+    pub fn check(path: &Path) -> Result<()> {
+        let (ct, _, _) = Llama::check(path)?;
+        Self::tokenizer(path, &ct).map(drop)
+    }
+
+    fn tokenizer(path: &Path, ct: &gguf_file::Content) -> Result<ChatTokenizer> {
+        Ok(ChatTokenizer::from_gguf(ct).map_err(|e| llama::BadGguf {
+            path: path.to_owned(),
+            msg: format!("{e:#}"),
+        })?)
+    }
+
     pub fn load(path: &Path) -> Result<Generator> {
         let (model, ct) = Llama::load(path)?;
-        let tokenizer = ChatTokenizer::from_gguf(&ct)?;
+        let tokenizer = Self::tokenizer(path, &ct)?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

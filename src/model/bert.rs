@@ -47,22 +47,177 @@ fn default_act() -> String {
 }
 
 impl BertConfig {
-    pub fn check(&self) -> Result<()> {
+    /// The config against itself: sizes positive, heads dividing the width, rates
+    /// that are rates. What it says of the tensors is checked by `check_weights`.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if v == 0 {
+                return Err(format!("`{name}` is 0; it must be positive"));
+            }
+        }
         if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
-            bail!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size,
-                self.num_attention_heads
-            );
+            return Err(format!(
+                "`hidden_size` {} is not a multiple of `num_attention_heads` {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "`layer_norm_eps` {} must be a positive number",
+                self.layer_norm_eps
+            ));
+        }
+        for (name, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("`{name}` {p} must be from 0 to below 1"));
+            }
         }
         if self.hidden_act != "gelu" {
-            bail!(
-                "hidden_act {:?} is not supported (only \"gelu\")",
-                self.hidden_act
-            );
+            return Err(format!(
+                "`hidden_act` {:?} is not supported (only \"gelu\")",
+                self.hidden_act.escape_debug().to_string()
+            ));
         }
         Ok(())
     }
+
+    /// Every tensor the model reads, with the shape this config gives it, by its
+    /// name in a bare `BertModel` file (a sequence-classification checkpoint adds
+    /// `bert.`). The classifier is optional (a base encoder has none).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (h, f) = (self.hidden_size, self.intermediate_size);
+        let mut v = vec![
+            (
+                "embeddings.word_embeddings.weight".into(),
+                vec![self.vocab_size, h],
+            ),
+            (
+                "embeddings.position_embeddings.weight".into(),
+                vec![self.max_position_embeddings, h],
+            ),
+            (
+                "embeddings.token_type_embeddings.weight".into(),
+                vec![self.type_vocab_size, h],
+            ),
+        ];
+        let norm = |v: &mut Vec<(String, Vec<usize>)>, p: &str| {
+            v.push((format!("{p}.weight"), vec![h]));
+            v.push((format!("{p}.bias"), vec![h]));
+        };
+        let linear = |v: &mut Vec<(String, Vec<usize>)>, p: &str, out: usize, inp: usize| {
+            v.push((format!("{p}.weight"), vec![out, inp]));
+            v.push((format!("{p}.bias"), vec![out]));
+        };
+        norm(&mut v, "embeddings.LayerNorm");
+        for i in 0..self.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            for name in ["query", "key", "value"] {
+                linear(&mut v, &format!("{p}.attention.self.{name}"), h, h);
+            }
+            linear(&mut v, &format!("{p}.attention.output.dense"), h, h);
+            norm(&mut v, &format!("{p}.attention.output.LayerNorm"));
+            linear(&mut v, &format!("{p}.intermediate.dense"), f, h);
+            linear(&mut v, &format!("{p}.output.dense"), h, f);
+            norm(&mut v, &format!("{p}.output.LayerNorm"));
+        }
+        linear(&mut v, "pooler.dense", h, h);
+        v
+    }
+}
+
+/// A tensor of a model file that does not fit its config.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WeightError {
+    #[error("no tensor `{name}` (the config asks for it)")]
+    Missing { name: String },
+    #[error("tensor `{name}`: expected shape {expected:?} from config.json, found {found:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor `{name}`: dtype {dtype}, expected a float type (f32, f16, bf16, f64)")]
+    DType { name: String, dtype: String },
+    #[error("tensor `{name}`: the file has more layers than `num_hidden_layers` {layers}")]
+    ExtraLayer { name: String, layers: usize },
+}
+
+/// Checks that `weights` hold every tensor `config` asks for, each in its shape and
+/// in a float type, and no layer beyond the config's count. Run before anything is
+/// sized from the config, so a wrong file is an error, never an index out of range.
+pub fn check_weights(
+    config: &BertConfig,
+    weights: &Weights,
+) -> std::result::Result<(), WeightError> {
+    let find = |name: &str| {
+        let full = format!("bert.{name}");
+        weights
+            .get_key_value(&full)
+            .or_else(|| weights.get_key_value(name))
+            .map(|(k, t)| (k.clone(), t))
+    };
+    // The layer count sizes everything below: a config claiming more layers than
+    // the file could hold is refused before a list of that length is made.
+    let beyond = |i: usize| format!("encoder.layer.{i}.attention.self.query.weight");
+    let last = config.num_hidden_layers.saturating_sub(1);
+    if find(&beyond(last)).is_none() {
+        return Err(WeightError::Missing { name: beyond(last) });
+    }
+    if let Some((name, _)) = find(&beyond(config.num_hidden_layers)) {
+        return Err(WeightError::ExtraLayer {
+            name,
+            layers: config.num_hidden_layers,
+        });
+    }
+    let check = |name: String, expected: Vec<usize>, t: &Tensor| {
+        if !matches!(
+            t.dtype(),
+            DType::F32 | DType::F16 | DType::BF16 | DType::F64
+        ) {
+            return Err(WeightError::DType {
+                name,
+                dtype: format!("{:?}", t.dtype()),
+            });
+        }
+        if t.dims() != expected.as_slice() {
+            return Err(WeightError::Shape {
+                name,
+                expected,
+                found: t.dims().to_vec(),
+            });
+        }
+        Ok(())
+    };
+    for (name, expected) in config.tensor_shapes() {
+        match find(&name) {
+            Some((full, t)) => check(full, expected, t)?,
+            None => return Err(WeightError::Missing { name }),
+        }
+    }
+    let h = config.hidden_size;
+    for (name, expected) in [
+        ("classifier.weight", vec![1, h]),
+        ("classifier.bias", vec![1]),
+    ] {
+        if let Some(t) = weights.get(name) {
+            check(name.to_owned(), expected, t)?;
+        }
+    }
+    Ok(())
 }
 
 /// Dropout masks come from a counter-based hash of (seed, call, index), so a run is
@@ -233,12 +388,51 @@ pub struct RewardModel {
 /// Tensors by their names in the Hugging Face layout.
 pub type Weights = HashMap<String, Tensor>;
 
+/// Why a model folder cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file of the folder is missing, unreadable or does not fit the others: the
+    /// user's to fix (exit status 2), and the message names the file.
+    #[error("{path}: {msg}")]
+    File {
+        path: std::path::PathBuf,
+        msg: String,
+    },
+    #[error(transparent)]
+    Compute(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub fn file(path: &Path, msg: impl std::fmt::Display) -> ModelError {
+        ModelError::File {
+            path: path.to_owned(),
+            msg: msg.to_string(),
+        }
+    }
+
+    /// Whether the files, not the program, are at fault.
+    pub fn is_bad_input(&self) -> bool {
+        matches!(self, ModelError::File { .. })
+    }
+}
+
+/// `config.json` of a model folder, checked against itself.
+pub fn load_config(dir: &Path) -> std::result::Result<BertConfig, ModelError> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| ModelError::file(&path, e))?;
+    let config: BertConfig =
+        serde_json::from_slice(&bytes).map_err(|e| ModelError::file(&path, e))?;
+    config.check().map_err(|e| ModelError::file(&path, e))?;
+    Ok(config)
+}
+
 impl RewardModel {
     /// Builds the model from named tensors. Names may carry the `bert.` prefix (a
     /// sequence-classification checkpoint) or not (a bare `BertModel` file). A
     /// missing classifier is initialised from `seed` (normal, std 0.02; bias 0).
     pub fn from_weights(config: BertConfig, weights: &Weights, seed: u64) -> Result<RewardModel> {
-        config.check()?;
+        config.check().map_err(candle_core::Error::Msg)?;
+        check_weights(&config, weights).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let get = |name: &str| -> Result<Var> {
             let t = weights
                 .get(&format!("bert.{name}"))
@@ -298,15 +492,17 @@ impl RewardModel {
         })
     }
 
-    /// Loads `config.json` and `model.safetensors` from a folder.
-    pub fn load(dir: &Path, seed: u64) -> Result<RewardModel> {
-        let config: BertConfig =
-            serde_json::from_slice(&std::fs::read(dir.join("config.json")).map_err(|e| {
-                candle_core::Error::Msg(format!("{}/config.json: {e}", dir.display()))
-            })?)
-            .map_err(|e| candle_core::Error::Msg(format!("{}/config.json: {e}", dir.display())))?;
-        let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
-        Self::from_weights(config, &weights, seed)
+    /// Loads `config.json` and `model.safetensors` from a folder, checking the
+    /// config against itself and every tensor against the config first.
+    pub fn load(dir: &Path, seed: u64) -> std::result::Result<RewardModel, ModelError> {
+        let config = load_config(dir)?;
+        let st = dir.join("model.safetensors");
+        let bytes = std::fs::read(&st).map_err(|e| ModelError::file(&st, e))?;
+        let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+            .map_err(|e| ModelError::file(&st, format!("not a readable safetensors file: {e}")))?;
+        drop(bytes);
+        check_weights(&config, &weights).map_err(|e| ModelError::file(&st, e))?;
+        Ok(Self::from_weights(config, &weights, seed)?)
     }
 
     /// Every parameter with its Hugging Face name, in a fixed order.
@@ -516,7 +712,7 @@ pub fn tiny_config() -> BertConfig {
         num_hidden_layers: 2,
         num_attention_heads: 4,
         intermediate_size: 64,
-        max_position_embeddings: 128,
+        max_position_embeddings: 512,
         type_vocab_size: 2,
         layer_norm_eps: 1e-12,
         hidden_dropout_prob: 0.1,

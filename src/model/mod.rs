@@ -8,7 +8,7 @@ pub mod ops;
 pub mod sgemm;
 pub mod tokenize;
 
-pub use bert::{BertConfig, DropoutRng, RewardModel};
+pub use bert::{BertConfig, DropoutRng, ModelError, RewardModel};
 pub use tokenize::TextEncoder;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,8 @@ pub struct TextEncoder {
     cls: u32,
     sep: u32,
     pad: u32,
+    /// The largest id the tokenizer can give.
+    max_id: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +28,9 @@ impl TextEncoder {
             tok.token_to_id(t)
                 .ok_or_else(|| TokenizerError(format!("{}: no {t} token", path.display())))
         };
+        let max_id = tok.get_vocab(true).into_values().max().unwrap_or(0);
         Ok(TextEncoder {
+            max_id,
             cls: id("[CLS]")?,
             sep: id("[SEP]")?,
             pad: id("[PAD]").unwrap_or(0),
@@ -69,5 +73,10 @@ impl TextEncoder {
 
     pub fn pad_id(&self) -> u32 {
         self.pad
+    }
+
+    /// How many rows an embedding needs for every id this tokenizer gives.
+    pub fn vocab_needed(&self) -> usize {
+        self.max_id as usize + 1
     }
 }

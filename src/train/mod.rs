@@ -6,7 +6,7 @@ pub mod optim;
 pub mod worker;
 
 use crate::model::engine::Padded;
-use crate::model::{DropoutRng, RewardModel, TextEncoder};
+use crate::model::{DropoutRng, ModelError, RewardModel, TextEncoder};
 use candle_core::{Result, Tensor, Var};
 use length::LengthProbe;
 use optim::{AdamW, AdamWConfig, grad_norm};
@@ -150,10 +150,33 @@ impl Trainer {
         })
     }
 
-    /// Loads the model and tokenizer from a folder (a base encoder or a checkpoint).
-    pub fn load(dir: &Path, config: TrainConfig) -> anyhow::Result<Trainer> {
+    /// Loads the model and tokenizer from a folder (a base encoder or a checkpoint),
+    /// checked against each other: every id the tokenizer gives has an embedding
+    /// row, and `max_length` fits the position embeddings.
+    pub fn load(dir: &Path, config: TrainConfig) -> std::result::Result<Trainer, ModelError> {
         let model = RewardModel::load(dir, config.seed)?;
-        let encoder = TextEncoder::load(&dir.join("tokenizer.json"))?;
+        let tok = dir.join("tokenizer.json");
+        let encoder = TextEncoder::load(&tok).map_err(|e| ModelError::file(&tok, e))?;
+        let cfg = &model.config;
+        if encoder.vocab_needed() > cfg.vocab_size {
+            return Err(ModelError::file(
+                &tok,
+                format!(
+                    "gives token ids up to {}, but `vocab_size` in config.json is {}",
+                    encoder.vocab_needed() - 1,
+                    cfg.vocab_size
+                ),
+            ));
+        }
+        if config.max_length > cfg.max_position_embeddings {
+            return Err(ModelError::file(
+                &dir.join("config.json"),
+                format!(
+                    "`max_position_embeddings` is {}, shorter than the --max-length of {} tokens",
+                    cfg.max_position_embeddings, config.max_length
+                ),
+            ));
+        }
         Ok(Trainer::new(model, encoder, config)?)
     }
 

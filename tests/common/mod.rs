@@ -96,3 +96,95 @@ pub fn judge(store: &mut Store, pair_id: i64, who: &str, choice: duel::domain::C
         .record_label(&duel::domain::NewLabel::plain(pair_id, who, choice, "test"))
         .expect("label")
 }
+
+/// GPT-2's byte-level alphabet: the printable characters for each byte, in byte order.
+fn byte_level_alphabet() -> Vec<String> {
+    let printable = |b: u32| {
+        (u32::from(b'!')..=u32::from(b'~')).contains(&b)
+            || (0xA1..=0xAC).contains(&b)
+            || (0xAE..=0xFF).contains(&b)
+    };
+    let mut extra = 0;
+    (0u32..256)
+        .map(|b| {
+            let c = if printable(b) {
+                b
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            char::from_u32(c).expect("char").to_string()
+        })
+        .collect()
+}
+
+/// A tiny llama GGUF (one layer, width 64, two heads sharing one key/value head,
+/// Q4_1 matrices, a byte-level vocabulary with `<|im_start|>` and `<|im_end|>`),
+/// its metadata and tensors passed through `edit` first, so that tests can spoil
+/// one thing at a time.
+pub fn write_tiny_gguf(
+    path: &Path,
+    edit: impl FnOnce(
+        &mut Vec<(String, candle_core::quantized::gguf_file::Value)>,
+        &mut Vec<(String, candle_core::quantized::QTensor)>,
+    ),
+) {
+    use candle_core::quantized::gguf_file::Value;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    let (dim, ff, kv) = (64usize, 64usize, 32usize);
+    let mut tokens = byte_level_alphabet();
+    tokens.push("<|im_start|>".into());
+    tokens.push("<|im_end|>".into());
+    let vocab = tokens.len();
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.embedding_length".into(), Value::U32(dim as u32)),
+        ("llama.feed_forward_length".into(), Value::U32(ff as u32)),
+        ("llama.block_count".into(), Value::U32(1)),
+        ("llama.attention.head_count".into(), Value::U32(2)),
+        ("llama.attention.head_count_kv".into(), Value::U32(1)),
+        ("llama.context_length".into(), Value::U32(256)),
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.merges".into(), Value::Array(Vec::new())),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32(vocab as u32 - 1),
+        ),
+    ];
+    let mut seed = 1u64;
+    let mut matrix = |rows: usize, cols: usize| {
+        seed += 1;
+        let v: Vec<f32> = (0..rows * cols)
+            .map(|i| (((i as u64 + 1) * seed * 2654435761) % 1000) as f32 / 1000.0 - 0.5)
+            .collect();
+        let t = Tensor::from_vec(v, (rows, cols), &Device::Cpu).expect("tensor");
+        QTensor::quantize(&t, GgmlDType::Q4_1).expect("quantize")
+    };
+    let ones = |n: usize| {
+        let t = Tensor::ones(n, candle_core::DType::F32, &Device::Cpu).expect("ones");
+        QTensor::quantize(&t, GgmlDType::F32).expect("f32")
+    };
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        ("token_embd.weight".into(), matrix(vocab, dim)),
+        ("output_norm.weight".into(), ones(dim)),
+        ("blk.0.attn_norm.weight".into(), ones(dim)),
+        ("blk.0.attn_q.weight".into(), matrix(dim, dim)),
+        ("blk.0.attn_k.weight".into(), matrix(kv, dim)),
+        ("blk.0.attn_v.weight".into(), matrix(kv, dim)),
+        ("blk.0.attn_output.weight".into(), matrix(dim, dim)),
+        ("blk.0.ffn_norm.weight".into(), ones(dim)),
+        ("blk.0.ffn_gate.weight".into(), matrix(ff, dim)),
+        ("blk.0.ffn_up.weight".into(), matrix(ff, dim)),
+        ("blk.0.ffn_down.weight".into(), matrix(dim, ff)),
+    ];
+    edit(&mut meta, &mut tensors);
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut f = std::fs::File::create(path).expect("create gguf");
+    candle_core::quantized::gguf_file::write(&mut f, &meta_refs, &tensor_refs).expect("write gguf");
+}
