@@ -11,6 +11,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     keep_freed_memory();
+    duel::contain::install_hook();
     let cli = Cli::parse();
     set_compute_threads(cli.threads);
     init_logging(&cli.db);

@@ -80,8 +80,18 @@ pub fn spawn(cfg: FeedConfig) -> FeedHandle {
     let thread = std::thread::Builder::new()
         .name("generator-feed".into())
         .spawn(move || {
-            if let Err(e) = run(cfg, &crx, &etx, &flag) {
-                let _ = etx.send(FeedEvent::Failed(format!("{e:#}")));
+            let outcome = crate::contain::run("generator feed", || {
+                crate::contain::fault_point("feed");
+                run(cfg, &crx, &etx, &flag)
+            });
+            let failed = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(panic) => Some(panic),
+            };
+            if let Some(msg) = failed {
+                tracing::error!("generator feed failed: {msg}");
+                let _ = etx.send(FeedEvent::Failed(msg));
             }
         })
         .ok();

@@ -63,22 +63,25 @@ pub fn spawn(cfg: WorkerConfig) -> Handle {
     let thread = std::thread::Builder::new()
         .name("trainer".into())
         .spawn(move || {
+            let events = etx.clone();
             let mut w = Worker {
                 cfg,
                 commands: crx,
                 events: etx,
             };
-            if let Err(e) = w.run() {
-                match e {
-                    Stop::Gone => {}
-                    Stop::Failed(msg) => {
-                        tracing::error!("trainer failed: {msg}");
-                        // Never block on a full channel while stopping.
-                        let _ = w.events.try_send(Event::Failed(msg));
-                    }
-                }
+            let failed = match crate::contain::run("trainer", || {
+                crate::contain::fault_point("trainer");
+                w.run()
+            }) {
+                Ok(Ok(())) | Ok(Err(Stop::Gone)) => None,
+                Ok(Err(Stop::Failed(msg))) | Err(msg) => Some(msg),
+            };
+            if let Some(msg) = failed {
+                tracing::error!("trainer failed: {msg}");
+                // Never block on a full channel while stopping.
+                let _ = events.try_send(Event::Failed(msg));
             }
-            let _ = w.events.try_send(Event::State(TrainerState::Stopped));
+            let _ = events.try_send(Event::State(TrainerState::Stopped));
         })
         .ok();
     Handle {

@@ -102,6 +102,10 @@ pub fn run(
     feed: Option<Receiver<crate::generator::feed::FeedEvent>>,
 ) -> anyhow::Result<()> {
     let mut terminal = ratatui::try_init()?;
+    // ratatui's hook restores the terminal on any panic; from here on, only a panic
+    // on this thread may do that (a worker's is caught and reported instead).
+    crate::contain::install_hook();
+    crate::contain::mark_ui_thread();
     let _restore = Restore { mouse };
     if mouse {
         execute!(std::io::stdout(), EnableMouseCapture)?;
