@@ -252,8 +252,14 @@ pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Which dot-product code runs. A `Kernel` can only be had from `detect` or
+/// `available`, which check the CPU first: that check is what makes the SIMD calls
+/// in `rows_dot` sound, so no safe code can name a kernel the CPU lacks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Kernel(Isa);
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kernel {
+enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -264,37 +270,47 @@ pub enum Kernel {
     Avx512Vnni,
 }
 
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 impl Kernel {
-    /// The fastest kernel this CPU runs; `DUEL_KERNEL=portable|avx2|avxvnni` forces
-    /// a slower one.
-    pub fn detect() -> Kernel {
-        let forced = std::env::var("DUEL_KERNEL").ok();
+    /// Every kernel this CPU runs, slowest first.
+    pub fn available() -> Vec<Kernel> {
+        let mut k = vec![Kernel(Isa::Portable)];
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            let vnni = avx2 && is_x86_feature_detected!("avxvnni");
-            let avx512 = avx2
+            if avx2 {
+                k.push(Kernel(Isa::Avx2));
+            }
+            if avx2 && is_x86_feature_detected!("avxvnni") {
+                k.push(Kernel(Isa::AvxVnni));
+            }
+            if avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
-                && is_x86_feature_detected!("avx512vnni");
-            match forced.as_deref() {
-                Some("portable") => return Kernel::Portable,
-                Some("avx2") if avx2 => return Kernel::Avx2,
-                Some("avxvnni") if vnni => return Kernel::AvxVnni,
-                _ => {}
-            }
-            if avx512 {
-                return Kernel::Avx512Vnni;
-            }
-            if vnni {
-                return Kernel::AvxVnni;
-            }
-            if avx2 {
-                return Kernel::Avx2;
+                && is_x86_feature_detected!("avx512vnni")
+            {
+                k.push(Kernel(Isa::Avx512Vnni));
             }
         }
-        let _ = forced;
-        Kernel::Portable
+        k
+    }
+
+    /// The fastest kernel this CPU runs; `DUEL_KERNEL=portable|avx2|avxvnni` forces
+    /// a slower one (when the CPU has it).
+    pub fn detect() -> Kernel {
+        let all = Kernel::available();
+        let forced = std::env::var("DUEL_KERNEL").ok();
+        let wanted = all.iter().find(|k| {
+            forced
+                .as_deref()
+                .is_some_and(|f| format!("{:?}", k.0).eq_ignore_ascii_case(f))
+        });
+        *wanted.or(all.last()).unwrap_or(&Kernel(Isa::Portable))
     }
 }
 
@@ -329,29 +345,28 @@ pub fn matmul(kernel: Kernel, w: &QMatrix, x: &QActs, out: &mut [f32], scratch: 
 fn rows_dot(kernel: Kernel, w: &QMatrix, x: &QActs, r0: usize, nr: usize, dst: &mut [f32]) {
     match (kernel, w) {
         #[cfg(target_arch = "x86_64")]
-        (Kernel::Avx512Vnni, QMatrix::Q41(m)) => {
-            // SAFETY: `Kernel::detect` checked avx2, fma, avx512f, avx512bw and
-            // avx512vnni on this CPU.
+        (Kernel(Isa::Avx512Vnni), QMatrix::Q41(m)) => {
+            // SAFETY: a `Kernel` holds this only when `Kernel::available` found avx2,
+            // fma, avx512f, avx512bw and avx512vnni on this CPU (its field is private).
             unsafe { x86::q41_rows_512(m, x, r0, nr, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (Kernel::Avx512Vnni, QMatrix::Q80(m)) => {
+        (Kernel(Isa::Avx512Vnni), QMatrix::Q80(m)) => {
             // SAFETY: as above.
             unsafe { x86::q80_rows_512(m, x, r0, nr, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (Kernel::AvxVnni, QMatrix::Q41(m)) => {
-            // SAFETY: `Kernel::detect` returned AvxVnni only after checking avx2, fma
-            // and avxvnni on this CPU.
+        (Kernel(Isa::AvxVnni), QMatrix::Q41(m)) => {
+            // SAFETY: held only when `Kernel::available` found avx2, fma and avxvnni.
             unsafe { x86::q41_rows_vnni(m, x, r0, nr, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (Kernel::Avx2, QMatrix::Q41(m)) => {
-            // SAFETY: `Kernel::detect` checked avx2 and fma.
+        (Kernel(Isa::Avx2), QMatrix::Q41(m)) => {
+            // SAFETY: held only when `Kernel::available` found avx2 and fma.
             unsafe { x86::q41_rows_avx2(m, x, r0, nr, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (Kernel::AvxVnni | Kernel::Avx2, QMatrix::Q80(m)) => {
+        (Kernel(Isa::AvxVnni | Isa::Avx2), QMatrix::Q80(m)) => {
             // SAFETY: as above; the Q8_0 kernel needs avx2 and fma only.
             unsafe { x86::q80_rows_avx2(m, x, r0, nr, dst) }
         }
@@ -699,23 +714,6 @@ mod tests {
         out
     }
 
-    fn kernels() -> Vec<Kernel> {
-        let mut k = vec![Kernel::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-                k.push(Kernel::Avx2);
-            }
-            if is_x86_feature_detected!("avxvnni") {
-                k.push(Kernel::AvxVnni);
-            }
-            if is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512bw") {
-                k.push(Kernel::Avx512Vnni);
-            }
-        }
-        k
-    }
-
     /// Every kernel computes the product of the dequantized weights with the
     /// dequantized activations (up to the f16 rounding of the block sums), for 1 to 7
     /// activation rows (the tails of the tile), and the quantized product stays close
@@ -755,7 +753,7 @@ mod tests {
                     "8-bit activations are too coarse: {a} vs {b}"
                 );
             }
-            for k in kernels() {
+            for k in Kernel::available() {
                 for (w, want) in [(&wq41, &want41), (&wq80, &want80)] {
                     let mut out = vec![0f32; rows * n];
                     matmul(k, w, &acts, &mut out, &mut Vec::new());

@@ -105,6 +105,24 @@ fn fits(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
     matches!(last, Some(l) if l < len && rs <= isize::MAX as usize && cs <= isize::MAX as usize)
 }
 
+/// Whether no two elements `(i, j)` of a `rows × cols` view share a place: the rows
+/// lie one after another (row-major, `rs ≥ cols·cs`) or the columns do
+/// (column-major). A destination with a stride of 0, or rows that run into each
+/// other, would have threads of the pool writing one element at once.
+fn distinct(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    let apart = |step: usize, inner_len: usize, inner_step: usize| {
+        inner_len
+            .checked_mul(inner_step)
+            .is_some_and(|span| step >= span.max(1))
+    };
+    match (rows, cols) {
+        (0, _) | (_, 0) | (1, 1) => true,
+        (1, _) => cs >= 1,
+        (_, 1) => rs >= 1,
+        _ => (cs >= 1 && apart(rs, cols, cs)) || (rs >= 1 && apart(cs, rows, rs)),
+    }
+}
+
 /// Whether a product runs on the rayon pool or on the calling thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Par {
@@ -132,6 +150,10 @@ pub fn matmul(dst: ViewMut<'_>, a: View<'_>, b: View<'_>, accumulate: bool, scal
         fits(dst.data.len(), dst.rows, dst.cols, dst.rs, dst.cs),
         "matmul: the destination reaches outside its slice"
     );
+    assert!(
+        distinct(dst.rows, dst.cols, dst.rs, dst.cs),
+        "matmul: elements of the destination overlap"
+    );
     let (m, n, k) = (dst.rows, dst.cols, a.cols);
     if m == 0 || n == 0 {
         return;
@@ -152,8 +174,9 @@ pub fn matmul(dst: ViewMut<'_>, a: View<'_>, b: View<'_>, accumulate: bool, scal
     };
     // SAFETY: every element the product reads or writes is `(i, j)` with `i < rows`
     // and `j < cols` of its view, which `fits` checked lies inside the view's slice;
-    // strides fit in `isize` (checked); `dst` is borrowed mutably, so it overlaps
-    // neither input.
+    // strides fit in `isize` (checked); no two destination elements share a place
+    // (`distinct`), so the pool's threads never write one element together; `dst`
+    // is borrowed mutably, so it overlaps neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -247,5 +270,36 @@ mod tests {
             1.0,
             Par::Serial,
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "overlap")]
+    fn a_destination_that_overlaps_itself_is_refused() {
+        let x = vec![1f32; 16];
+        let mut out = vec![0f32; 16];
+        // Rows 1 apart with columns 1 apart: element (0, 1) is element (1, 0).
+        let dst = ViewMut {
+            data: &mut out,
+            rows: 4,
+            cols: 4,
+            rs: 1,
+            cs: 1,
+        };
+        matmul(
+            dst,
+            View::new(&x, 4, 4),
+            View::new(&x, 4, 4),
+            false,
+            1.0,
+            Par::Pool,
+        );
+    }
+
+    #[test]
+    fn distinct_layouts_are_told_from_overlapping_ones() {
+        assert!(distinct(4, 3, 3, 1) && distinct(4, 3, 1, 4) && distinct(4, 3, 9, 2));
+        assert!(distinct(1, 5, 0, 1) && distinct(5, 1, 1, 0) && distinct(1, 1, 0, 0));
+        assert!(!distinct(4, 3, 2, 1) && !distinct(4, 3, 0, 1) && !distinct(2, 2, 1, 1));
+        assert!(!distinct(1, 5, 0, 0) && !distinct(4, 3, usize::MAX, usize::MAX));
     }
 }
