@@ -295,9 +295,13 @@ fn ctrl_c_keeps_every_finished_pair() {
         .spawn()
         .expect("spawn");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while (!db.exists() || count(&db, "SELECT count(*) FROM pairs") < 1)
-        && std::time::Instant::now() < deadline
-    {
+    // The file exists a moment before its tables do.
+    let pairs_so_far = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM pairs", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    while pairs_so_far() < 1 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let before = count(&db, "SELECT count(*) FROM pairs");
