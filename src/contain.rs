@@ -2,18 +2,19 @@
 //! caught at the thread's top, logged with its message and location, and reported
 //! to the labeler as a failure like any other. It never reaches the terminal.
 //!
-//! The panic hook decides what a panic does before it unwinds. While the labeler
-//! owns the terminal, ratatui's hook restores it on any panic, on any thread: a
-//! worker's panic would leave the labeler drawing on a terminal that is no longer
-//! set up for it. So the hook installed here hands a panic to the previous hook
-//! (restore, then report) only on the thread that draws, or when no labeler runs
-//! and the thread is not a contained worker; every other panic is only logged.
-//! That covers rayon's pool threads too, whose panics reach the worker that called
-//! into the pool and are caught there.
+//! The panic hook decides what a panic does before it unwinds. A hook that
+//! restores the terminal on any panic, on any thread (ratatui's `init` installs
+//! one), would leave the labeler drawing on a terminal no longer set up for it when
+//! a worker panics. So the labeler sets the terminal up itself and registers its
+//! restore here: the hook restores the terminal, then reports as before, only for a
+//! panic on the thread that draws; a panic in a contained worker, or on any other
+//! thread while the labeler runs, is only logged. That covers rayon's pool threads
+//! too, whose panics reach the worker that called into the pool and are caught
+//! there.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, PanicHookInfo};
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 use std::thread::ThreadId;
 
 thread_local! {
@@ -21,8 +22,16 @@ thread_local! {
     static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// The thread that draws the labeler, once it has started.
-static UI_THREAD: OnceLock<ThreadId> = OnceLock::new();
+/// The thread that draws the labeler and how to give the terminal back, while the
+/// labeler runs.
+static UI: Mutex<Option<Ui>> = Mutex::new(None);
+
+/// The drawing thread and its terminal restore.
+type Ui = (ThreadId, fn());
+
+fn ui() -> Option<Ui> {
+    *UI.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -50,11 +59,10 @@ fn contained_here() -> bool {
     if CONTAINED.with(Cell::get) {
         return true;
     }
-    matches!(UI_THREAD.get(), Some(ui) if *ui != std::thread::current().id())
+    matches!(ui(), Some((t, _)) if t != std::thread::current().id())
 }
 
-/// Wraps the current panic hook as the module says. Call it once at start, and
-/// again after anything that installs a hook of its own (ratatui's `init`).
+/// Wraps the current panic hook as the module says. Call it once, at start.
 pub fn install_hook() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -64,15 +72,25 @@ pub fn install_hook() {
             tracing::error!(thread = thread.name().unwrap_or("unnamed"), "{msg}");
             LAST.with(|l| *l.borrow_mut() = Some(msg));
         } else {
+            if let Some((_, restore)) = ui() {
+                restore();
+            }
             prev(info);
         }
     }));
 }
 
-/// Marks the calling thread as the one that draws the labeler: from now on, panics
-/// elsewhere never touch the terminal.
-pub fn mark_ui_thread() {
-    let _ = UI_THREAD.set(std::thread::current().id());
+/// Marks the calling thread as the one that draws the labeler, with the function
+/// that restores the terminal should this thread panic. Until `ui_ended`, panics
+/// on other threads never touch the terminal.
+pub fn ui_started(restore: fn()) {
+    *UI.lock().unwrap_or_else(PoisonError::into_inner) =
+        Some((std::thread::current().id(), restore));
+}
+
+/// The labeler has given the terminal back.
+pub fn ui_ended() {
+    *UI.lock().unwrap_or_else(PoisonError::into_inner) = None;
 }
 
 /// Runs `f` on this thread, contained: a panic becomes `Err` holding its message
@@ -90,14 +108,37 @@ pub fn run<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-/// A place where tests make a worker fail: `DUEL_FAULT=trainer` (or `feed`, or
-/// both, comma-separated) makes that worker panic when it starts, as a bug would.
+/// A place where tests make a thread fail: `DUEL_FAULT=trainer` (or `feed`, `ui`,
+/// several comma-separated) makes that worker panic when it starts, or the labeler
+/// after its first frame, as a bug would.
 /// A dozen lines of our own rather than a fault-injection crate: one variable, read
 /// at two places, each once per worker.
+#[track_caller]
 pub fn fault_point(site: &str) {
     if let Ok(v) = std::env::var("DUEL_FAULT")
         && v.split(',').any(|s| s.trim() == site)
     {
         panic!("fault injected at `{site}` (DUEL_FAULT)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contained_panic_becomes_an_error_with_its_message_and_place() {
+        install_hook();
+        assert_eq!(run("worker", || 7), Ok(7));
+        let line = line!() + 1;
+        let err = run("worker", || -> i32 { panic!("bad {}", 42) }).expect_err("panicked");
+        assert!(
+            err.starts_with("the worker thread panicked at src/contain.rs:"),
+            "{err}"
+        );
+        assert!(err.contains(&format!(":{line}:")), "{err}");
+        assert!(err.ends_with("bad 42"), "{err}");
+        // Containment ends with the call: a later panic is not caught by it.
+        assert!(!CONTAINED.with(Cell::get));
     }
 }

@@ -259,10 +259,12 @@ impl Worker {
             &self.cfg.base_dir
         };
         let mut trainer = Trainer::load(from, self.cfg.train.clone()).map_err(|e| {
-            Stop::Failed(format!(
-                "cannot load the model from {}: {e}",
-                from.display()
-            ))
+            Stop::Failed(if e.is_bad_input() {
+                // The error names the file already.
+                format!("cannot use the model: {e}")
+            } else {
+                format!("cannot load the model from {}: {e}", from.display())
+            })
         })?;
         let mut step = if resume {
             checkpoint::meta(&self.cfg.out_dir)

@@ -40,17 +40,20 @@ fn spawn_input() -> Receiver<Event> {
     rx
 }
 
-/// Restores the terminal however `run` ends.
-struct Restore {
-    mouse: bool,
+/// Gives the terminal back as it was: mouse reports off, the main screen, cooked
+/// mode. Safe to run twice.
+fn restore_terminal() {
+    let _ = execute!(std::io::stdout(), DisableMouseCapture);
+    ratatui::restore();
 }
+
+/// Restores the terminal however `run` ends.
+struct Restore;
 
 impl Drop for Restore {
     fn drop(&mut self) {
-        if self.mouse {
-            let _ = execute!(std::io::stdout(), DisableMouseCapture);
-        }
-        ratatui::restore();
+        restore_terminal();
+        crate::contain::ui_ended();
     }
 }
 
@@ -101,12 +104,15 @@ pub fn run(
     trainer: Option<Receiver<crate::train::messages::Event>>,
     feed: Option<Receiver<crate::generator::feed::FeedEvent>>,
 ) -> anyhow::Result<()> {
-    let mut terminal = ratatui::try_init()?;
-    // ratatui's hook restores the terminal on any panic; from here on, only a panic
-    // on this thread may do that (a worker's is caught and reported instead).
-    crate::contain::install_hook();
-    crate::contain::mark_ui_thread();
-    let _restore = Restore { mouse };
+    // Set up by hand rather than with `ratatui::init`, whose panic hook would
+    // restore the terminal on a worker's panic too: only a panic on this thread
+    // gives the terminal back (see `contain`).
+    crate::contain::ui_started(restore_terminal);
+    let _restore = Restore;
+    crossterm::terminal::enable_raw_mode()?;
+    execute!(std::io::stdout(), crossterm::terminal::EnterAlternateScreen)?;
+    let mut terminal =
+        ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
     if mouse {
         execute!(std::io::stdout(), EnableMouseCapture)?;
     }
@@ -121,6 +127,7 @@ pub fn run(
     let mut feed = feed.unwrap_or_else(crossbeam_channel::never);
     loop {
         terminal.draw(|f| view::draw(app, f))?;
+        crate::contain::fault_point("ui");
         let ev = select! {
             recv(input) -> ev => match ev {
                 Ok(ev) => AppEvent::Input(ev),

@@ -85,7 +85,20 @@ impl TrainView {
     /// The compact line shown while labeling: held-out accuracy as a sparkline.
     pub fn compact(&self) -> Line<'static> {
         const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-        if self.failed.is_some() || self.state.is_none() {
+        if let Some(f) = &self.failed {
+            // Why, as much as the header holds; the training view (`m`) has it whole.
+            const ROOM: usize = 48;
+            let why = sanitize(f);
+            let why = match why.char_indices().nth(ROOM) {
+                Some((cut, _)) => format!("{}… (m)", &why[..cut]),
+                None => why,
+            };
+            return Line::from(Span::styled(
+                format!("training off: {why} "),
+                Style::new().red(),
+            ));
+        }
+        if self.state.is_none() {
             return Line::from("");
         }
         let last: Vec<f64> = self
