@@ -388,3 +388,28 @@ fn spoiled_gguf_files_are_refused_naming_the_key_or_tensor() {
         &["not a GGUF file"],
     );
 }
+
+/// A mistyped `--db` is refused by every command that reads labels, with how to
+/// make a database, and no empty file is left behind under the wrong name.
+#[test]
+fn a_mistyped_database_is_refused_not_created() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("typo.db");
+    let report = dir.path().join("r.html");
+    let out = dir.path().join("m");
+    for args in [
+        vec!["label"],
+        vec!["export", "--format", "trl"],
+        vec!["stats"],
+        vec!["review"],
+        vec!["report", "--out", report.to_str().expect("utf8")],
+        vec!["train", "--out", out.to_str().expect("utf8")],
+    ] {
+        refused(
+            &db,
+            &args,
+            &["typo.db: no such database (create one with `duel import"],
+        );
+        assert!(!db.exists(), "{args:?} created the database");
+    }
+}

@@ -57,6 +57,18 @@ pub(crate) fn open(db: &Path) -> Result<Store> {
     Store::open(db).map_err(|e| BadInput(e.to_string()).into())
 }
 
+/// Opens a database that must exist already: commands that read labels never
+/// create an empty one from a mistyped name.
+pub(crate) fn open_existing(db: &Path) -> Result<Store> {
+    if !db.exists() {
+        bail!(BadInput(format!(
+            "{}: no such database (create one with `duel import FILE` or `duel generate PROMPTS`)",
+            db.display()
+        )));
+    }
+    open(db)
+}
+
 fn import(db: &Path, args: ImportArgs) -> Result<ExitCode> {
     let mut store = open(db)?;
     let opts = ImportOptions {
@@ -114,7 +126,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     if args.annotator.trim().is_empty() {
         bail!(BadInput("--annotator must not be empty".into()));
     }
-    let store = open(db)?;
+    let store = open_existing(db)?;
     let app = tui::App::new(
         store,
         tui::Config {
@@ -257,10 +269,7 @@ pub fn parse_since(s: &str) -> Result<String, BadInput> {
 
 fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
-    if !db.exists() {
-        bail!(BadInput(format!("{}: no such database", db.display())));
-    }
-    let store = open(db)?;
+    let store = open_existing(db)?;
     let filter = LabelFilter {
         annotator: args.annotator,
         since,
@@ -287,10 +296,7 @@ fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
 }
 
 fn stats_cmd(db: &Path, args: StatsArgs) -> Result<ExitCode> {
-    if !db.exists() {
-        bail!(BadInput(format!("{}: no such database", db.display())));
-    }
-    let store = open(db)?;
+    let store = open_existing(db)?;
     let s = stats::compute(&store)?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -303,10 +309,7 @@ fn stats_cmd(db: &Path, args: StatsArgs) -> Result<ExitCode> {
 }
 
 fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
-    if !db.exists() {
-        bail!(BadInput(format!("{}: no such database", db.display())));
-    }
-    let store = open(db)?;
+    let store = open_existing(db)?;
     if let Some(dir) = &args.model {
         let dir = &model::model_dir(Some(dir))?;
         let trainer = model::load_model(
@@ -375,10 +378,7 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
 }
 
 fn report_cmd(db: &Path, out: &Path) -> Result<ExitCode> {
-    if !db.exists() {
-        bail!(BadInput(format!("{}: no such database", db.display())));
-    }
-    let store = open(db)?;
+    let store = open_existing(db)?;
     let s = stats::compute(&store)?;
     let files = crate::report::build(&store, &s)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

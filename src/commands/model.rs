@@ -1,6 +1,6 @@
 //! `duel train`, `eval`, `score` and `bench train`.
 
-use super::{BadInput, open};
+use super::{BadInput, open_existing};
 use crate::cli::{EvalArgs, Schedule, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
 use crate::model::{DEFAULT_ENCODER_DIR, checkpoint};
@@ -159,9 +159,8 @@ impl Measures<'_> {
 
 pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let base = model_dir(args.model_dir.as_deref())?;
-    if !db.exists() {
-        return Err(BadInput(format!("{}: no such database", db.display())).into());
-    }
+    // Before the options are checked: a mistyped database is the first thing to say.
+    drop(open_existing(db)?);
     let warmup_ratio = match (args.schedule, args.warmup) {
         (Schedule::Constant, Some(_)) => {
             return Err(BadInput(format!(
@@ -186,7 +185,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    let mut store = open(db)?;
+    let mut store = open_existing(db)?;
     let all = examples_from_store(&store)?;
     let (held, train): (Vec<Example>, Vec<Example>) = all
         .into_iter()
