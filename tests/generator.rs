@@ -390,3 +390,27 @@ fn the_feed_generates_when_the_queue_runs_low() {
     );
     h.stop();
 }
+
+/// A response cut at the token limit inside a character (an emoji is several
+/// byte-level tokens) ends at the last whole character, not in U+FFFD.
+#[test]
+fn a_response_cut_inside_a_character_ends_at_a_whole_one() {
+    let g = generator();
+    let ids = g.tokenizer.encode("Well done 👏👏").expect("encode");
+    let whole = g.tokenizer.decode(&ids).expect("decode");
+    assert_eq!(whole, "Well done 👏👏");
+    let mut cut_somewhere = false;
+    for n in 1..=ids.len() {
+        let mut cut = ids[..n].to_vec();
+        let text = g.tokenizer.decode_cut(&mut cut).expect("decode");
+        assert!(!text.contains('\u{FFFD}'), "{n}: {text:?}");
+        assert!(whole.starts_with(&text), "{n}: {text:?}");
+        assert_eq!(
+            text,
+            g.tokenizer.decode(&cut).expect("decode"),
+            "ids match the text"
+        );
+        cut_somewhere |= cut.len() < n;
+    }
+    assert!(cut_somewhere, "the emoji spans several tokens: {ids:?}");
+}

@@ -111,6 +111,25 @@ impl ChatTokenizer {
             .map_err(|e| anyhow!("decoding: {e}"))
     }
 
+    /// Decodes a response cut at the token limit. Byte-level tokens can split a
+    /// character, and a cut inside one would end the text in U+FFFD: the tokens of
+    /// the partial character (at most three) are dropped from `ids` instead.
+    pub fn decode_cut(&self, ids: &mut Vec<u32>) -> Result<String> {
+        let whole = self.decode(ids)?;
+        if !whole.ends_with('\u{FFFD}') {
+            return Ok(whole);
+        }
+        for keep in (ids.len().saturating_sub(3)..ids.len()).rev() {
+            let text = self.decode(&ids[..keep])?;
+            if !text.ends_with('\u{FFFD}') {
+                ids.truncate(keep);
+                return Ok(text);
+            }
+        }
+        // A replacement character the model wrote itself.
+        Ok(whole)
+    }
+
     /// The conversation rendered by the chat template, ready for the assistant's turn.
     pub fn encode_chat(&self, messages: &[Message]) -> Result<Vec<u32>> {
         // Each content becomes a marker from the private use area; data cannot hold

@@ -255,9 +255,13 @@ impl Generator {
             .into_iter()
             .zip(done)
             .zip(&prompts)
-            .map(|((ids, finish), p)| {
+            .map(|((mut ids, finish), p)| {
+                let text = match finish {
+                    Some(_) => self.tokenizer.decode(&ids)?,
+                    None => self.tokenizer.decode_cut(&mut ids)?,
+                };
                 Ok(Sample {
-                    text: self.tokenizer.decode(&ids)?,
+                    text,
                     ids,
                     prompt_tokens: p.len(),
                     finish: finish.unwrap_or("length"),
