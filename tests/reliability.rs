@@ -1,5 +1,6 @@
 //! Nothing lost under concurrency and crashes: several labelers on one file, and
-//! `kill -9` during labeling, import and export. `DUEL_SOAK=1` runs the kill tests
+//! `kill -9` during labeling, import (into a new and a labeled database), export
+//! and generation. `DUEL_SOAK=1` runs the kill tests
 //! many more times.
 
 mod common;
@@ -385,4 +386,131 @@ fn kill_9_during_export_leaves_no_half_file() {
     assert!(absent >= 1, "no kill landed inside the export");
     // The temporary files of killed exports are all that is left behind, next to it.
     integrity(&db);
+}
+
+/// `kill -9` during an import into a database that already holds pairs and
+/// judgements (the WAL path, as when annotators are labeling): the file's pairs
+/// are all there or none, and nothing that was there before is lost.
+#[test]
+fn kill_9_during_import_into_a_labeled_database_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("base.db");
+    let labeled = dir.path().join("labeled.jsonl");
+    let mut f = std::fs::File::create(&labeled).expect("create");
+    for i in 0..300 {
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({
+                "prompt": format!("kept question {i}"),
+                "chosen": format!("good {i}"),
+                "rejected": format!("bad {i}"),
+            })
+        )
+        .expect("write");
+    }
+    drop(f);
+    assert!(
+        duel(&base, &["import", labeled.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    let file = dir.path().join("big.jsonl");
+    let n = 60_000;
+    pairs_file(&file, n, "w");
+    let db = dir.path().join("w.db");
+    let probe = dir.path().join("probe.db");
+    std::fs::copy(&base, &probe).expect("copy");
+    let t = Instant::now();
+    assert!(
+        duel(&probe, &["import", file.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    let full = t.elapsed();
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut partial_seen = 0;
+    for _ in 0..rounds(4) {
+        for ext in ["", "-wal", "-shm", "-journal"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+        }
+        std::fs::copy(&base, &db).expect("copy");
+        let mut child = Command::new(bin())
+            .arg("--db")
+            .arg(&db)
+            .arg("import")
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(full.mul_f64(rng.random_range(0.05..0.9)));
+        kill9(&mut child);
+        integrity(&db);
+        let pairs = query(&db, "SELECT count(*) FROM pairs");
+        assert!(
+            pairs == 300 || pairs == 300 + n as i64,
+            "an interrupted import left {pairs} pairs"
+        );
+        partial_seen += usize::from(pairs == 300);
+        assert_eq!(query(&db, "SELECT count(*) FROM labels"), 300);
+        assert_eq!(
+            query(
+                &db,
+                "SELECT count(*) FROM pairs JOIN prompts ON prompts.id = pairs.prompt_id
+                 WHERE prompts.text LIKE 'kept question %'"
+            ),
+            300
+        );
+        assert_eq!(query(&db, "SELECT count(*) FROM responses"), 2 * pairs);
+    }
+    assert!(partial_seen >= 1, "no kill landed inside the import");
+}
+
+/// `kill -9` during `duel generate`: every stored pair is whole (both responses and
+/// their generation record), the database passes its integrity check, and the next
+/// run goes on from there.
+#[test]
+fn kill_9_during_generation_leaves_whole_pairs() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("g.db");
+    let prompts = dir.path().join("prompts.txt");
+    let lines: Vec<String> = (0..30)
+        .map(|i| format!("Name {i} things that are red."))
+        .collect();
+    std::fs::write(&prompts, lines.join("\n")).expect("write");
+    let count = || {
+        rusqlite::Connection::open(&db)
+            .and_then(|c| c.query_row("SELECT count(*) FROM pairs", [], |r| r.get::<_, i64>(0)))
+            .unwrap_or(0)
+    };
+    let mut rng = StdRng::seed_from_u64(9);
+    let mut last = 0;
+    for round in 0..rounds(2) {
+        let mut child = Command::new(bin())
+            .arg("--db")
+            .arg(&db)
+            .args(["generate", "--max-new-tokens", "16"])
+            .arg(&prompts)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        // Wait for a pair past the last round's, then a little more.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while count() <= last && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..800)));
+        kill9(&mut child);
+        integrity(&db);
+        let pairs = count();
+        assert!(pairs > last, "round {round}: no pair stored");
+        assert_eq!(query(&db, "SELECT count(*) FROM responses"), 2 * pairs);
+        assert_eq!(
+            query(&db, "SELECT count(*) FROM pairs WHERE source = 'generate'"),
+            pairs
+        );
+        last = pairs;
+    }
 }
