@@ -2,7 +2,7 @@
 DB  ?= duel.db
 BIN := target/release/duel
 
-.PHONY: run build models test lint bench-import bench-train
+.PHONY: run build models test lint fuzz bench-import bench-train
 
 run: build models
 	@test -f "$(DB)" || $(BIN) --db "$(DB)" import data/demo_pairs.jsonl
@@ -14,13 +14,23 @@ build:
 models:
 	scripts/fetch-models.sh
 
-test: models
+test: models lint
 	scripts/pyenv.sh
 	cargo test --locked --all-targets
 
 lint:
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+
+# Coverage-guided fuzzing of every target in fuzz/ (stable toolchain, no
+# sanitizer): FUZZ_TIME seconds each. Needs `cargo install cargo-fuzz` once.
+FUZZ_TIME ?= 60
+fuzz:
+	cd fuzz && for t in $$(cargo fuzz list); do \
+	  mkdir -p corpus/$$t; \
+	  cargo fuzz run --sanitizer none --debug-assertions $$t corpus/$$t seeds/$$t -- \
+	    -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 || exit 1; \
+	done
 
 bench-import: build
 	$(BIN) bench import --pairs 1000000
