@@ -8,6 +8,7 @@ pub mod cli;
 pub mod commands;
 pub mod contain;
 pub mod domain;
+pub mod fuzzing;
 pub mod generator;
 pub mod io;
 pub mod model;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use rayon::prelude::*;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 #[derive(Debug, Clone)]
@@ -285,24 +285,44 @@ impl Llama {
     /// (`gguf::check`), every metadata value the model reads and every tensor's
     /// type and shape. Returns the parsed header, the configuration and a reader.
     pub fn check(path: &Path) -> Result<(gguf_file::Content, Config, BufReader<File>)> {
-        let bad = |msg: String| BadGguf {
-            path: path.to_owned(),
-            msg,
-        };
-        super::gguf::check(path).map_err(bad)?;
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let mut r = BufReader::new(file);
+        let len = file.metadata()?.len();
+        Ok(
+            Llama::check_from(BufReader::new(file), len).map_err(|msg| BadGguf {
+                path: path.to_owned(),
+                msg,
+            })?,
+        )
+    }
+
+    /// `check` over any reader of `len` bytes.
+    pub fn check_from<R: BufRead + Seek>(
+        mut r: R,
+        len: u64,
+    ) -> std::result::Result<(gguf_file::Content, Config, R), String> {
+        super::gguf::check_reader(&mut r, len)?;
+        r.seek(SeekFrom::Start(0)).map_err(|e| e.to_string())?;
         let ct = gguf_file::Content::read(&mut r)
-            .map_err(|e| bad(format!("not a readable GGUF file: {e}")))?;
-        let cfg = config(&ct).map_err(bad)?;
-        check_tensors(&ct, &cfg).map_err(bad)?;
+            .map_err(|e| format!("not a readable GGUF file: {e}"))?;
+        let cfg = config(&ct)?;
+        check_tensors(&ct, &cfg)?;
         Ok((ct, cfg, r))
     }
 
     /// Loads a GGUF file, checked first (`Llama::check`): a file that fails is a
     /// `BadGguf` naming the key or tensor.
     pub fn load(path: &Path) -> Result<(Llama, gguf_file::Content)> {
-        let (ct, cfg, mut r) = Llama::check(path)?;
+        let (ct, cfg, r) = Llama::check(path)?;
+        Llama::from_checked(ct, cfg, r, path)
+    }
+
+    /// Loads the tensors of a checked file (`check_from`); `path` names it in errors.
+    pub fn from_checked<R: Read + Seek>(
+        ct: gguf_file::Content,
+        cfg: Config,
+        mut r: R,
+        path: &Path,
+    ) -> Result<(Llama, gguf_file::Content)> {
         let dev = candle_core::Device::Cpu;
         let mut tensor = |name: &str| -> Result<QTensor> {
             ct.tensor(&mut r, name, &dev)

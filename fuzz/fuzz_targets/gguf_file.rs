@@ -1,0 +1,4 @@
+#![no_main]
+//! `duel::fuzzing::gguf_file` under libFuzzer; what it checks is documented there.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| duel::fuzzing::gguf_file(data));
