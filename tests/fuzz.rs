@@ -1,11 +1,20 @@
-//! Replays every fuzz target (`duel::fuzzing`) on its seeds (`fuzz/seeds/<target>/`)
-//! and on every input kept from a finding (`tests/fixtures/fuzz-regressions/<target>/`).
-//! The fuzzing itself runs under libFuzzer, opt-in (see the README); this keeps what
-//! it found fixed.
+//! Fuzzing in every `make test`: a bounded, seeded pass of each target in
+//! `duel::fuzzing` over mutations of its seeds (`fuzz/seeds/<target>/`), after
+//! replaying the seeds and every input kept from a finding
+//! (`tests/fixtures/fuzz-regressions/<target>/`). The same seed gives the same
+//! cases; `DUEL_FUZZ_SEED` and `DUEL_FUZZ_CASES` change them. A failing case is
+//! written to `target/fuzz-failures/<target>/` with the seed that made it.
+//!
+//! The mutator is a few dozen lines of our own rather than libFuzzer's: that one
+//! needs its runtime and an instrumented build of every dependency (`make fuzz`
+//! runs it, coverage-guided, for as long as asked), while this pass must fit in
+//! seconds inside an ordinary test build.
 
 mod common;
 
 use common::*;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -23,6 +32,189 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
+/// Bytes and numbers that parsers treat specially.
+const TOKENS: &[&[u8]] = &[
+    b"\"",
+    b"\\",
+    b"\\u0000",
+    b"\\ud800",
+    b"\\u001b",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b",",
+    b":",
+    b"null",
+    b"true",
+    b"1e999",
+    b"-0",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"\0",
+    b"\xef\xbb\xbf",
+    b"\xff",
+    b"\xc3",
+    b"\x1b[31m",
+    b"\xe2\x80\xae",
+    b"\n\nHuman:",
+    b"\n\nAssistant:",
+    b"\"prompt\"",
+    b"\"chosen\"",
+    b"\"rejected\"",
+    b"\"response_a\"",
+    b"\"response_b\"",
+    b"\"role\"",
+    b"\"content\"",
+    b"\"messages\"",
+    b"\"hidden_size\"",
+    b"\"num_attention_heads\"",
+    b"\"vocab_size\"",
+    b"GGUF",
+];
+const NUMBERS: &[u64] = &[
+    0,
+    1,
+    2,
+    3,
+    7,
+    31,
+    32,
+    33,
+    64,
+    255,
+    256,
+    4095,
+    65535,
+    65536,
+    1 << 20,
+    1 << 31,
+    u32::MAX as u64 - 1,
+    u32::MAX as u64,
+    1 << 32,
+    1 << 62,
+    u64::MAX - 1,
+    u64::MAX,
+];
+
+/// One random edit of `data`; `other` is another seed to splice from.
+fn mutate(rng: &mut StdRng, data: &mut Vec<u8>, other: &[u8]) {
+    let len = data.len();
+    let at = |rng: &mut StdRng, n: usize| if n == 0 { 0 } else { rng.random_range(0..n) };
+    match rng.random_range(0..9) {
+        0 if len > 0 => {
+            let i = at(rng, len);
+            data[i] ^= 1 << rng.random_range(0..8);
+        }
+        1 if len > 0 => {
+            let i = at(rng, len);
+            data[i] = [0u8, 1, 0x7f, 0x80, 0xff, b'"', b'\\', b'\n', b','][at(rng, 9)];
+        }
+        2 if len > 0 => {
+            let i = at(rng, len);
+            let n = rng.random_range(1..=len.min(64));
+            data.drain(i..(i + n).min(len));
+        }
+        3 if len > 0 => {
+            let i = at(rng, len);
+            let n = rng.random_range(1..=len.min(256));
+            let chunk = data[i..(i + n).min(len)].to_vec();
+            let j = at(rng, data.len() + 1);
+            data.splice(j..j, chunk);
+        }
+        4 => {
+            let t = TOKENS[at(rng, TOKENS.len())];
+            let j = at(rng, len + 1);
+            data.splice(j..j, t.iter().copied());
+        }
+        // A little-endian integer overwritten with a boundary value: counts,
+        // lengths, dimensions and offsets in binary headers.
+        5 | 6 if len >= 8 => {
+            let width = [1usize, 2, 4, 8][at(rng, 4)];
+            let i = at(rng, len - width + 1);
+            let v = NUMBERS[at(rng, NUMBERS.len())];
+            data[i..i + width].copy_from_slice(&v.to_le_bytes()[..width]);
+        }
+        7 if !other.is_empty() => {
+            let i = at(rng, len + 1);
+            let j = at(rng, other.len());
+            let n = rng.random_range(1..=(other.len() - j).min(512));
+            data.truncate(i);
+            data.extend_from_slice(&other[j..j + n]);
+        }
+        _ if len > 0 => data.truncate(at(rng, len)),
+        _ => data.push(rng.random()),
+    }
+}
+
+fn cases() -> usize {
+    std::env::var("DUEL_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+}
+
+fn seed() -> u64 {
+    std::env::var("DUEL_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20261202)
+}
+
+/// Cases run per target: a whole GGUF or model folder costs more than a record.
+fn weight(name: &str) -> usize {
+    match name {
+        "gguf_file" | "model_files" => 3,
+        _ => 1,
+    }
+}
+
+#[test]
+fn a_bounded_seeded_fuzz_pass_finds_nothing() {
+    let seed = seed();
+    let mut failures = Vec::new();
+    for (t, (name, target)) in duel::fuzzing::TARGETS.iter().enumerate() {
+        let seeds: Vec<Vec<u8>> = inputs(&repo().join("fuzz/seeds").join(name))
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert!(!seeds.is_empty(), "{name}: no seeds");
+        let mut rng = StdRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        for case in 0..cases() / weight(name) {
+            let mut data = seeds[rng.random_range(0..seeds.len())].clone();
+            let other = &seeds[rng.random_range(0..seeds.len())];
+            for _ in 0..rng.random_range(1..=8) {
+                mutate(&mut rng, &mut data, other);
+            }
+            if let Err(e) = std::panic::catch_unwind(AssertUnwindSafe(|| target(&data))) {
+                let dir = repo().join("target/fuzz-failures").join(name);
+                std::fs::create_dir_all(&dir).expect("mkdir");
+                let file = dir.join(format!("seed-{seed}-case-{case}"));
+                std::fs::write(&file, &data).expect("write");
+                failures.push(format!(
+                    "{name} case {case}: {} ({})",
+                    panic_text(&*e),
+                    file.display()
+                ));
+                break;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "DUEL_FUZZ_SEED={seed}:\n{}",
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn every_fuzz_target_holds_on_its_seeds_and_past_findings() {
     for (name, target) in duel::fuzzing::TARGETS {
@@ -31,12 +223,7 @@ fn every_fuzz_target_holds_on_its_seeds_and_past_findings() {
         let found = inputs(&repo().join("tests/fixtures/fuzz-regressions").join(name));
         for (path, bytes) in seeds.iter().chain(&found) {
             if let Err(e) = std::panic::catch_unwind(|| target(bytes)) {
-                let msg = e
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                panic!("{name} on {path}: {msg}");
+                panic!("{name} on {path}: {}", panic_text(&*e));
             }
         }
     }

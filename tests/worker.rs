@@ -200,7 +200,7 @@ fn missing_model_files_fail_with_a_clear_message() {
     ));
     let msg = failure(&h);
     assert!(
-        msg.contains("cannot load the model") && msg.contains("nope"),
+        msg.contains("cannot use the model") && msg.contains("nope"),
         "{msg}"
     );
     h.stop();
@@ -232,7 +232,7 @@ fn corrupt_model_files_fail_with_a_clear_message() {
     }
     let msg = msg.expect("a failure event");
     assert!(
-        msg.contains("cannot load the model") && msg.contains("broken"),
+        msg.contains("cannot use the model") && msg.contains("broken"),
         "{msg}"
     );
     h.stop();

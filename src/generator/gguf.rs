@@ -279,7 +279,9 @@ pub fn check_reader(r: impl BufRead + Seek, len: u64) -> Result<Layout, String> 
                 dims[0]
             )));
         }
-        let bytes = elems / block * size;
+        let bytes = (elems / block)
+            .checked_mul(size)
+            .ok_or_else(|| at(format!("dimensions {dims:?} overflow")))?;
         places.push((offset, bytes));
         tensors.push(TensorEntry {
             name,

@@ -195,9 +195,10 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> (f32, i32) {
     let mut sum = 0i32;
     for (o, &v) in q.iter_mut().zip(x) {
         // Round to nearest by the float trick (|v·id| ≤ 127): no libm call, so the
-        // loop vectorises.
+        // loop vectorises. The clamp holds that bound when `1/d` overflows (a
+        // subnormal `d`) or a value is not finite, as in a corrupt model.
         const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
-        let r = ((v * id + MAGIC) - MAGIC) as i32;
+        let r = (((v * id + MAGIC) - MAGIC) as i32).clamp(-127, 127);
         *o = r as i8;
         sum += r;
     }

@@ -33,9 +33,11 @@ pub fn sanitize(s: &str) -> String {
             | '\u{200F}'
             | '\u{202A}'..='\u{202E}'
             | '\u{2066}'..='\u{2069}' => out.push('\u{FFFD}'),
-            // Zero-width characters and invisible tags: dropped, they only hide things.
+            // Zero-width characters and invisible tags: dropped, they only hide things
+            // (U+2065 is unassigned but default-ignorable: a terminal may draw it as
+            // nothing).
             '\u{200B}'..='\u{200D}'
-            | '\u{2060}'..='\u{2064}'
+            | '\u{2060}'..='\u{2065}'
             | '\u{FEFF}'
             | '\u{E0000}'..='\u{E007F}' => {}
             // Other invisible format characters (interlinear annotation, etc.).
