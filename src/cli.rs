@@ -321,6 +321,42 @@ pub struct TrainArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LearnArgs {
+    /// JSON Lines with `prompt`, `chosen`, `rejected` (any labeled import form).
+    pub file: PathBuf,
+    /// A set of training options to measure, as `NAME=OPTIONS` with the options of
+    /// `duel train` that shape learning (`--lr`, `--length-aux`, `--schedule`,
+    /// `--warmup`, `--dropout`, `--center`, `--epochs`); what it leaves out is the
+    /// default. Repeat to compare: each is compared with the first.
+    /// [default: `defaults=`]
+    #[arg(long = "option", value_name = "NAME=OPTIONS")]
+    pub options: Vec<String>,
+    /// Folds, split by prompt: each is held out once and the model trained on the rest.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=100))]
+    pub folds: u64,
+    /// Seeds (head initialisation, batch order, dropout), comma-separated.
+    #[arg(long, default_value = "0,1,2", value_delimiter = ',', num_args = 1..)]
+    pub seeds: Vec<u64>,
+    /// Passes over the training folds, unless an option sets its own.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: u64,
+    /// Use only the first N pairs of the file.
+    #[arg(long, value_name = "N")]
+    pub pairs: Option<usize>,
+    /// Bootstrap resamples (of prompts) for the 95% intervals.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// The model to start from (default: the bundled encoder).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print a JSON summary instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct EvalArgs {
     /// JSON Lines with `prompt`, `chosen`, `rejected` (any import form with a label).
     pub file: PathBuf,
@@ -369,6 +405,10 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// How well the reward model learns a labeled file: cross-validation with folds
+    /// by prompt, for each set of training options, over several seeds, with
+    /// bootstrap intervals.
+    Learn(LearnArgs),
     /// Import speed: writes a synthetic JSON Lines file and imports it into a new
     /// database.
     Import {

@@ -1,6 +1,7 @@
 //! What each subcommand does, for the thin binary.
 
 mod generate;
+mod learn;
 mod model;
 
 use crate::cli::{BenchCommand, Cli, Command, ExportArgs, ImportArgs, LabelArgs, StatsArgs};
@@ -38,6 +39,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Score(args) => model::score(args),
         Command::Bench { what } => match what {
             BenchCommand::Import { pairs, json } => bench_import(pairs, json),
+            BenchCommand::Learn(args) => learn::bench_learn(args),
             BenchCommand::Train {
                 model_dir,
                 seq,

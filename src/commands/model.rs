@@ -43,7 +43,7 @@ pub(crate) fn load_model(dir: &Path, config: TrainConfig) -> Result<Trainer> {
 }
 
 /// `{prompt, chosen, rejected}` lines (any labeled import form) of a file.
-fn examples_from_file(path: &Path) -> Result<Vec<Example>> {
+pub(crate) fn examples_from_file(path: &Path) -> Result<Vec<Example>> {
     let f = std::fs::File::open(path).map_err(|e| BadInput(format!("{}: {e}", path.display())))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).split(b'\n').enumerate() {

@@ -81,6 +81,15 @@ impl Default for TrainConfig {
 /// Warm-up of live training (and `duel train --schedule constant`), in steps.
 pub const LIVE_WARMUP_STEPS: u64 = 20;
 
+/// The fold of `folds` that a prompt belongs to in cross-validation: by hash, so
+/// every pair of one prompt lands in the same fold.
+pub fn prompt_fold(prompt: &str, folds: usize) -> usize {
+    let h = blake3::hash(prompt.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[8..16]);
+    (u64::from_le_bytes(b) % folds.max(1) as u64) as usize
+}
+
 /// Whether a prompt belongs to the held-out split: a fixed share of prompts by hash,
 /// so every pair of one prompt lands on the same side.
 pub fn is_heldout(prompt: &str, fraction: f64) -> bool {
@@ -317,19 +326,15 @@ impl Trainer {
 
     /// Held-out accuracy (strict `r_chosen > r_rejected`) and loss, dropout off.
     pub fn evaluate(&self, data: &[Encoded], batch_pairs: usize) -> Result<EvalStats> {
-        let mut right = 0usize;
-        let mut loss_sum = 0f64;
-        let order = length_sorted(data);
-        for chunk in order.chunks(batch_pairs.max(1) * 2) {
-            let batch: Vec<&Encoded> = chunk.iter().map(|&i| &data[i]).collect();
-            let rewards = self.model.rewards(&self.padded(&batch).batch())?;
-            let (c, r) = rewards.split_at(batch.len());
-            for (a, b) in c.iter().zip(r) {
-                right += usize::from(a > b);
-                let d = f64::from(a - b);
-                loss_sum += -(d.min(0.0) - (-d.abs()).exp().ln_1p());
-            }
-        }
+        let margins = self.margins(data, batch_pairs)?;
+        let right = margins.iter().filter(|&&d| d > 0.0).count();
+        let loss_sum: f64 = margins
+            .iter()
+            .map(|&d| {
+                let d = f64::from(d);
+                -(d.min(0.0) - (-d.abs()).exp().ln_1p())
+            })
+            .sum();
         let n = data.len();
         Ok(EvalStats {
             pairs: n,
@@ -340,6 +345,22 @@ impl Trainer {
             },
             loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
         })
+    }
+
+    /// Each pair's reward of `chosen` minus that of `rejected`, dropout off: the
+    /// model agrees with the judgement where it is above 0.
+    pub fn margins(&self, data: &[Encoded], batch_pairs: usize) -> Result<Vec<f32>> {
+        let mut out = vec![0f32; data.len()];
+        let order = length_sorted(data);
+        for chunk in order.chunks(batch_pairs.max(1) * 2) {
+            let batch: Vec<&Encoded> = chunk.iter().map(|&i| &data[i]).collect();
+            let rewards = self.model.rewards(&self.padded(&batch).batch())?;
+            let (c, r) = rewards.split_at(batch.len());
+            for ((&i, a), b) in chunk.iter().zip(c).zip(r) {
+                out[i] = a - b;
+            }
+        }
+        Ok(out)
     }
 
     /// Rewards of single texts, dropout off, in batches of `batch`.

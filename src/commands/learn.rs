@@ -1,0 +1,420 @@
+//! `duel bench learn`: how well the reward model learns a labeled file.
+//!
+//! Cross-validation with folds by prompt (no prompt is both trained on and tested),
+//! every fold trained from the base model for each set of options and each seed.
+//! Each pair is predicted once per seed, by the model that did not see its prompt;
+//! an option's accuracy is the share of those predictions that agree with the
+//! judgement, its spread the standard deviation over seeds, and its interval a
+//! bootstrap over prompts (pairs of one prompt are not independent). Options are
+//! compared with the first on the same resamples, so the interval of a difference is
+//! paired.
+
+use super::BadInput;
+use super::model::{examples_from_file, load_model, model_dir};
+use crate::cli::{LearnArgs, Schedule};
+use crate::train::{Encoded, TrainConfig, epoch_batches, prompt_fold};
+use anyhow::Result;
+use clap::Parser;
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// The options of `duel train` that shape learning, as one `--option` gives them.
+#[derive(Debug, Parser)]
+#[command(name = "--option", no_binary_name = true, disable_help_flag = true)]
+struct Variant {
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    length_aux: Option<f64>,
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    #[arg(long, allow_negative_numbers = true)]
+    warmup: Option<f64>,
+    #[arg(long, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    dropout: Option<bool>,
+    #[arg(long, allow_negative_numbers = true)]
+    center: Option<f64>,
+    #[arg(long)]
+    epochs: Option<u64>,
+}
+
+/// One set of options, ready to train with.
+struct Candidate {
+    name: String,
+    options: String,
+    config: TrainConfig,
+    schedule: Schedule,
+    epochs: u64,
+}
+
+fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
+    let (name, options) = spec.split_once('=').ok_or_else(|| {
+        BadInput(format!(
+            "--option {spec:?}: expected NAME=OPTIONS, as in `lr5=--lr 5e-5`"
+        ))
+    })?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(BadInput(format!("--option {spec:?}: the name is empty")));
+    }
+    let bad = |what: String| BadInput(format!("--option {name}: {what}"));
+    let v = Variant::try_parse_from(options.split_whitespace()).map_err(|e| {
+        let text = e.to_string();
+        bad(text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_owned())
+    })?;
+    let defaults = TrainConfig::default();
+    let lr = v.lr.unwrap_or(defaults.lr);
+    if !(lr.is_finite() && lr > 0.0) {
+        return Err(bad(format!("--lr {lr}: a rate above 0")));
+    }
+    let length_aux = v.length_aux.unwrap_or(defaults.length_aux);
+    if !(length_aux.is_finite() && length_aux >= 0.0) {
+        return Err(bad(format!(
+            "--length-aux {length_aux}: a weight of 0 (off) or more"
+        )));
+    }
+    let schedule = v.schedule.unwrap_or(Schedule::Linear);
+    let warmup_ratio = match (schedule, v.warmup) {
+        (Schedule::Constant, Some(_)) => {
+            return Err(bad(
+                "--warmup sets the linear schedule's warm-up; the constant one has its own".into(),
+            ));
+        }
+        (_, Some(w)) if !(0.0..1.0).contains(&w) => {
+            return Err(bad(format!(
+                "--warmup {w}: a share of the steps, from 0 to below 1"
+            )));
+        }
+        (Schedule::Linear, w) => w.unwrap_or(defaults.warmup_ratio),
+        (Schedule::Constant, None) => 0.0,
+    };
+    let center_coef = v.center.unwrap_or(defaults.center_coef);
+    if !(center_coef.is_finite() && center_coef >= 0.0) {
+        return Err(bad(format!("--center {center_coef}: 0 or more")));
+    }
+    let epochs = v.epochs.unwrap_or(args.epochs);
+    if epochs == 0 {
+        return Err(bad("--epochs 0: nothing would be trained".into()));
+    }
+    Ok(Candidate {
+        name: name.to_owned(),
+        options: options.split_whitespace().collect::<Vec<_>>().join(" "),
+        config: TrainConfig {
+            lr,
+            length_aux,
+            warmup_ratio,
+            center_coef,
+            dropout: v.dropout.unwrap_or(defaults.dropout),
+            batch_pairs: args.model.batch as usize,
+            max_length: args.model.max_length,
+            ..defaults
+        },
+        schedule,
+        epochs,
+    })
+}
+
+/// Trains a fresh model on `train` and returns, for each pair of `test`, whether
+/// it scores the chosen response higher.
+fn run(
+    base: &Path,
+    c: &Candidate,
+    seed: u64,
+    train: &[&Encoded],
+    test: &[Encoded],
+) -> Result<Vec<bool>> {
+    let config = TrainConfig {
+        seed,
+        ..c.config.clone()
+    };
+    let mut trainer = load_model(base, config.clone())?;
+    let owned: Vec<Encoded> = train.iter().map(|&e| e.clone()).collect();
+    let per_epoch = owned.len().div_ceil(config.batch_pairs) as u64;
+    trainer.total_steps = match c.schedule {
+        Schedule::Linear => per_epoch * c.epochs,
+        Schedule::Constant => 0,
+    };
+    for epoch in 0..c.epochs {
+        for b in epoch_batches(&owned, config.batch_pairs, seed, epoch) {
+            let batch: Vec<&Encoded> = b.iter().map(|&i| &owned[i]).collect();
+            let s = trainer.step(&batch)?;
+            if s.skipped {
+                tracing::warn!("non-finite loss or gradient: batch skipped");
+            }
+        }
+    }
+    Ok(trainer
+        .margins(test, config.batch_pairs)?
+        .into_iter()
+        .map(|d| d > 0.0)
+        .collect())
+}
+
+#[derive(Debug, Serialize)]
+struct Interval {
+    low: f64,
+    high: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Difference {
+    mean: f64,
+    interval: Interval,
+}
+
+#[derive(Debug, Serialize)]
+struct Outcome {
+    name: String,
+    options: String,
+    epochs: u64,
+    accuracy: f64,
+    /// Standard deviation of the accuracy over seeds.
+    spread: f64,
+    per_seed: Vec<f64>,
+    interval: Interval,
+    /// Accuracy minus the first option's, on the same resamples.
+    vs_first: Option<Difference>,
+    seconds: f64,
+}
+
+/// Percentile bounds of the middle 95% of `v`.
+fn middle95(mut v: Vec<f64>) -> Interval {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
+    Interval {
+        low: at(0.025),
+        high: at(0.975),
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn spread(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}
+
+pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
+    let base = model_dir(args.model_dir.as_deref())?;
+    let specs = if args.options.is_empty() {
+        vec!["defaults=".to_owned()]
+    } else {
+        args.options.clone()
+    };
+    let candidates = specs
+        .iter()
+        .map(|s| candidate(s, &args))
+        .collect::<Result<Vec<_>, _>>()?;
+    if args.seeds.is_empty() {
+        return Err(BadInput("--seeds: give at least one".into()).into());
+    }
+    if args.resamples == 0 {
+        return Err(BadInput("--resamples: at least 1".into()).into());
+    }
+    let mut examples = examples_from_file(&args.file)?;
+    if let Some(n) = args.pairs {
+        examples.truncate(n);
+    }
+    let folds = args.folds as usize;
+    // Prompts, each with its pairs, in the file's order.
+    let mut prompt_of = Vec::with_capacity(examples.len());
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for e in &examples {
+        let n = index.len();
+        prompt_of.push(*index.entry(e.prompt.as_str()).or_insert(n));
+    }
+    let prompts = index.len();
+    let fold_of: Vec<usize> = examples
+        .iter()
+        .map(|e| prompt_fold(&e.prompt, folds))
+        .collect();
+    for f in 0..folds {
+        if !fold_of.contains(&f) {
+            let noun = if prompts == 1 { "prompt" } else { "prompts" };
+            return Err(BadInput(format!(
+                "{}: {prompts} {noun} cannot fill {folds} folds; use fewer --folds",
+                args.file.display()
+            ))
+            .into());
+        }
+    }
+    let encoder = load_model(
+        &base,
+        TrainConfig {
+            max_length: args.model.max_length,
+            ..Default::default()
+        },
+    )?;
+    let data = encoder.encode(&examples)?;
+    drop(encoder);
+    let longer_wins = examples
+        .iter()
+        .filter(|e| e.chosen.chars().count() > e.rejected.chars().count())
+        .count() as f64
+        / examples.len() as f64;
+    if !args.json {
+        eprintln!(
+            "{}: {} pairs, {prompts} prompts, {folds} folds by prompt, seeds {:?}",
+            args.file.display(),
+            data.len(),
+            args.seeds
+        );
+    }
+
+    // right[candidate][seed][pair]
+    let mut right: Vec<Vec<Vec<bool>>> = Vec::new();
+    let mut seconds = Vec::new();
+    for c in &candidates {
+        let start = Instant::now();
+        let mut per_seed = Vec::new();
+        for &seed in &args.seeds {
+            let mut got = vec![false; data.len()];
+            for f in 0..folds {
+                let t0 = Instant::now();
+                let train: Vec<&Encoded> = data
+                    .iter()
+                    .zip(&fold_of)
+                    .filter(|&(_, &k)| k != f)
+                    .map(|(e, _)| e)
+                    .collect();
+                let (test_idx, test): (Vec<usize>, Vec<Encoded>) = data
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| fold_of[i] == f)
+                    .map(|(i, e)| (i, e.clone()))
+                    .unzip();
+                let r = run(&base, c, seed, &train, &test)?;
+                for (&i, ok) in test_idx.iter().zip(&r) {
+                    got[i] = *ok;
+                }
+                eprintln!(
+                    "{} seed {seed} fold {}/{folds}: {:.3} on {} pairs ({:.0} s)",
+                    c.name,
+                    f + 1,
+                    r.iter().filter(|&&b| b).count() as f64 / r.len() as f64,
+                    r.len(),
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            per_seed.push(got);
+        }
+        right.push(per_seed);
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+
+    // Per candidate and prompt: pairs predicted right, summed over seeds.
+    let mut hits = vec![vec![0u32; prompts]; candidates.len()];
+    let mut sizes = vec![0u32; prompts];
+    for (i, &p) in prompt_of.iter().enumerate() {
+        sizes[p] += 1;
+        for (k, r) in right.iter().enumerate() {
+            hits[k][p] += r.iter().filter(|s| s[i]).count() as u32;
+        }
+    }
+    let seeds = args.seeds.len() as f64;
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut boot = vec![Vec::with_capacity(args.resamples); candidates.len()];
+    for _ in 0..args.resamples {
+        let mut n = 0u64;
+        let mut h = vec![0u64; candidates.len()];
+        for _ in 0..prompts {
+            let p = rng.random_range(0..prompts);
+            n += u64::from(sizes[p]);
+            for (k, hk) in h.iter_mut().enumerate() {
+                *hk += u64::from(hits[k][p]);
+            }
+        }
+        for (k, b) in boot.iter_mut().enumerate() {
+            b.push(h[k] as f64 / (n as f64 * seeds));
+        }
+    }
+    let outcomes: Vec<Outcome> = candidates
+        .iter()
+        .enumerate()
+        .map(|(k, c)| {
+            let per_seed = right_rates(&right[k]);
+            let vs_first = (k > 0).then(|| {
+                let d: Vec<f64> = boot[k].iter().zip(&boot[0]).map(|(a, b)| a - b).collect();
+                Difference {
+                    mean: mean(&per_seed) - mean(&right_rates(&right[0])),
+                    interval: middle95(d),
+                }
+            });
+            Outcome {
+                name: c.name.clone(),
+                options: c.options.clone(),
+                epochs: c.epochs,
+                accuracy: mean(&per_seed),
+                spread: spread(&per_seed),
+                interval: middle95(boot[k].clone()),
+                per_seed,
+                vs_first,
+                seconds: seconds[k],
+            }
+        })
+        .collect();
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": args.file,
+                "pairs": data.len(),
+                "prompts": prompts,
+                "folds": folds,
+                "seeds": args.seeds,
+                "max_length": args.model.max_length,
+                "resamples": args.resamples,
+                "longer_wins": longer_wins,
+                "options": outcomes,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{}: {} pairs, {prompts} prompts, {folds} folds by prompt, seeds {:?}",
+        args.file.display(),
+        data.len(),
+        args.seeds
+    );
+    println!(
+        "{:<16} {:>6} {:>8} {:>8} {:>15} {:>24}",
+        "option", "epochs", "accuracy", "spread", "95% interval", "vs first (95% interval)"
+    );
+    for o in &outcomes {
+        let vs = o.vs_first.as_ref().map_or(String::new(), |d| {
+            format!(
+                "{:+.3} ({:+.3} to {:+.3})",
+                d.mean, d.interval.low, d.interval.high
+            )
+        });
+        println!(
+            "{:<16} {:>6} {:>8.3} {:>8.3} {:>7.3} to {:.3} {vs:>24}",
+            o.name, o.epochs, o.accuracy, o.spread, o.interval.low, o.interval.high
+        );
+    }
+    println!("\"longer response wins\": {longer_wins:.3}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn right_rates(per_seed: &[Vec<bool>]) -> Vec<f64> {
+    per_seed
+        .iter()
+        .map(|s| s.iter().filter(|&&b| b).count() as f64 / s.len() as f64)
+        .collect()
+}
