@@ -120,7 +120,7 @@ pub struct LabelArgs {
     #[arg(long)]
     pub model_out: Option<PathBuf>,
     /// Learning rate of live training.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = crate::train::DEFAULT_LR)]
     pub lr: f64,
     /// Longest model input in tokens.
     #[arg(long, default_value_t = 256)]
@@ -279,7 +279,7 @@ pub struct TrainArgs {
     /// model.safetensors, tokenizer.json) or a checkpoint of ours.
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = crate::train::DEFAULT_LR)]
     pub lr: f64,
     /// Share of prompts held out for evaluation.
     #[arg(long, default_value_t = 0.15)]
@@ -298,9 +298,11 @@ pub struct TrainArgs {
     /// Reward centering coefficient (0.01 is usual), 0 for none.
     #[arg(long, default_value_t = 0.0)]
     pub center: f64,
-    /// Weight of the auxiliary length objective [default: 1]: a probe on the pooled
-    /// vector learns the log token count of each model input and its error trains
-    /// the encoder too, so the reward can weigh length beside content. 0 turns it off.
+    /// Weight of the auxiliary length objective [default: 0, off]: a probe on the
+    /// pooled vector learns the log token count of each model input and its error
+    /// trains the encoder too, so the reward can weigh length beside content (1 is
+    /// the weight measured; it helps where longer answers win, and costs accuracy
+    /// where they do not).
     #[arg(long, value_name = "W", allow_negative_numbers = true)]
     pub length_aux: Option<f64>,
     /// Dropout while training: on (the encoder's own rates) or off.

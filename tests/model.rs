@@ -285,12 +285,11 @@ fn every_parameter_changes_and_a_learnable_rule_is_learned() {
     assert!(last < 0.5 * first, "loss {first} -> {last}");
     assert!(accuracy > 0.9, "training accuracy {accuracy}");
 
-    // With the default length objective the rule is learned too. On this tiny model
-    // (a 32-wide pooled vector shared with the probe, and the probe's gradient in
-    // the clipped norm) the rewards separate more slowly: the loss falls less far.
-    let length_aux = TrainConfig::default().length_aux;
-    assert!(length_aux > 0.0);
-    let (accuracy, first, last, _, _) = train_rule(length_aux);
+    // With the length objective (`--length-aux 1`) the rule is learned too. On this
+    // tiny model (a 32-wide pooled vector shared with the probe, and the probe's
+    // gradient in the clipped norm) the rewards separate more slowly: the loss
+    // falls less far.
+    let (accuracy, first, last, _, _) = train_rule(1.0);
     assert!(last < 0.8 * first, "loss {first} -> {last}");
     assert!(accuracy > 0.9, "training accuracy {accuracy}");
 }
@@ -1014,8 +1013,8 @@ fn duel_train_measures_an_eval_file_each_epoch_and_refuses_a_bad_one() {
     );
     assert_eq!(meta["warmup_steps"], 20, "{meta}");
     assert_eq!(
-        meta["config"]["length_aux"], 1.0,
-        "the length objective is on by default and recorded: {meta}"
+        meta["config"]["length_aux"], 0.0,
+        "the length objective is off by default and recorded: {meta}"
     );
 }
 

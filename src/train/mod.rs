@@ -40,6 +40,10 @@ impl Encoded {
     }
 }
 
+/// The learning rate of `duel train` and of live training, chosen by
+/// cross-validation on two development sets (README, "Learning").
+pub const DEFAULT_LR: f64 = 5e-5;
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
     pub lr: f64,
@@ -63,7 +67,7 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            lr: 1e-4,
+            lr: DEFAULT_LR,
             batch_pairs: 8,
             max_length: 256,
             warmup_ratio: 0.1,
@@ -73,7 +77,7 @@ impl Default for TrainConfig {
             use_margin: false,
             center_coef: 0.0,
             dropout: true,
-            length_aux: 1.0,
+            length_aux: 0.0,
         }
     }
 }
