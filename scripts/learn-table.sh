@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Reproduces the README's learning table: cross-validation of the candidate
-# defaults on the two development sets (duel bench learn; see README, "Learning").
+# Reproduces the learning table of docs/PERFORMANCE.md: cross-validation of the candidate
+# defaults on the two development sets (duel bench learn; see docs/PERFORMANCE.md).
 # Usage: scripts/learn-table.sh [DATA_DIR] [SEEDS]   (defaults: ../shared/data, 0)
 # Writes one JSON summary per data set to learn-results/ and prints the tables.
 set -euo pipefail

@@ -7,7 +7,7 @@
 //! vector of a fine-tuned MiniLM holds length only weakly, and 500-odd pairs are too
 //! few for the reward head to dig it out: the models agreed with "longer wins" on
 //! only 50–64% of test pairs. With the probe the reward head can read length beside
-//! what the text says (measured in the README). It is off by default: where the
+//! what the text says (measured in docs/PERFORMANCE.md). It is off by default: where the
 //! shorter answer often wins (HH harmless) it cost accuracy in cross-validation, so
 //! it is an option (`--length-aux 1`) for data where length matters.
 //!

@@ -41,7 +41,7 @@ impl Encoded {
 }
 
 /// The learning rate of `duel train` and of live training, chosen by
-/// cross-validation on two development sets (README, "Learning").
+/// cross-validation on two development sets (docs/PERFORMANCE.md, "Learning").
 pub const DEFAULT_LR: f64 = 5e-5;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
