@@ -10,7 +10,7 @@
 //! paired.
 
 use super::BadInput;
-use super::model::{examples_from_file, load_model, model_dir};
+use super::model::{examples_from_file, learning_options, load_model, model_dir};
 use crate::cli::{LearnArgs, Schedule};
 use crate::train::{Encoded, TrainConfig, epoch_batches, prompt_fold};
 use anyhow::Result;
@@ -77,27 +77,9 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
     if !(lr.is_finite() && lr > 0.0) {
         return Err(bad(format!("--lr {lr}: a rate above 0")));
     }
-    let length_aux = v.length_aux.unwrap_or(defaults.length_aux);
-    if !(length_aux.is_finite() && length_aux >= 0.0) {
-        return Err(bad(format!(
-            "--length-aux {length_aux}: a weight of 0 (off) or more"
-        )));
-    }
     let schedule = v.schedule.unwrap_or(Schedule::Linear);
-    let warmup_ratio = match (schedule, v.warmup) {
-        (Schedule::Constant, Some(_)) => {
-            return Err(bad(
-                "--warmup sets the linear schedule's warm-up; the constant one has its own".into(),
-            ));
-        }
-        (_, Some(w)) if !(0.0..1.0).contains(&w) => {
-            return Err(bad(format!(
-                "--warmup {w}: a share of the steps, from 0 to below 1"
-            )));
-        }
-        (Schedule::Linear, w) => w.unwrap_or(defaults.warmup_ratio),
-        (Schedule::Constant, None) => 0.0,
-    };
+    let (warmup_ratio, length_aux) =
+        learning_options(schedule, v.warmup, v.length_aux).map_err(|BadInput(e)| bad(e))?;
     let center_coef = v.center.unwrap_or(defaults.center_coef);
     if !(center_coef.is_finite() && center_coef >= 0.0) {
         return Err(bad(format!("--center {center_coef}: 0 or more")));
@@ -130,7 +112,7 @@ fn run(
     base: &Path,
     c: &Candidate,
     seed: u64,
-    train: &[&Encoded],
+    train: &[Encoded],
     test: &[Encoded],
 ) -> Result<Vec<bool>> {
     let config = TrainConfig {
@@ -138,15 +120,14 @@ fn run(
         ..c.config.clone()
     };
     let mut trainer = load_model(base, config.clone())?;
-    let owned: Vec<Encoded> = train.iter().map(|&e| e.clone()).collect();
-    let per_epoch = owned.len().div_ceil(config.batch_pairs) as u64;
+    let per_epoch = train.len().div_ceil(config.batch_pairs) as u64;
     trainer.total_steps = match c.schedule {
         Schedule::Linear => per_epoch * c.epochs,
         Schedule::Constant => 0,
     };
     for epoch in 0..c.epochs {
-        for b in epoch_batches(&owned, config.batch_pairs, seed, epoch) {
-            let batch: Vec<&Encoded> = b.iter().map(|&i| &owned[i]).collect();
+        for b in epoch_batches(train, config.batch_pairs, seed, epoch) {
+            let batch: Vec<&Encoded> = b.iter().map(|&i| &train[i]).collect();
             let s = trainer.step(&batch)?;
             if s.skipped {
                 tracing::warn!("non-finite loss or gradient: batch skipped");
@@ -286,11 +267,11 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
             let mut got = vec![false; data.len()];
             for f in 0..folds {
                 let t0 = Instant::now();
-                let train: Vec<&Encoded> = data
+                let train: Vec<Encoded> = data
                     .iter()
                     .zip(&fold_of)
                     .filter(|&(_, &k)| k != f)
-                    .map(|(e, _)| e)
+                    .map(|(e, _)| e.clone())
                     .collect();
                 let (test_idx, test): (Vec<usize>, Vec<Encoded>) = data
                     .iter()

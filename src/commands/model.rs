@@ -157,34 +157,42 @@ impl Measures<'_> {
     }
 }
 
-pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
-    let base = model_dir(args.model_dir.as_deref())?;
-    // Before the options are checked: a mistyped database is the first thing to say.
-    drop(open_existing(db)?);
-    let warmup_ratio = match (args.schedule, args.warmup) {
+/// The warm-up share and length-objective weight that `--schedule`, `--warmup` and
+/// `--length-aux` give (`duel train` and `duel bench learn`), or what is wrong.
+pub(crate) fn learning_options(
+    schedule: Schedule,
+    warmup: Option<f64>,
+    length_aux: Option<f64>,
+) -> Result<(f64, f64), BadInput> {
+    let warmup_ratio = match (schedule, warmup) {
         (Schedule::Constant, Some(_)) => {
             return Err(BadInput(format!(
                 "--warmup sets the linear schedule's warm-up; --schedule constant warms up \
                  over its first {LIVE_WARMUP_STEPS} steps, as live training does"
-            ))
-            .into());
+            )));
         }
         (_, Some(w)) if !(0.0..1.0).contains(&w) => {
             return Err(BadInput(format!(
                 "--warmup {w}: a share of the steps, from 0 to below 1"
-            ))
-            .into());
+            )));
         }
         (Schedule::Linear, w) => w.unwrap_or(TrainConfig::default().warmup_ratio),
         (Schedule::Constant, None) => 0.0,
     };
-    let length_aux = args.length_aux.unwrap_or(TrainConfig::default().length_aux);
+    let length_aux = length_aux.unwrap_or(TrainConfig::default().length_aux);
     if !(length_aux.is_finite() && length_aux >= 0.0) {
         return Err(BadInput(format!(
             "--length-aux {length_aux}: a weight of 0 (off) or more"
-        ))
-        .into());
+        )));
     }
+    Ok((warmup_ratio, length_aux))
+}
+
+pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
+    let base = model_dir(args.model_dir.as_deref())?;
+    // Before the options are checked: a mistyped database is the first thing to say.
+    drop(open_existing(db)?);
+    let (warmup_ratio, length_aux) = learning_options(args.schedule, args.warmup, args.length_aux)?;
     let mut store = open_existing(db)?;
     let all = examples_from_store(&store)?;
     let (held, train): (Vec<Example>, Vec<Example>) = all
