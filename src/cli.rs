@@ -112,6 +112,11 @@ pub struct LabelArgs {
     /// Training pairs needed before training starts.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     pub min_labels: u64,
+    /// Times the live trainer trains on each judgement; once every judgement has
+    /// had them it waits for new ones (and leaves the cores to the annotators).
+    #[arg(long, default_value_t = crate::train::live::DEFAULT_PASSES,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub passes: u32,
     /// The encoder to start from (BERT-family folder).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
@@ -232,6 +237,11 @@ pub struct ExportArgs {
     /// renamed, so a failed export leaves no half file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// How `trl`, `trl-conversational` and `csv` write a pair several annotators
+    /// judged: its strict majority once (contested pairs left out), its unanimous
+    /// choice once, or every judgement. `raw` always has every row.
+    #[arg(long, value_enum, default_value = "majority")]
+    pub consensus: crate::consensus::Rule,
     /// Only this annotator's judgements.
     #[arg(long)]
     pub annotator: Option<String>,
@@ -358,6 +368,57 @@ pub struct LearnArgs {
     pub json: bool,
 }
 
+/// A queue order that `duel bench live` can simulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SimOrder {
+    Sequential,
+    Random,
+    Uncertain,
+}
+
+#[derive(Debug, Args)]
+pub struct LiveArgs {
+    /// JSON Lines with `prompt`, `chosen`, `rejected` (any labeled import form).
+    pub file: PathBuf,
+    /// Queue orders to simulate, comma-separated.
+    #[arg(long, value_enum, default_value = "sequential", value_delimiter = ',', num_args = 1..)]
+    pub orders: Vec<SimOrder>,
+    /// Label counts at which the models are measured, comma-separated.
+    #[arg(long, default_value = "200,400,800", value_delimiter = ',', num_args = 1..)]
+    pub at: Vec<usize>,
+    /// Passes of the live trainer over each judgement, comma-separated to compare
+    /// [default: the labeler's].
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub passes: Vec<u32>,
+    /// Also train `duel train` on the same labels at each count, to compare.
+    #[arg(long)]
+    pub compare: bool,
+    /// Epochs of the compared `duel train` run.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: u64,
+    /// With the uncertain order, the share of pairs served at random instead.
+    #[arg(long, default_value_t = 0.2)]
+    pub random_share: f64,
+    /// Folds, split by prompt: each is the test set once, the rest the pool labeled.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(2..=100))]
+    pub folds: u64,
+    /// Seeds, comma-separated.
+    #[arg(long, default_value = "0", value_delimiter = ',', num_args = 1..)]
+    pub seeds: Vec<u64>,
+    /// Bootstrap resamples (of prompts) for the 95% intervals.
+    #[arg(long, default_value_t = 2000)]
+    pub resamples: usize,
+    /// The model to start from (default: the bundled encoder).
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print a JSON summary instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// JSON Lines with `prompt`, `chosen`, `rejected` (any import form with a label).
@@ -411,6 +472,10 @@ pub enum BenchCommand {
     /// by prompt, for each set of training options, over several seeds, with
     /// bootstrap intervals.
     Learn(LearnArgs),
+    /// The live trainer and the queue orders on a labeled file: simulated labeling
+    /// (folds by prompt), the live model measured as labels arrive, against
+    /// `duel train` on the same labels.
+    Live(LiveArgs),
     /// Import speed: writes a synthetic JSON Lines file and imports it into a new
     /// database.
     Import {

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod consensus;
 pub mod contain;
 pub mod domain;
 pub mod fuzzing;

@@ -77,6 +77,7 @@ fn config(db: &Path, base: &Path, out: &Path) -> WorkerConfig {
         eval_every: 5,
         checkpoint_every: 0,
         score_queue: 0,
+        passes: 50,
     }
 }
 
@@ -390,4 +391,71 @@ fn the_trainer_scores_unjudged_pairs_for_the_queue() {
         )
         .expect("count");
     assert_eq!(unjudged_scored, 5, "the unjudged pairs are scored first");
+}
+
+/// With its passes done, the live trainer stops stepping and waits; new labels get
+/// their passes (and only about that much training), and the counts survive a
+/// restart from the checkpoint.
+#[test]
+fn catches_up_then_waits_for_labels_and_remembers_what_it_trained_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let base = dir.path().join("base");
+    let out = dir.path().join("model");
+    duel::model::bert::write_tiny_model(
+        &base,
+        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
+        5,
+    )
+    .expect("tiny model");
+    let mut store = Store::open(&db).expect("store");
+    add_labeled(&mut store, 0, 40);
+    let cfg = WorkerConfig {
+        passes: 2,
+        ..config(&db, &base, &out)
+    };
+    let caught_up = |e: &Event| matches!(e, Event::State(TrainerState::CaughtUp { .. }));
+    let steps_in = |seen: &[Event]| {
+        seen.iter()
+            .filter(|e| matches!(e, Event::Step { .. }))
+            .count()
+    };
+    let h = spawn(cfg.clone());
+    let seen = wait_for(&h.events, 120, caught_up);
+    let Some(Event::State(TrainerState::CaughtUp { labels })) = seen.last() else {
+        unreachable!()
+    };
+    let labels = *labels;
+    assert!((16..=40).contains(&labels), "{labels}");
+    // Two passes over `labels` training pairs, 4 to a step (a step waits for 4
+    // owed passes; a step may repeat a pair when fewer than 4 pairs owe them).
+    let steps = steps_in(&seen);
+    assert!(
+        (2 * labels / 4..=2 * labels / 4 + 1).contains(&steps),
+        "{steps} steps for {labels} pairs"
+    );
+    let quiet = h.events.recv_timeout(Duration::from_millis(1500));
+    assert!(quiet.is_err(), "caught up, yet: {quiet:?}");
+
+    // Twenty new pairs: about their passes' worth of steps, then waiting again.
+    add_labeled(&mut store, 40, 20);
+    h.send(Command::LabelsChanged);
+    let seen = wait_for(&h.events, 120, caught_up);
+    let Some(Event::State(TrainerState::CaughtUp { labels: now })) = seen.last() else {
+        unreachable!()
+    };
+    let new = now - labels;
+    let steps = steps_in(&seen);
+    assert!(
+        steps <= (2 * new).div_ceil(4) && steps + 1 >= 2 * new / 4,
+        "{steps} steps for {new} new pairs"
+    );
+    h.stop();
+    assert!(has_checkpoint(&out), "caught up: checkpointed");
+
+    // A restart resumes with the counts: nothing is owed, nothing is trained.
+    let h = spawn(cfg);
+    let seen = wait_for(&h.events, 120, caught_up);
+    assert_eq!(steps_in(&seen), 0, "{seen:?}");
+    h.stop();
 }

@@ -12,7 +12,7 @@
 use super::BadInput;
 use super::model::{examples_from_file, learning_options, load_model, model_dir};
 use crate::cli::{LearnArgs, Schedule};
-use crate::train::{Encoded, TrainConfig, epoch_batches, prompt_fold};
+use crate::train::{Encoded, Example, TrainConfig, epoch_batches, prompt_fold};
 use anyhow::Result;
 use clap::Parser;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -142,15 +142,15 @@ fn run(
 }
 
 #[derive(Debug, Serialize)]
-struct Interval {
-    low: f64,
-    high: f64,
+pub(super) struct Interval {
+    pub low: f64,
+    pub high: f64,
 }
 
 #[derive(Debug, Serialize)]
-struct Difference {
-    mean: f64,
-    interval: Interval,
+pub(super) struct Difference {
+    pub mean: f64,
+    pub interval: Interval,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +166,43 @@ struct Outcome {
     /// Accuracy minus the first option's, on the same resamples.
     vs_first: Option<Difference>,
     seconds: f64,
+}
+
+/// Pairs grouped by prompt and prompts into folds.
+pub(super) struct Split {
+    /// Each pair's prompt, numbered in the file's order.
+    pub prompt_of: Vec<usize>,
+    pub prompts: usize,
+    /// Each pair's fold.
+    pub fold_of: Vec<usize>,
+}
+
+pub(super) fn split(examples: &[Example], folds: usize, file: &Path) -> Result<Split, BadInput> {
+    let mut prompt_of = Vec::with_capacity(examples.len());
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for e in examples {
+        let n = index.len();
+        prompt_of.push(*index.entry(e.prompt.as_str()).or_insert(n));
+    }
+    let prompts = index.len();
+    let fold_of: Vec<usize> = examples
+        .iter()
+        .map(|e| prompt_fold(&e.prompt, folds))
+        .collect();
+    for f in 0..folds {
+        if !fold_of.contains(&f) {
+            let noun = if prompts == 1 { "prompt" } else { "prompts" };
+            return Err(BadInput(format!(
+                "{}: {prompts} {noun} cannot fill {folds} folds; use fewer --folds",
+                file.display()
+            )));
+        }
+    }
+    Ok(Split {
+        prompt_of,
+        prompts,
+        fold_of,
+    })
 }
 
 /// Percentile bounds of the middle 95% of `v`.
@@ -212,28 +249,11 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         examples.truncate(n);
     }
     let folds = args.folds as usize;
-    // Prompts, each with its pairs, in the file's order.
-    let mut prompt_of = Vec::with_capacity(examples.len());
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for e in &examples {
-        let n = index.len();
-        prompt_of.push(*index.entry(e.prompt.as_str()).or_insert(n));
-    }
-    let prompts = index.len();
-    let fold_of: Vec<usize> = examples
-        .iter()
-        .map(|e| prompt_fold(&e.prompt, folds))
-        .collect();
-    for f in 0..folds {
-        if !fold_of.contains(&f) {
-            let noun = if prompts == 1 { "prompt" } else { "prompts" };
-            return Err(BadInput(format!(
-                "{}: {prompts} {noun} cannot fill {folds} folds; use fewer --folds",
-                args.file.display()
-            ))
-            .into());
-        }
-    }
+    let Split {
+        prompt_of,
+        prompts,
+        fold_of,
+    } = split(&examples, folds, &args.file)?;
     let encoder = load_model(
         &base,
         TrainConfig {
@@ -298,55 +318,21 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         seconds.push(start.elapsed().as_secs_f64());
     }
 
-    // Per candidate and prompt: pairs predicted right, summed over seeds.
-    let mut hits = vec![vec![0u32; prompts]; candidates.len()];
-    let mut sizes = vec![0u32; prompts];
-    for (i, &p) in prompt_of.iter().enumerate() {
-        sizes[p] += 1;
-        for (k, r) in right.iter().enumerate() {
-            hits[k][p] += r.iter().filter(|s| s[i]).count() as u32;
-        }
-    }
-    let seeds = args.seeds.len() as f64;
-    let mut rng = StdRng::seed_from_u64(0);
-    let mut boot = vec![Vec::with_capacity(args.resamples); candidates.len()];
-    for _ in 0..args.resamples {
-        let mut n = 0u64;
-        let mut h = vec![0u64; candidates.len()];
-        for _ in 0..prompts {
-            let p = rng.random_range(0..prompts);
-            n += u64::from(sizes[p]);
-            for (k, hk) in h.iter_mut().enumerate() {
-                *hk += u64::from(hits[k][p]);
-            }
-        }
-        for (k, b) in boot.iter_mut().enumerate() {
-            b.push(h[k] as f64 / (n as f64 * seeds));
-        }
-    }
+    let summaries = summarize(&right, &prompt_of, prompts, args.resamples);
     let outcomes: Vec<Outcome> = candidates
         .iter()
-        .enumerate()
-        .map(|(k, c)| {
-            let per_seed = right_rates(&right[k]);
-            let vs_first = (k > 0).then(|| {
-                let d: Vec<f64> = boot[k].iter().zip(&boot[0]).map(|(a, b)| a - b).collect();
-                Difference {
-                    mean: mean(&per_seed) - mean(&right_rates(&right[0])),
-                    interval: middle95(d),
-                }
-            });
-            Outcome {
-                name: c.name.clone(),
-                options: c.options.clone(),
-                epochs: c.epochs,
-                accuracy: mean(&per_seed),
-                spread: spread(&per_seed),
-                interval: middle95(boot[k].clone()),
-                per_seed,
-                vs_first,
-                seconds: seconds[k],
-            }
+        .zip(summaries)
+        .zip(seconds)
+        .map(|((c, s), seconds)| Outcome {
+            name: c.name.clone(),
+            options: c.options.clone(),
+            epochs: c.epochs,
+            accuracy: s.accuracy,
+            spread: s.spread,
+            interval: s.interval,
+            per_seed: s.per_seed,
+            vs_first: s.vs_first,
+            seconds,
         })
         .collect();
 
@@ -391,6 +377,72 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
     }
     println!("\"longer response wins\": {longer_wins:.3}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Accuracy of each of several predictors of the same pairs, with its spread over
+/// seeds, a bootstrap interval over prompts, and its difference from the first on
+/// the same resamples.
+pub(super) struct Summary {
+    pub accuracy: f64,
+    pub spread: f64,
+    pub per_seed: Vec<f64>,
+    pub interval: Interval,
+    pub vs_first: Option<Difference>,
+}
+
+/// `right[predictor][seed][pair]`: whether the predictor got the pair right;
+/// `prompt_of[pair]` the pair's prompt, of `prompts`.
+pub(super) fn summarize(
+    right: &[Vec<Vec<bool>>],
+    prompt_of: &[usize],
+    prompts: usize,
+    resamples: usize,
+) -> Vec<Summary> {
+    // Per predictor and prompt: pairs predicted right, summed over seeds.
+    let mut hits = vec![vec![0u32; prompts]; right.len()];
+    let mut sizes = vec![0u32; prompts];
+    for (i, &p) in prompt_of.iter().enumerate() {
+        sizes[p] += 1;
+        for (k, r) in right.iter().enumerate() {
+            hits[k][p] += r.iter().filter(|s| s[i]).count() as u32;
+        }
+    }
+    let seeds = right.first().map_or(1, Vec::len) as f64;
+    let mut rng = StdRng::seed_from_u64(0);
+    let mut boot = vec![Vec::with_capacity(resamples); right.len()];
+    for _ in 0..resamples {
+        let mut n = 0u64;
+        let mut h = vec![0u64; right.len()];
+        for _ in 0..prompts {
+            let p = rng.random_range(0..prompts);
+            n += u64::from(sizes[p]);
+            for (k, hk) in h.iter_mut().enumerate() {
+                *hk += u64::from(hits[k][p]);
+            }
+        }
+        for (k, b) in boot.iter_mut().enumerate() {
+            b.push(h[k] as f64 / (n as f64 * seeds));
+        }
+    }
+    (0..right.len())
+        .map(|k| {
+            let per_seed = right_rates(&right[k]);
+            let vs_first = (k > 0).then(|| {
+                let d: Vec<f64> = boot[k].iter().zip(&boot[0]).map(|(a, b)| a - b).collect();
+                Difference {
+                    mean: mean(&per_seed) - mean(&right_rates(&right[0])),
+                    interval: middle95(d),
+                }
+            });
+            Summary {
+                accuracy: mean(&per_seed),
+                spread: spread(&per_seed),
+                interval: middle95(boot[k].clone()),
+                per_seed,
+                vs_first,
+            }
+        })
+        .collect()
 }
 
 fn right_rates(per_seed: &[Vec<bool>]) -> Vec<f64> {

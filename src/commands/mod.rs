@@ -2,6 +2,7 @@
 
 mod generate;
 mod learn;
+mod live;
 mod model;
 
 use crate::cli::{BenchCommand, Cli, Command, ExportArgs, ImportArgs, LabelArgs, StatsArgs};
@@ -40,6 +41,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench { what } => match what {
             BenchCommand::Import { pairs, json } => bench_import(pairs, json),
             BenchCommand::Learn(args) => learn::bench_learn(args),
+            BenchCommand::Live(args) => live::bench_live(args),
             BenchCommand::Train {
                 model_dir,
                 seq,
@@ -190,13 +192,14 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
                 _ if args.show_model => 128,
                 _ => 0,
             },
+            passes: args.passes,
         };
         let h = crate::train::worker::spawn(cfg.clone());
         app.attach_trainer(
             h.commands.clone(),
             &serde_json::json!({
                 "live": true, "base": cfg.base_dir, "out": cfg.out_dir, "train": cfg.train,
-                "min_labels": cfg.min_labels,
+                "min_labels": cfg.min_labels, "passes": cfg.passes,
             }),
         );
         Some(h)
@@ -278,7 +281,13 @@ fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
         include_undone: false,
     };
     let report = match &args.out {
-        None => export::export(&store, args.format, &filter, std::io::stdout().lock())?,
+        None => export::export(
+            &store,
+            args.format,
+            &filter,
+            args.consensus,
+            std::io::stdout().lock(),
+        )?,
         Some(path) => {
             let dir = path
                 .parent()
@@ -286,7 +295,7 @@ fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
                 .unwrap_or(Path::new("."));
             let mut tmp = tempfile::NamedTempFile::new_in(dir)
                 .with_context(|| format!("creating a file in {}", dir.display()))?;
-            let report = export::export(&store, args.format, &filter, &mut tmp)?;
+            let report = export::export(&store, args.format, &filter, args.consensus, &mut tmp)?;
             tmp.as_file().sync_all().map_err(ExportError::from)?;
             tmp.persist(path)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -294,6 +303,21 @@ fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
         }
     };
     eprintln!("{} rows exported", report.rows);
+    let consensus = matches!(
+        args.format,
+        export::ExportFormat::Trl
+            | export::ExportFormat::TrlConversational
+            | export::ExportFormat::Csv
+    ) && args.consensus != crate::consensus::Rule::All;
+    if consensus {
+        eprintln!(
+            "{} pairs agreed, {} adjudicated, {} contested and left out ({} rule)",
+            report.agreed,
+            report.adjudicated,
+            report.contested,
+            format!("{:?}", args.consensus).to_lowercase()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

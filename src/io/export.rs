@@ -1,5 +1,7 @@
 //! `duel export`: the judgements in the formats the Hugging Face ecosystem reads.
 
+use crate::consensus::{Rule, Verdict};
+use crate::domain::{Choice, Strength};
 use crate::store::{LabelFilter, LabelRow, Store, StoreError};
 use serde_json::{Value, json};
 use std::io::{self, Write};
@@ -32,27 +34,102 @@ pub enum ExportError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportReport {
     pub rows: u64,
+    /// Under a consensus rule: pairs whose votes agree, pairs settled by an
+    /// adjudication, and contested pairs (left out).
+    pub agreed: u64,
+    pub adjudicated: u64,
+    pub contested: u64,
 }
 
-/// Writes the labels matching `filter` to `out`, one row at a time.
+impl ExportReport {
+    fn count(&mut self, v: &Verdict) {
+        match v {
+            Verdict::Agreed { .. } => self.agreed += 1,
+            Verdict::Adjudicated { .. } => self.adjudicated += 1,
+            Verdict::Contested => self.contested += 1,
+        }
+    }
+}
+
+/// Calls `f` with each row to write (a judgement, or a pair's verdict under
+/// `rule`), its choice and its margin.
+fn for_each_row(
+    store: &Store,
+    filter: &LabelFilter,
+    rule: Rule,
+    report: &mut ExportReport,
+    mut f: impl FnMut(&LabelRow, Choice, Option<f64>, Votes) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    if rule == Rule::All {
+        return store.for_each_label(filter, |row| {
+            let margin = row.strength.map(Strength::margin);
+            f(&row, row.choice, margin, Votes::One)
+        });
+    }
+    store.for_each_verdict(filter, rule, |rows, verdict| {
+        report.count(&verdict);
+        let Some(choice) = verdict.choice() else {
+            return Ok(());
+        };
+        // The latest judgement that made the verdict's choice stands for the pair.
+        let Some(row) = rows.iter().rev().find(|r| r.choice == choice) else {
+            return Ok(());
+        };
+        let votes = match verdict {
+            Verdict::Agreed { votes, of, .. } => Votes::Of(votes, of),
+            _ => Votes::Adjudicated,
+        };
+        f(row, choice, verdict.margin(), votes)
+    })
+}
+
+/// How many judgements a row stands for.
+#[derive(Debug, Clone, Copy)]
+enum Votes {
+    One,
+    Of(usize, usize),
+    Adjudicated,
+}
+
+impl Votes {
+    fn text(self) -> String {
+        match self {
+            Votes::One => "1/1".into(),
+            Votes::Of(n, of) => format!("{n}/{of}"),
+            Votes::Adjudicated => "adjudicated".into(),
+        }
+    }
+}
+
+/// Writes the labels matching `filter` to `out`, one row at a time; `trl`,
+/// `trl-conversational` and `csv` write one row per pair under `rule`.
 pub fn export(
     store: &Store,
     format: ExportFormat,
     filter: &LabelFilter,
+    rule: Rule,
     out: impl Write,
 ) -> Result<ExportReport, ExportError> {
     let mut out = io::BufWriter::new(out);
     let mut report = ExportReport::default();
+    let mut rows = 0;
     match format {
         ExportFormat::Trl | ExportFormat::TrlConversational => {
-            store.for_each_label(filter, |row| -> Result<(), ExportError> {
-                if let Some(v) = trl_record(&row, format == ExportFormat::TrlConversational) {
-                    serde_json::to_writer(&mut out, &v).map_err(io::Error::from)?;
-                    out.write_all(b"\n")?;
-                    report.rows += 1;
-                }
-                Ok(())
-            })?;
+            let conversational = format == ExportFormat::TrlConversational;
+            for_each_row(
+                store,
+                filter,
+                rule,
+                &mut report,
+                |row, choice, margin, _| {
+                    if let Some(v) = trl_record(row, choice, margin, conversational) {
+                        serde_json::to_writer(&mut out, &v).map_err(io::Error::from)?;
+                        out.write_all(b"\n")?;
+                        rows += 1;
+                    }
+                    Ok(())
+                },
+            )?;
         }
         ExportFormat::Csv => {
             let mut w = csv::Writer::from_writer(&mut out);
@@ -65,28 +142,33 @@ pub fn export(
                 "pair_id",
                 "id",
                 "created_at",
+                "votes",
             ])?;
-            store.for_each_label(filter, |row| -> Result<(), ExportError> {
-                let Some((chosen, rejected)) = row.chosen_rejected() else {
-                    return Ok(());
-                };
-                let margin = row
-                    .strength
-                    .map(|s| s.margin().to_string())
-                    .unwrap_or_default();
-                w.write_record([
-                    row.prompt.text.as_str(),
-                    chosen,
-                    rejected,
-                    &margin,
-                    &row.annotator,
-                    &row.pair_id.to_string(),
-                    row.ext_id.as_deref().unwrap_or(""),
-                    &row.created_at,
-                ])?;
-                report.rows += 1;
-                Ok(())
-            })?;
+            for_each_row(
+                store,
+                filter,
+                rule,
+                &mut report,
+                |row, choice, margin, votes| {
+                    let Some((chosen, rejected)) = row.chosen_rejected_for(choice) else {
+                        return Ok(());
+                    };
+                    let margin = margin.map(|m| m.to_string()).unwrap_or_default();
+                    w.write_record([
+                        row.prompt.text.as_str(),
+                        chosen,
+                        rejected,
+                        &margin,
+                        &row.annotator,
+                        &row.pair_id.to_string(),
+                        row.ext_id.as_deref().unwrap_or(""),
+                        &row.created_at,
+                        &votes.text(),
+                    ])?;
+                    rows += 1;
+                    Ok(())
+                },
+            )?;
             w.flush()?;
         }
         ExportFormat::Pairs => {
@@ -111,6 +193,7 @@ pub fn export(
         }
     }
     out.flush()?;
+    report.rows += rows;
     Ok(report)
 }
 
@@ -152,9 +235,15 @@ fn pair_record(p: crate::store::PairExport) -> Value {
     Value::Object(rec)
 }
 
-/// A `trl` line, or `None` for ties and both-bad (they carry no preference).
-pub fn trl_record(row: &LabelRow, conversational: bool) -> Option<Value> {
-    let (chosen, rejected) = row.chosen_rejected()?;
+/// A `trl` line for `row`'s pair decided as `choice`, or `None` for ties and
+/// both-bad (they carry no preference).
+pub fn trl_record(
+    row: &LabelRow,
+    choice: Choice,
+    margin: Option<f64>,
+    conversational: bool,
+) -> Option<Value> {
+    let (chosen, rejected) = row.chosen_rejected_for(choice)?;
     let mut v = if conversational {
         let turn = |text: &str| json!([{"role": "assistant", "content": text}]);
         json!({
@@ -165,8 +254,8 @@ pub fn trl_record(row: &LabelRow, conversational: bool) -> Option<Value> {
     } else {
         json!({"prompt": row.prompt.text, "chosen": chosen, "rejected": rejected})
     };
-    if let (Some(s), Value::Object(m)) = (row.strength, &mut v) {
-        m.insert("margin".into(), json!(s.margin()));
+    if let (Some(margin), Value::Object(m)) = (margin, &mut v) {
+        m.insert("margin".into(), json!(margin));
     }
     Some(v)
 }

@@ -2,6 +2,7 @@
 
 use super::pairs::prompt_from_row;
 use super::{NOW, Result, Store, StoreError};
+use crate::consensus::{self, Rule, Verdict, Vote};
 use crate::domain::{Choice, NewLabel, Prompt, Side, Strength};
 use rusqlite::{Connection, params};
 
@@ -93,9 +94,24 @@ pub struct LabelRow {
 impl LabelRow {
     /// The preferred and the other response, when the choice names one.
     pub fn chosen_rejected(&self) -> Option<(&str, &str)> {
-        match self.choice.winner()? {
+        self.chosen_rejected_for(self.choice)
+    }
+
+    /// The preferred and the other response under `choice` (a verdict's, say).
+    pub fn chosen_rejected_for(&self, choice: Choice) -> Option<(&str, &str)> {
+        match choice.winner()? {
             Side::A => Some((&self.response_a, &self.response_b)),
             Side::B => Some((&self.response_b, &self.response_a)),
+        }
+    }
+}
+
+impl LabelRow {
+    pub fn vote(&self) -> Vote {
+        Vote {
+            choice: self.choice,
+            strength: self.strength,
+            adjudication: self.source == consensus::ADJUDICATION,
         }
     }
 }
@@ -195,19 +211,10 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let sql = "SELECT l.id, l.pair_id, p.ext_id, pr.text, pr.messages, ra.text, rb.text,
-                          l.annotator, l.choice, l.strength, l.left_side, l.note, l.elapsed_ms,
-                          l.source, l.created_at, l.undone_at
-                   FROM labels l
-                   JOIN pairs p ON p.id = l.pair_id
-                   JOIN prompts pr ON pr.id = p.prompt_id
-                   JOIN responses ra ON ra.id = p.response_a
-                   JOIN responses rb ON rb.id = p.response_b
-                   WHERE (?1 IS NULL OR l.annotator = ?1)
-                     AND (?2 IS NULL OR l.created_at >= ?2)
-                     AND (?3 OR l.undone_at IS NULL)
-                   ORDER BY l.id";
-        let mut stmt = self.conn.prepare(sql).map_err(StoreError::from)?;
+        let mut stmt = self
+            .conn
+            .prepare(&label_sql("l.id"))
+            .map_err(StoreError::from)?;
         let mut rows = stmt
             .query(params![
                 filter.annotator,
@@ -221,6 +228,64 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Calls `f` for each pair with standing judgements matching `filter`, in the
+    /// order of the pairs, with its judgements (in the order they were made) and
+    /// their verdict under `rule` (which must not be `All`).
+    pub fn for_each_verdict<E>(
+        &self,
+        filter: &LabelFilter,
+        rule: Rule,
+        mut f: impl FnMut(&[LabelRow], Verdict) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E>
+    where
+        E: From<StoreError>,
+    {
+        let mut stmt = self
+            .conn
+            .prepare(&label_sql("l.pair_id, l.id"))
+            .map_err(StoreError::from)?;
+        let mut rows = stmt
+            .query(params![filter.annotator, filter.since, false])
+            .map_err(StoreError::from)?;
+        let mut group: Vec<LabelRow> = Vec::new();
+        let mut flush = |group: &mut Vec<LabelRow>| -> std::result::Result<(), E> {
+            if group.is_empty() {
+                return Ok(());
+            }
+            let votes: Vec<Vote> = group.iter().map(LabelRow::vote).collect();
+            let r = f(group, consensus::decide(&votes, rule));
+            group.clear();
+            r
+        };
+        while let Some(r) = rows.next().map_err(StoreError::from)? {
+            let row = read_row(r).map_err(StoreError::from)?;
+            if group.first().is_some_and(|g| g.pair_id != row.pair_id) {
+                flush(&mut group)?;
+            }
+            group.push(row);
+        }
+        flush(&mut group)
+    }
+}
+
+/// The labels with their pairs, filtered by `?1` annotator, `?2` since and `?3`
+/// undone ones too, in `order`.
+fn label_sql(order: &str) -> String {
+    format!(
+        "SELECT l.id, l.pair_id, p.ext_id, pr.text, pr.messages, ra.text, rb.text,
+                l.annotator, l.choice, l.strength, l.left_side, l.note, l.elapsed_ms,
+                l.source, l.created_at, l.undone_at
+         FROM labels l
+         JOIN pairs p ON p.id = l.pair_id
+         JOIN prompts pr ON pr.id = p.prompt_id
+         JOIN responses ra ON ra.id = p.response_a
+         JOIN responses rb ON rb.id = p.response_b
+         WHERE (?1 IS NULL OR l.annotator = ?1)
+           AND (?2 IS NULL OR l.created_at >= ?2)
+           AND (?3 OR l.undone_at IS NULL)
+         ORDER BY {order}"
+    )
 }
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LabelRow> {

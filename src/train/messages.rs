@@ -21,6 +21,10 @@ pub enum TrainerState {
         need: usize,
     },
     Training,
+    /// Every judgement has had its passes; waiting for new ones.
+    CaughtUp {
+        labels: usize,
+    },
     Paused,
     Stopped,
 }

@@ -1,6 +1,7 @@
 //! Training the reward model: data, batching, the Bradley-Terry loss, the loop.
 
 pub mod length;
+pub mod live;
 pub mod messages;
 pub mod optim;
 pub mod worker;
@@ -440,21 +441,27 @@ pub fn epoch_batches(
     batches
 }
 
-/// The standing A/B judgements of the store as examples (ties and both-bad carry no
-/// preference and are left out).
+/// The store's judgements as examples, one per pair: its verdict under the
+/// majority rule, as the default export writes it (`consensus`). Contested pairs,
+/// ties and both-bad carry no preference and are left out.
 pub fn examples_from_store(
     store: &crate::store::Store,
 ) -> std::result::Result<Vec<Example>, crate::store::StoreError> {
     let mut out = Vec::new();
-    store.for_each_label::<crate::store::StoreError>(
+    store.for_each_verdict::<crate::store::StoreError>(
         &crate::store::LabelFilter::default(),
-        |row| {
-            if let Some((c, r)) = row.chosen_rejected() {
+        crate::consensus::Rule::Majority,
+        |rows, verdict| {
+            let pair = &rows[0];
+            if let Some((c, r)) = verdict
+                .choice()
+                .and_then(|choice| pair.chosen_rejected_for(choice))
+            {
                 out.push(Example {
-                    prompt: row.prompt.text.clone(),
+                    prompt: pair.prompt.text.clone(),
                     chosen: c.to_owned(),
                     rejected: r.to_owned(),
-                    margin: row.strength.map(|s| s.margin() as f32),
+                    margin: verdict.margin().map(|m| m as f32),
                 });
             }
             Ok(())

@@ -6,7 +6,8 @@
 //! atomically. It never blocks the UI: commands are read between steps, and it stops
 //! when told to or when the UI's end of the channel is gone.
 
-use super::{Encoded, Example, TrainConfig, Trainer, epoch_batches, is_heldout};
+use super::live::{self, Exposure};
+use super::{Encoded, Example, TrainConfig, Trainer, is_heldout};
 use crate::model::checkpoint;
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 use rusqlite::OpenFlags;
@@ -33,6 +34,9 @@ pub struct WorkerConfig {
     /// Pairs scored after each evaluation for the queue orders that go by the model
     /// (`uncertain`, `disagreement`); 0 for none.
     pub score_queue: usize,
+    /// Passes over each judgement (`live::Exposure`); the trainer waits once every
+    /// judgement has had them.
+    pub passes: u32,
 }
 
 pub struct Handle {
@@ -111,6 +115,8 @@ struct Worker {
 
 struct Data {
     train: Vec<Encoded>,
+    /// `live::key` of each training pair.
+    keys: Vec<u64>,
     held: Vec<Encoded>,
 }
 
@@ -141,6 +147,7 @@ impl Worker {
             .into_iter()
             .partition(|e| is_heldout(&e.prompt, self.cfg.holdout));
         Ok(Data {
+            keys: train.iter().map(live::key).collect(),
             train: trainer
                 .encode(&train)
                 .map_err(|e| Stop::Failed(e.to_string()))?,
@@ -151,14 +158,14 @@ impl Worker {
     }
 
     /// Handles queued commands; blocks while paused.
-    fn poll(&self, trainer: &Trainer, step: u64, dirty: &mut bool) -> Result<Next, Stop> {
+    fn poll(&self, t: &Progress, dirty: &mut bool) -> Result<Next, Stop> {
         let mut next = Next::Continue;
         loop {
             match self.commands.try_recv() {
                 Ok(Command::LabelsChanged) => next = Next::Reload,
-                Ok(Command::Checkpoint) => self.checkpoint(trainer, step, dirty)?,
+                Ok(Command::Checkpoint) => self.checkpoint(t, dirty)?,
                 Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
-                    self.checkpoint(trainer, step, dirty)?;
+                    self.checkpoint(t, dirty)?;
                     return Err(Stop::Gone);
                 }
                 Ok(Command::Resume) => {}
@@ -168,10 +175,10 @@ impl Worker {
                         match self.commands.recv() {
                             Ok(Command::Resume) => break,
                             Ok(Command::LabelsChanged) => next = Next::Reload,
-                            Ok(Command::Checkpoint) => self.checkpoint(trainer, step, dirty)?,
+                            Ok(Command::Checkpoint) => self.checkpoint(t, dirty)?,
                             Ok(Command::Pause) => {}
                             Ok(Command::Stop) | Err(_) => {
-                                self.checkpoint(trainer, step, dirty)?;
+                                self.checkpoint(t, dirty)?;
                                 return Err(Stop::Gone);
                             }
                         }
@@ -183,17 +190,41 @@ impl Worker {
         }
     }
 
-    fn checkpoint(&self, trainer: &Trainer, step: u64, dirty: &mut bool) -> Result<(), Stop> {
+    /// Waits, without spinning, for new labels (or a stop).
+    fn wait_for_labels(&self, t: &Progress, dirty: &mut bool) -> Result<(), Stop> {
+        loop {
+            match self.commands.recv() {
+                Ok(Command::LabelsChanged) => return Ok(()),
+                Ok(Command::Stop) | Err(_) => {
+                    self.checkpoint(t, dirty)?;
+                    return Err(Stop::Gone);
+                }
+                Ok(Command::Checkpoint) => self.checkpoint(t, dirty)?,
+                Ok(Command::Pause | Command::Resume) => {}
+            }
+        }
+    }
+
+    fn checkpoint(&self, t: &Progress, dirty: &mut bool) -> Result<(), Stop> {
         if !*dirty {
             return Ok(());
         }
-        let meta =
-            serde_json::json!({"step": step, "config": trainer.config, "base": self.cfg.base_dir});
-        checkpoint::save(&trainer.model, &self.cfg.base_dir, &self.cfg.out_dir, &meta)?;
+        let meta = serde_json::json!({
+            "step": t.step,
+            "config": t.trainer.config,
+            "base": self.cfg.base_dir,
+            "exposure": t.exposure,
+        });
+        checkpoint::save(
+            &t.trainer.model,
+            &self.cfg.base_dir,
+            &self.cfg.out_dir,
+            &meta,
+        )?;
         *dirty = false;
         // The UI may be gone or not reading by now (stopping): never block on it.
         let _ = self.events.try_send(Event::Checkpointed {
-            step,
+            step: t.step,
             path: self.cfg.out_dir.clone(),
         });
         Ok(())
@@ -258,7 +289,7 @@ impl Worker {
         } else {
             &self.cfg.base_dir
         };
-        let mut trainer = Trainer::load(from, self.cfg.train.clone()).map_err(|e| {
+        let trainer = Trainer::load(from, self.cfg.train.clone()).map_err(|e| {
             Stop::Failed(if e.is_bad_input() {
                 // The error names the file already.
                 format!("cannot use the model: {e}")
@@ -266,85 +297,94 @@ impl Worker {
                 format!("cannot load the model from {}: {e}", from.display())
             })
         })?;
-        let mut step = if resume {
-            checkpoint::meta(&self.cfg.out_dir)
-                .and_then(|m| m["step"].as_u64())
-                .unwrap_or(0)
-        } else {
-            0
+        let mut t = Progress {
+            trainer,
+            step: 0,
+            exposure: Exposure::new(self.cfg.passes, self.cfg.train.seed),
         };
+        if resume && let Some(meta) = checkpoint::meta(&self.cfg.out_dir) {
+            t.step = meta["step"].as_u64().unwrap_or(0);
+            if let Ok(saved) = serde_json::from_value::<Exposure>(meta["exposure"].clone()) {
+                t.exposure.restore(saved);
+            }
+        }
         self.emit(Event::Started {
-            step,
+            step: t.step,
             resumed_from: resume.then(|| self.cfg.out_dir.clone()),
         })?;
         let mut dirty = false;
-        let mut epoch = 0u64;
+        let mut last_eval = t.step;
         'reload: loop {
-            let data = self.load_data(&trainer)?;
+            let data = self.load_data(&t.trainer)?;
             if data.train.len() < self.cfg.min_labels.max(1) {
                 self.emit(Event::State(TrainerState::Waiting {
                     have: data.train.len(),
                     need: self.cfg.min_labels,
                 }))?;
-                // Wait for labels (or a stop), without spinning.
-                loop {
-                    match self.commands.recv() {
-                        Ok(Command::LabelsChanged) => continue 'reload,
-                        Ok(Command::Stop) | Err(_) => {
-                            self.checkpoint(&trainer, step, &mut dirty)?;
-                            return Err(Stop::Gone);
-                        }
-                        Ok(Command::Checkpoint) => self.checkpoint(&trainer, step, &mut dirty)?,
-                        Ok(Command::Pause | Command::Resume) => {}
-                    }
-                }
+                self.wait_for_labels(&t, &mut dirty)?;
+                continue 'reload;
             }
             self.emit(Event::State(TrainerState::Training))?;
             loop {
-                let batches = epoch_batches(
-                    &data.train,
-                    trainer.config.batch_pairs,
-                    trainer.config.seed,
-                    epoch,
-                );
-                epoch += 1;
-                if let Next::Reload = self.poll(&trainer, step, &mut dirty)? {
+                if let Next::Reload = self.poll(&t, &mut dirty)? {
                     continue 'reload;
                 }
-                for b in batches {
-                    if let Next::Reload = self.poll(&trainer, step, &mut dirty)? {
-                        continue 'reload;
+                let batch_pairs = t.trainer.config.batch_pairs;
+                let Some(b) = t.exposure.next_batch(&data.keys, batch_pairs) else {
+                    // Caught up: evaluate what was learnt since the last look, make
+                    // sure a crash loses none of it, and wait for new labels.
+                    if t.step >= last_eval + CAUGHT_UP_EVAL_STEPS {
+                        self.evaluate(&t.trainer, &data, t.step)?;
+                        self.score_queue(&t.trainer, t.step)?;
+                        last_eval = t.step;
                     }
-                    let batch: Vec<&Encoded> = b.iter().map(|&i| &data.train[i]).collect();
-                    let t0 = Instant::now();
-                    let s = trainer.step(&batch)?;
-                    step += 1;
-                    if s.skipped {
-                        self.emit(Event::Skipped { step })?;
-                        continue;
-                    }
-                    dirty = true;
-                    self.emit(Event::Step {
-                        step,
-                        loss: s.loss,
-                        accuracy: s.accuracy,
-                        pairs_per_s: batch.len() as f64 / t0.elapsed().as_secs_f64(),
-                        labels_used: data.train.len(),
-                    })?;
-                    if self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every) {
-                        self.evaluate(&trainer, &data, step)?;
-                        self.score_queue(&trainer, step)?;
-                    }
-                    if self.cfg.checkpoint_every > 0
-                        && step.is_multiple_of(self.cfg.checkpoint_every)
-                    {
-                        self.checkpoint(&trainer, step, &mut dirty)?;
-                    }
+                    self.checkpoint(&t, &mut dirty)?;
+                    self.emit(Event::State(TrainerState::CaughtUp {
+                        labels: data.train.len(),
+                    }))?;
+                    self.wait_for_labels(&t, &mut dirty)?;
+                    continue 'reload;
+                };
+                let batch: Vec<&Encoded> = b.iter().map(|&i| &data.train[i]).collect();
+                let t0 = Instant::now();
+                let s = t.trainer.step(&batch)?;
+                t.step += 1;
+                let step = t.step;
+                if s.skipped {
+                    self.emit(Event::Skipped { step })?;
+                    continue;
                 }
-                self.evaluate(&trainer, &data, step)?;
+                dirty = true;
+                self.emit(Event::Step {
+                    step,
+                    loss: s.loss,
+                    accuracy: s.accuracy,
+                    pairs_per_s: batch.len() as f64 / t0.elapsed().as_secs_f64(),
+                    labels_used: data.train.len(),
+                })?;
+                if self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every) {
+                    self.evaluate(&t.trainer, &data, step)?;
+                    self.score_queue(&t.trainer, step)?;
+                    last_eval = step;
+                }
+                if self.cfg.checkpoint_every > 0 && step.is_multiple_of(self.cfg.checkpoint_every) {
+                    self.checkpoint(&t, &mut dirty)?;
+                }
             }
         }
     }
+}
+
+/// Steps since the last evaluation that make the trainer evaluate (and score the
+/// queue) when it catches up, so a few steps do not each cost a pass over the
+/// held-out pairs.
+const CAUGHT_UP_EVAL_STEPS: u64 = 5;
+
+/// The model being trained and how far it has come.
+struct Progress {
+    trainer: Trainer,
+    step: u64,
+    exposure: Exposure,
 }
 
 /// Whether `dir` holds a complete checkpoint to resume from.

@@ -77,6 +77,9 @@ impl TrainView {
                 format!("waiting for labels ({have} of {need})")
             }
             Some(TrainerState::Training) => "training".into(),
+            Some(TrainerState::CaughtUp { labels }) => {
+                format!("caught up: every one of {labels} labels trained on; waiting for more")
+            }
             Some(TrainerState::Paused) => "paused (p resumes)".into(),
             Some(TrainerState::Stopped) => "stopped".into(),
         }
@@ -124,6 +127,7 @@ impl TrainView {
                     Some(TrainerState::Waiting { have, need }) => format!("waiting {have}/{need}"),
                     Some(TrainerState::Loading) => "loading".into(),
                     Some(TrainerState::Training) => "training".into(),
+                    Some(TrainerState::CaughtUp { .. }) => "caught up".into(),
                     Some(TrainerState::Paused) => "paused".into(),
                     _ => "off".into(),
                 };
