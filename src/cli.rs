@@ -276,6 +276,16 @@ pub enum Schedule {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
+    /// Train live, headless, for a team: hold the database's training lease (wait
+    /// for it if a labeler holds it), train as judgements arrive, checkpoint to
+    /// `<db>.model/`, evaluate and score the queue like the labeler's trainer, and
+    /// stop on Ctrl-C, handing the lease back. Labelers then do no training.
+    #[arg(long, conflicts_with_all = ["steps", "epochs", "out", "eval"])]
+    pub follow: bool,
+    /// With --follow: passes over each judgement, as `duel label --passes`.
+    #[arg(long, default_value_t = crate::train::live::DEFAULT_PASSES,
+          value_parser = clap::value_parser!(u32).range(1..), requires = "follow")]
+    pub passes: u32,
     /// Passes over the training pairs (ignored with --steps).
     #[arg(long, default_value_t = 1, conflicts_with = "steps")]
     pub epochs: u64,

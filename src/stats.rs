@@ -2,6 +2,7 @@
 
 use crate::domain::{Choice, Side};
 use crate::store::{Result, Store};
+use rusqlite::OptionalExtension;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,6 +20,29 @@ pub struct Stats {
     /// Bradley-Terry ratings of the generation settings behind the pairs (empty
     /// when no judged pair has generator metadata on both sides).
     pub ratings: Vec<crate::ratings::Rating>,
+    /// Pairs by their verdict under the majority rule (what export and training read).
+    pub consensus: Consensus,
+    /// Who trains the database's live model, and how far it has come.
+    pub training: Training,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Consensus {
+    pub agreed: u64,
+    pub adjudicated: u64,
+    pub contested: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Training {
+    /// The training lease, while one stands (its heartbeat inside the timeout).
+    pub lease: Option<crate::store::Lease>,
+    /// Seconds since the lease was taken.
+    pub lease_age_s: Option<f64>,
+    /// The latest run's last step, and its latest held-out accuracy and step.
+    pub last_step: Option<i64>,
+    pub accuracy: Option<f64>,
+    pub accuracy_step: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -394,6 +418,63 @@ pub fn compute(store: &Store) -> Result<Stats> {
         position_bias: bias,
         agreement,
         ratings,
+        consensus: consensus(store)?,
+        training: training(store)?,
+    })
+}
+
+fn consensus(store: &Store) -> Result<Consensus> {
+    use crate::consensus::{Rule, Verdict};
+    let mut c = Consensus::default();
+    store.for_each_verdict::<crate::store::StoreError>(
+        &Default::default(),
+        Rule::Majority,
+        |_, v| {
+            match v {
+                Verdict::Agreed { .. } => c.agreed += 1,
+                Verdict::Adjudicated { .. } => c.adjudicated += 1,
+                Verdict::Contested => c.contested += 1,
+            }
+            Ok(())
+        },
+    )?;
+    Ok(c)
+}
+
+fn training(store: &Store) -> Result<Training> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let lease = store.lease()?.filter(|l| l.is_live(now));
+    let conn = store.conn();
+    let run: Option<i64> =
+        conn.query_row("SELECT max(run_id) FROM train_metrics", [], |r| r.get(0))?;
+    let (mut last_step, mut accuracy, mut accuracy_step) = (None, None, None);
+    if let Some(run) = run {
+        last_step = conn.query_row(
+            "SELECT max(step) FROM train_metrics WHERE run_id = ?1",
+            [run],
+            |r| r.get(0),
+        )?;
+        if let Some((step, acc)) = conn
+            .query_row(
+                "SELECT step, accuracy FROM train_metrics
+                 WHERE run_id = ?1 AND kind = 'eval' ORDER BY step DESC LIMIT 1",
+                [run],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?)),
+            )
+            .optional()?
+        {
+            accuracy_step = Some(step);
+            accuracy = acc;
+        }
+    }
+    Ok(Training {
+        lease_age_s: lease.as_ref().map(|l| now - l.since),
+        lease,
+        last_step,
+        accuracy,
+        accuracy_step,
     })
 }
 
@@ -437,6 +518,34 @@ pub fn render(s: &Stats) -> String {
             a.model_pairs
         );
     }
+    let c = &s.consensus;
+    let _ = writeln!(
+        o,
+        "verdicts     {} pairs agreed, {} adjudicated, {} contested (majority rule; contested pairs are not exported or trained on)",
+        c.agreed, c.adjudicated, c.contested
+    );
+    let t = &s.training;
+    let who = match &t.lease {
+        Some(l) => format!(
+            "{}{} trains (for {:.0} s)",
+            l.holder,
+            l.host
+                .as_deref()
+                .map_or(String::new(), |h| format!(" on {h}")),
+            t.lease_age_s.unwrap_or(0.0)
+        ),
+        None => "nobody trains now".into(),
+    };
+    let model = match (t.last_step, t.accuracy) {
+        (Some(step), Some(a)) => format!(
+            "; last step {step}, held-out accuracy {:.1}% at step {}",
+            100.0 * a,
+            t.accuracy_step.unwrap_or(step)
+        ),
+        (Some(step), None) => format!("; last step {step}"),
+        _ => String::new(),
+    };
+    let _ = writeln!(o, "training     {who}{model}");
     let g = &s.agreement;
     let _ = writeln!(
         o,

@@ -175,3 +175,154 @@ fn an_adjudication_decides_the_pair_whatever_the_votes() {
         "{err}"
     );
 }
+
+/// The lease as `duel stats --json` reports it: (holder's pid, last step).
+fn lease_of(db: &Path) -> (Option<i64>, Option<i64>) {
+    let out = duel(db, &["stats", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: Value = serde_json::from_slice(&out.stdout).expect("json");
+    (
+        s["training"]["lease"]["pid"].as_i64(),
+        s["training"]["last_step"].as_i64(),
+    )
+}
+
+fn wait_until<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Three live trainers on one database: one trains, the others wait; kill -9 of
+/// the holder hands training to another within the heartbeat timeout, resuming from
+/// the checkpoint; Ctrl-C hands it back at once.
+#[test]
+fn one_trainer_per_database_and_the_lease_passes_on() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("team.db");
+    let base = dir.path().join("base");
+    duel::model::bert::write_tiny_model(
+        &base,
+        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
+        5,
+    )
+    .expect("tiny model");
+    {
+        let mut s = duel::store::Store::open(&db).expect("store");
+        let pairs: Vec<_> = (0..60)
+            .map(|i| {
+                duel::store::NewPair::new(
+                    duel::domain::Prompt::from_text(format!("Help me with task {i}.")),
+                    format!("Glad to help with task {i}."),
+                    format!("No, do task {i} yourself."),
+                )
+            })
+            .collect();
+        s.insert_pairs(&pairs).expect("pairs");
+        for id in 1..=40 {
+            judge(&mut s, id, "ann", Choice::A);
+        }
+    }
+    let mut kids: Vec<(std::process::Child, std::path::PathBuf)> = (0..3)
+        .map(|i| {
+            let log = dir.path().join(format!("follow{i}.log"));
+            let child = Command::new(bin())
+                .arg("--db")
+                .arg(&db)
+                .args(["train", "--follow", "--batch", "4", "--max-length", "48"])
+                .arg("--model-dir")
+                .arg(&base)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log"))
+                .spawn()
+                .expect("spawn");
+            (child, log)
+        })
+        .collect();
+    let log = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let training = |kids: &[(std::process::Child, std::path::PathBuf)]| {
+        kids.iter()
+            .filter(|(_, l)| {
+                log(l).contains("training from the base model")
+                    || log(l).contains("training: resumed")
+            })
+            .count()
+    };
+
+    // One takes the lease and trains to a checkpoint; the others wait.
+    let first = wait_until(60, "a lease", || lease_of(&db).0);
+    let model = db.with_extension("model");
+    wait_until(120, "a checkpoint", || {
+        duel::train::worker::has_checkpoint(&model).then_some(())
+    });
+    assert_eq!(training(&kids), 1, "exactly one trains");
+    let waiting = kids
+        .iter()
+        .filter(|(_, l)| log(l).contains("holds the training lease"))
+        .count();
+    assert_eq!(waiting, 2, "the others say who trains");
+
+    // kill -9 of the holder: another takes over after the timeout and resumes.
+    let k = kids
+        .iter()
+        .position(|(c, _)| i64::from(c.id()) == first)
+        .expect("holder is one of ours");
+    let (mut holder, _) = kids.remove(k);
+    let killed = std::time::Instant::now();
+    holder.kill().expect("kill -9");
+    holder.wait().expect("reap");
+    let second = wait_until(60, "a new holder", || {
+        lease_of(&db).0.filter(|&p| p != first)
+    });
+    let took = killed.elapsed();
+    assert!(
+        took < duel::store::LEASE_TTL + std::time::Duration::from_secs(10),
+        "took over after {took:?}"
+    );
+    let k = kids
+        .iter()
+        .position(|(c, _)| i64::from(c.id()) == second)
+        .expect("a follower took over");
+    wait_until(60, "the resumed run", || {
+        log(&kids[k].1).contains("training: resumed").then_some(())
+    });
+
+    // Ctrl-C: the holder writes its checkpoint, hands the lease back, exits 0; the
+    // last one takes over well inside the timeout.
+    let (mut holder, holder_log) = kids.remove(k);
+    let asked = std::time::Instant::now();
+    Command::new("kill")
+        .args(["-INT", &holder.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    let status = holder.wait().expect("wait");
+    assert!(status.success(), "{status:?}: {}", log(&holder_log));
+    assert!(log(&holder_log).contains("stopped"), "{}", log(&holder_log));
+    let third = wait_until(30, "the last holder", || {
+        lease_of(&db).0.filter(|&p| p != second)
+    });
+    assert!(
+        asked.elapsed() < duel::store::LEASE_TTL,
+        "handed back, not expired"
+    );
+    assert_eq!(i64::from(kids[0].0.id()), third);
+    Command::new("kill")
+        .args(["-INT", &kids[0].0.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(kids[0].0.wait().expect("wait").success());
+    assert_eq!(lease_of(&db).0, None, "nobody holds it after a clean stop");
+}

@@ -418,7 +418,7 @@ fn a_failed_write_keeps_the_pair_on_screen_and_says_so() {
 }
 
 #[test]
-fn the_training_view_charts_loss_and_accuracy_and_metrics_are_stored() {
+fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
     use duel::train::messages::{Command, Event, TrainerState};
     let mut app = App::new(
         store_with(&[("q1", "a", "b"), ("q2", "c", "d")]),
@@ -426,7 +426,7 @@ fn the_training_view_charts_loss_and_accuracy_and_metrics_are_stored() {
     )
     .expect("app");
     let (tx, rx) = crossbeam_channel::unbounded();
-    app.attach_trainer(tx, &serde_json::json!({"test": true}));
+    app.attach_trainer(tx);
     for e in [
         Event::State(TrainerState::Training),
         Event::Step {
@@ -472,13 +472,22 @@ fn the_training_view_charts_loss_and_accuracy_and_metrics_are_stored() {
     assert!(text.contains("6.0 pairs/s"), "{text}");
     let (t, _) = render(&app, 120, 40);
     insta::assert_snapshot!(t.backend());
-    // Metrics went to SQLite, so the charts survive a restart.
-    let n: i64 = app
-        .store
+    // The trainer stores its metrics (tests/worker.rs); a labeler that starts
+    // loads them, so the charts survive a restart.
+    let stored = store_with(&[("q", "a", "b")]);
+    stored
         .conn()
-        .query_row("SELECT count(*) FROM train_metrics", [], |r| r.get(0))
-        .expect("count");
-    assert_eq!(n, 3);
+        .execute_batch(
+            "INSERT INTO train_runs (id, config) VALUES (1, '{}');
+             INSERT INTO train_metrics (run_id, step, kind, loss, accuracy)
+             VALUES (1, 1, 'train', 0.7, 0.5), (1, 2, 'train', 0.6, 0.5),
+                    (1, 2, 'eval', 0.65, 0.61);",
+        )
+        .expect("metrics");
+    let mut restarted = App::new(stored, config("a")).expect("app");
+    restarted.attach_trainer(crossbeam_channel::unbounded().0);
+    assert_eq!(restarted.train.losses, [(1.0, 0.7), (2.0, 0.6)]);
+    assert_eq!(restarted.train.accuracy, [(2.0, 0.61)]);
     let (tx2, _rx2) = crossbeam_channel::unbounded();
     let mut again = App::new(
         duel::store::Store::open_in_memory().expect("store"),
@@ -486,7 +495,7 @@ fn the_training_view_charts_loss_and_accuracy_and_metrics_are_stored() {
     )
     .expect("app");
     // (A fresh database has no history.)
-    again.attach_trainer(tx2, &serde_json::json!({}));
+    again.attach_trainer(tx2);
     assert!(again.train.losses.is_empty());
 }
 
@@ -538,7 +547,7 @@ fn the_top_line_keeps_progress_readable_next_to_the_model_state() {
     use duel::train::messages::{Event, TrainerState};
     let mut app = App::new(store_with(&[("q1", "a", "b")]), config("annotator")).expect("app");
     let (tx, _rx) = crossbeam_channel::unbounded();
-    app.attach_trainer(tx, &serde_json::json!({}));
+    app.attach_trainer(tx);
     app.update(Action::Trainer(Event::State(TrainerState::Waiting {
         have: 0,
         need: 16,
@@ -691,7 +700,7 @@ fn a_failed_trainer_leaves_labeling_working() {
     )
     .expect("app");
     let (tx, _rx) = crossbeam_channel::unbounded();
-    app.attach_trainer(tx, &serde_json::json!({}));
+    app.attach_trainer(tx);
     app.update(Action::Trainer(duel::train::messages::Event::Failed(
         "cannot load the model from assets/models/x: no such file".into(),
     )));

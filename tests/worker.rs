@@ -78,6 +78,7 @@ fn config(db: &Path, base: &Path, out: &Path) -> WorkerConfig {
         checkpoint_every: 0,
         score_queue: 0,
         passes: 50,
+        holder: "ann".into(),
     }
 }
 

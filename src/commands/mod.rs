@@ -134,7 +134,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     let app = tui::App::new(
         store,
         tui::Config {
-            annotator: args.annotator,
+            annotator: args.annotator.clone(),
             overlap: args.overlap,
             always_strength: args.strength,
             guidelines,
@@ -187,21 +187,14 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             holdout: 0.15,
             eval_every: 25,
             checkpoint_every: 100,
-            score_queue: match args.order {
-                crate::store::QueueOrder::Uncertain | crate::store::QueueOrder::Disagreement => 128,
-                _ if args.show_model => 128,
-                _ => 0,
-            },
+            // One trainer serves every labeler on the database: it scores the queue
+            // for the orders and `--show-model` of any of them.
+            score_queue: 128,
             passes: args.passes,
+            holder: args.annotator.clone(),
         };
-        let h = crate::train::worker::spawn(cfg.clone());
-        app.attach_trainer(
-            h.commands.clone(),
-            &serde_json::json!({
-                "live": true, "base": cfg.base_dir, "out": cfg.out_dir, "train": cfg.train,
-                "min_labels": cfg.min_labels, "passes": cfg.passes,
-            }),
-        );
+        let h = crate::train::worker::spawn(cfg);
+        app.attach_trainer(h.commands.clone());
         Some(h)
     };
     let feed = match &args.prompts {

@@ -189,6 +189,9 @@ pub(crate) fn learning_options(
 }
 
 pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
+    if args.follow {
+        return follow(db, &args);
+    }
     let base = model_dir(args.model_dir.as_deref())?;
     // Before the options are checked: a mistyped database is the first thing to say.
     drop(open_existing(db)?);
@@ -568,4 +571,99 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `duel train --follow`: the live trainer without a terminal, for a team server.
+fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
+    use crate::train::worker::{Command, Event, TrainerState, WorkerConfig, spawn};
+    let base = model_dir(args.model_dir.as_deref())?;
+    drop(open_existing(db)?);
+    let user = std::env::var("USER").unwrap_or_else(|_| "duel".into());
+    let out_dir = db.with_extension("model");
+    let h = spawn(WorkerConfig {
+        db: db.to_owned(),
+        base_dir: base,
+        out_dir: out_dir.clone(),
+        train: TrainConfig {
+            lr: args.lr,
+            batch_pairs: args.model.batch as usize,
+            max_length: args.model.max_length,
+            seed: args.seed,
+            ..Default::default()
+        },
+        min_labels: 16,
+        holdout: args.holdout,
+        eval_every: 25,
+        checkpoint_every: 100,
+        score_queue: 128,
+        passes: args.passes,
+        holder: format!("{user} (train --follow)"),
+    });
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+    let say = |line: String| {
+        tracing::info!("{line}");
+        eprintln!("{line}");
+    };
+    say(format!(
+        "following {}: checkpoints in {}; Ctrl-C stops",
+        db.display(),
+        out_dir.display()
+    ));
+    let mut failed = None;
+    loop {
+        crossbeam_channel::select! {
+            recv(stop_rx) -> _ => {
+                say("stopping: writing the checkpoint and handing the lease back".into());
+                h.send(Command::Stop);
+                break;
+            }
+            recv(h.events) -> e => match e {
+                Ok(Event::State(TrainerState::Stopped)) | Err(_) => break,
+                Ok(Event::State(s)) => say(match s {
+                    TrainerState::Following { holder, host } => format!(
+                        "waiting: {holder}{} holds the training lease",
+                        host.map_or(String::new(), |h| format!(" on {h}"))
+                    ),
+                    TrainerState::Waiting { have, need } => {
+                        format!("waiting for labels ({have} of {need})")
+                    }
+                    TrainerState::CaughtUp { labels } => {
+                        format!("caught up: {labels} labels trained on; waiting for more")
+                    }
+                    other => format!("{other:?}").to_lowercase(),
+                }),
+                Ok(Event::Started { step, resumed_from }) => say(match resumed_from {
+                    Some(p) => format!("training: resumed at step {step} from {}", p.display()),
+                    None => "training from the base model".into(),
+                }),
+                Ok(Event::Step { step, loss, labels_used, .. }) if step % 25 == 0 => say(
+                    format!("step {step}: loss {loss:.4}, {labels_used} labels")
+                ),
+                Ok(Event::Eval { step, accuracy, pairs, .. }) => say(format!(
+                    "step {step}: held-out accuracy {:.1}% on {pairs} pairs",
+                    100.0 * accuracy
+                )),
+                Ok(Event::Checkpointed { step, .. }) => say(format!("checkpoint at step {step}")),
+                Ok(Event::Failed(msg)) => failed = Some(msg),
+                Ok(_) => {}
+            },
+        }
+    }
+    // Waits for the last checkpoint and the lease to be handed back.
+    let events = h.events.clone();
+    h.stop();
+    for e in events.try_iter() {
+        if let Event::Checkpointed { step, .. } = e {
+            say(format!("checkpoint at step {step}"));
+        }
+    }
+    say("stopped".into());
+    match failed {
+        Some(msg) => Err(anyhow::anyhow!("training stopped: {msg}")),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }

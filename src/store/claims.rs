@@ -112,7 +112,7 @@ impl QueueWalk {
 /// this long.
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
 
-fn unix_now() -> f64 {
+pub(super) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())

@@ -5,10 +5,12 @@
 
 mod claims;
 mod labels;
+mod lease;
 mod pairs;
 
 pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk};
 pub use labels::{LabelFilter, LabelRow, Progress, ReviewItem};
+pub use lease::{LEASE_HEARTBEAT, LEASE_TTL, Lease, TakeLease};
 pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
 
 use rusqlite::{Connection, OpenFlags};
@@ -24,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_queue_order.sql"),
     include_str!("migrations/0004_queue_indexes.sql"),
     include_str!("migrations/0005_pair_verdicts.sql"),
+    include_str!("migrations/0006_train_lease.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {
@@ -66,6 +69,17 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// A name for one process's claims and lease, unique per labeler: process, start
+/// time and a counter (tests run several in one process).
+pub fn new_session_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{t:x}-{n}", std::process::id())
 }
 
 /// Page size of databases `duel` creates.

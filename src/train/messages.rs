@@ -26,6 +26,11 @@ pub enum TrainerState {
         labels: usize,
     },
     Paused,
+    /// Another process holds the training lease; its model is shown.
+    Following {
+        holder: String,
+        host: Option<String>,
+    },
     Stopped,
 }
 

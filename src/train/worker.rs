@@ -9,9 +9,12 @@
 use super::live::{self, Exposure};
 use super::{Encoded, Example, TrainConfig, Trainer, is_heldout};
 use crate::model::checkpoint;
+use crate::store::{LEASE_HEARTBEAT, Store, TakeLease};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 use rusqlite::OpenFlags;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,9 @@ pub struct WorkerConfig {
     /// Passes over each judgement (`live::Exposure`); the trainer waits once every
     /// judgement has had them.
     pub passes: u32,
+    /// Who trains, as the lease and `duel stats` say (an annotator, or
+    /// `train --follow`).
+    pub holder: String,
 }
 
 pub struct Handle {
@@ -72,11 +78,17 @@ pub fn spawn(cfg: WorkerConfig) -> Handle {
                 cfg,
                 commands: crx,
                 events: etx,
+                session: crate::store::new_session_id(),
+                heartbeat: None,
+                sink: None,
+                watch: std::cell::RefCell::new(None),
             };
-            let failed = match crate::contain::run("trainer", || {
+            let outcome = crate::contain::run("trainer", || {
                 crate::contain::fault_point("trainer");
                 w.run()
-            }) {
+            });
+            w.hand_back();
+            let failed = match outcome {
                 Ok(Ok(())) | Ok(Err(Stop::Gone)) => None,
                 Ok(Err(Stop::Failed(msg))) | Err(msg) => Some(msg),
             };
@@ -111,6 +123,173 @@ struct Worker {
     cfg: WorkerConfig,
     commands: Receiver<Command>,
     events: Sender<Event>,
+    /// This process's name for the lease.
+    session: String,
+    /// Renews the lease while this worker trains.
+    heartbeat: Option<Heartbeat>,
+    /// Where the metrics of the run being trained go.
+    sink: Option<Sink>,
+    /// Notices judgements made by other processes on the database.
+    watch: std::cell::RefCell<Option<LabelWatch>>,
+}
+
+/// Notices when the judgements in the database change, whoever made them: the
+/// newest label and the latest undo, read at most every `LEASE_HEARTBEAT`.
+struct LabelWatch {
+    store: Store,
+    last: (Option<i64>, Option<String>),
+    checked: Instant,
+}
+
+impl LabelWatch {
+    fn open(db: &Path) -> Result<LabelWatch, Stop> {
+        let store = Store::open(db)?;
+        let last = Self::read(&store)?;
+        Ok(LabelWatch {
+            store,
+            last,
+            checked: Instant::now(),
+        })
+    }
+
+    fn read(store: &Store) -> Result<(Option<i64>, Option<String>), Stop> {
+        Ok(store
+            .conn()
+            .query_row("SELECT max(id), max(undone_at) FROM labels", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?)
+    }
+
+    /// Whether the judgements changed since the last look (checked at most every
+    /// heartbeat).
+    fn changed(&mut self) -> bool {
+        if self.checked.elapsed() < LEASE_HEARTBEAT {
+            return false;
+        }
+        self.checked = Instant::now();
+        match Self::read(&self.store) {
+            Ok(now) if now != self.last => {
+                self.last = now;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A thread that renews the training lease every `LEASE_HEARTBEAT` and says when it
+/// was lost (the process stalled past `LEASE_TTL` and another took over).
+struct Heartbeat {
+    lost: Arc<AtomicBool>,
+    stop: Sender<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(db: &Path, session: String) -> Result<Heartbeat, Stop> {
+        let mut store = Store::open(db)?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = bounded::<()>(1);
+        let flag = lost.clone();
+        let thread = std::thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(LEASE_HEARTBEAT)
+                {
+                    match store.renew_lease(&session) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            flag.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        // Busy for a moment: the next beat tries again, well inside
+                        // the timeout.
+                        Err(e) => tracing::warn!("renewing the training lease: {e}"),
+                    }
+                }
+            })?;
+        Ok(Heartbeat {
+            lost,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The run's rows in `train_runs`, `train_metrics` and `checkpoints`, so that every
+/// labeler on the database, and a restart, sees the same charts.
+struct Sink {
+    store: Store,
+    run: i64,
+    last_accuracy: std::cell::Cell<Option<f64>>,
+}
+
+impl Sink {
+    fn record(&self, e: &Event) {
+        let conn = self.store.conn();
+        let r = match *e {
+            Event::Step {
+                step,
+                loss,
+                accuracy,
+                pairs_per_s,
+                labels_used,
+            } => conn.execute(
+                "INSERT OR REPLACE INTO train_metrics
+                 (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
+                 VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
+                rusqlite::params![
+                    self.run,
+                    step as i64,
+                    loss,
+                    accuracy,
+                    pairs_per_s,
+                    labels_used as i64
+                ],
+            ),
+            Event::Eval {
+                step,
+                accuracy,
+                loss,
+                pairs,
+            } => {
+                self.last_accuracy.set(Some(accuracy));
+                conn.execute(
+                    "INSERT OR REPLACE INTO train_metrics
+                     (run_id, step, kind, loss, accuracy, labels_used)
+                     VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
+                    rusqlite::params![self.run, step as i64, loss, accuracy, pairs as i64],
+                )
+            }
+            Event::Checkpointed { step, ref path } => conn.execute(
+                "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![
+                    self.run,
+                    step as i64,
+                    path.display().to_string(),
+                    self.last_accuracy.get()
+                ],
+            ),
+            _ => return,
+        };
+        if let Err(err) = r {
+            tracing::warn!("recording training metrics: {err}");
+        }
+    }
 }
 
 struct Data {
@@ -124,11 +303,135 @@ struct Data {
 enum Next {
     Continue,
     Reload,
+    /// Another process took the lease: stop training, write nothing.
+    Lost,
 }
 
 impl Worker {
     fn emit(&self, e: Event) -> Result<(), Stop> {
+        if let Some(sink) = &self.sink {
+            sink.record(&e);
+        }
         self.events.send(e).map_err(|_| Stop::Gone)
+    }
+
+    /// Whether judgements changed in the database (another labeler's, say).
+    fn labels_changed(&self) -> bool {
+        self.watch
+            .borrow_mut()
+            .as_mut()
+            .is_some_and(LabelWatch::changed)
+    }
+
+    /// Whether another process has taken the lease from this one.
+    fn lost_lease(&self) -> bool {
+        self.heartbeat.as_ref().is_some_and(Heartbeat::lost)
+    }
+
+    /// Stops renewing the lease and hands it back, if this worker holds it.
+    fn hand_back(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            let lost = h.lost();
+            drop(h);
+            if !lost && let Ok(mut store) = Store::open(&self.cfg.db) {
+                let _ = store.release_lease(&self.session);
+            }
+        }
+        self.sink = None;
+    }
+
+    /// Waits for the training lease. Meanwhile the model another process trains is
+    /// shown: its metrics, read from the database as they are written.
+    fn acquire(&mut self) -> Result<(), Stop> {
+        let mut store = Store::open(&self.cfg.db)?;
+        let mut seen: i64 = store.conn().query_row(
+            "SELECT coalesce(max(rowid), 0) FROM train_metrics",
+            [],
+            |r| r.get(0),
+        )?;
+        let mut following: Option<String> = None;
+        loop {
+            match store.take_lease(&self.cfg.holder, &self.session)? {
+                TakeLease::Taken => break,
+                TakeLease::HeldBy(l) => {
+                    if following.as_deref() != Some(l.session.as_str()) {
+                        self.emit(Event::State(TrainerState::Following {
+                            holder: l.holder.clone(),
+                            host: l.host.clone(),
+                        }))?;
+                        following = Some(l.session);
+                    }
+                    seen = self.follow_metrics(&store, seen)?;
+                }
+            }
+            match self.commands.recv_timeout(LEASE_HEARTBEAT) {
+                Ok(Command::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(Stop::Gone);
+                }
+                _ => {}
+            }
+        }
+        self.heartbeat = Some(Heartbeat::start(&self.cfg.db, self.session.clone())?);
+        let config = serde_json::json!({
+            "live": true, "holder": self.cfg.holder, "base": self.cfg.base_dir,
+            "out": self.cfg.out_dir, "train": self.cfg.train,
+            "min_labels": self.cfg.min_labels, "passes": self.cfg.passes,
+        });
+        store.conn().execute(
+            "INSERT INTO train_runs (config) VALUES (?1)",
+            [config.to_string()],
+        )?;
+        let run = store.conn().last_insert_rowid();
+        self.sink = Some(Sink {
+            store,
+            run,
+            last_accuracy: std::cell::Cell::new(None),
+        });
+        *self.watch.borrow_mut() = Some(LabelWatch::open(&self.cfg.db)?);
+        Ok(())
+    }
+
+    /// Passes on the metrics written since row `seen`; returns the last row read.
+    fn follow_metrics(&self, store: &Store, mut seen: i64) -> Result<i64, Stop> {
+        let mut stmt = store.conn().prepare_cached(
+            "SELECT rowid, step, kind, loss, accuracy, pairs_per_s, labels_used
+             FROM train_metrics WHERE rowid > ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt
+            .query_map([seen], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<f64>>(3)?,
+                    r.get::<_, Option<f64>>(4)?,
+                    r.get::<_, Option<f64>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (rowid, step, kind, loss, acc, pps, used) in rows {
+            seen = rowid;
+            let step = step.max(0) as u64;
+            let e = match (kind.as_str(), loss, acc) {
+                ("train", Some(loss), Some(accuracy)) => Event::Step {
+                    step,
+                    loss,
+                    accuracy,
+                    pairs_per_s: pps.unwrap_or(0.0),
+                    labels_used: used.unwrap_or(0).max(0) as usize,
+                },
+                ("eval", Some(loss), Some(accuracy)) => Event::Eval {
+                    step,
+                    accuracy,
+                    loss,
+                    pairs: used.unwrap_or(0).max(0) as usize,
+                },
+                _ => continue,
+            };
+            self.events.send(e).map_err(|_| Stop::Gone)?;
+        }
+        Ok(seen)
     }
 
     fn load_examples(&self) -> Result<Vec<Example>, Stop> {
@@ -159,7 +462,13 @@ impl Worker {
 
     /// Handles queued commands; blocks while paused.
     fn poll(&self, t: &Progress, dirty: &mut bool) -> Result<Next, Stop> {
+        if self.lost_lease() {
+            return Ok(Next::Lost);
+        }
         let mut next = Next::Continue;
+        if self.labels_changed() {
+            next = Next::Reload;
+        }
         loop {
             match self.commands.try_recv() {
                 Ok(Command::LabelsChanged) => next = Next::Reload,
@@ -190,11 +499,19 @@ impl Worker {
         }
     }
 
-    /// Waits, without spinning, for new labels (or a stop).
-    fn wait_for_labels(&self, t: &Progress, dirty: &mut bool) -> Result<(), Stop> {
+    /// Waits, without spinning, for new labels (or a stop); `Next::Lost` if the
+    /// lease is lost meanwhile.
+    fn wait_for_labels(&self, t: &Progress, dirty: &mut bool) -> Result<Next, Stop> {
         loop {
-            match self.commands.recv() {
-                Ok(Command::LabelsChanged) => return Ok(()),
+            if self.lost_lease() {
+                return Ok(Next::Lost);
+            }
+            if self.labels_changed() {
+                return Ok(Next::Reload);
+            }
+            match self.commands.recv_timeout(LEASE_HEARTBEAT) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Ok(Command::LabelsChanged) => return Ok(Next::Reload),
                 Ok(Command::Stop) | Err(_) => {
                     self.checkpoint(t, dirty)?;
                     return Err(Stop::Gone);
@@ -206,7 +523,8 @@ impl Worker {
     }
 
     fn checkpoint(&self, t: &Progress, dirty: &mut bool) -> Result<(), Stop> {
-        if !*dirty {
+        // The folder belongs to whoever holds the lease.
+        if !*dirty || self.lost_lease() {
             return Ok(());
         }
         let meta = serde_json::json!({
@@ -222,11 +540,15 @@ impl Worker {
             &meta,
         )?;
         *dirty = false;
-        // The UI may be gone or not reading by now (stopping): never block on it.
-        let _ = self.events.try_send(Event::Checkpointed {
+        let e = Event::Checkpointed {
             step: t.step,
             path: self.cfg.out_dir.clone(),
-        });
+        };
+        if let Some(sink) = &self.sink {
+            sink.record(&e);
+        }
+        // The UI may be gone or not reading by now (stopping): never block on it.
+        let _ = self.events.try_send(e);
         Ok(())
     }
 
@@ -280,8 +602,21 @@ impl Worker {
         })
     }
 
+    /// Follows while another process trains, trains while this one holds the lease,
+    /// and follows again if the lease is lost.
     fn run(&mut self) -> Result<(), Stop> {
-        self.emit(Event::State(TrainerState::Loading))?;
+        loop {
+            self.emit(Event::State(TrainerState::Loading))?;
+            self.acquire()?;
+            self.train()?;
+            // The lease was lost: write nothing more, and follow the new holder.
+            self.heartbeat = None;
+            self.sink = None;
+        }
+    }
+
+    /// Trains while this worker holds the lease; returns when it is lost.
+    fn train(&mut self) -> Result<(), Stop> {
         checkpoint::recover(&self.cfg.out_dir);
         let resume = has_checkpoint(&self.cfg.out_dir);
         let from = if resume {
@@ -321,13 +656,17 @@ impl Worker {
                     have: data.train.len(),
                     need: self.cfg.min_labels,
                 }))?;
-                self.wait_for_labels(&t, &mut dirty)?;
+                if let Next::Lost = self.wait_for_labels(&t, &mut dirty)? {
+                    return Ok(());
+                }
                 continue 'reload;
             }
             self.emit(Event::State(TrainerState::Training))?;
             loop {
-                if let Next::Reload = self.poll(&t, &mut dirty)? {
-                    continue 'reload;
+                match self.poll(&t, &mut dirty)? {
+                    Next::Continue => {}
+                    Next::Reload => continue 'reload,
+                    Next::Lost => return Ok(()),
                 }
                 let batch_pairs = t.trainer.config.batch_pairs;
                 let Some(b) = t.exposure.next_batch(&data.keys, batch_pairs) else {
@@ -342,7 +681,9 @@ impl Worker {
                     self.emit(Event::State(TrainerState::CaughtUp {
                         labels: data.train.len(),
                     }))?;
-                    self.wait_for_labels(&t, &mut dirty)?;
+                    if let Next::Lost = self.wait_for_labels(&t, &mut dirty)? {
+                        return Ok(());
+                    }
                     continue 'reload;
                 };
                 let batch: Vec<&Encoded> = b.iter().map(|&i| &data.train[i]).collect();

@@ -188,7 +188,6 @@ pub struct App {
     feed: Option<Sender<crate::generator::feed::FeedCommand>>,
     /// What the generator is doing, for the status line.
     pub feed_status: Option<String>,
-    run_id: Option<i64>,
     history: Vec<Done>,
     skipped: HashSet<i64>,
     left_of: HashMap<i64, Side>,
@@ -269,17 +268,6 @@ impl Review {
     }
 }
 
-/// Unique per labeler: process, start time and a counter (tests run several in one
-/// process).
-fn new_session_id() -> String {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{}-{t:x}-{n}", std::process::id())
-}
-
 impl App {
     pub fn new(store: Store, config: Config) -> crate::store::Result<App> {
         let rng = match config.seed {
@@ -307,7 +295,6 @@ impl App {
             trainer: None,
             feed: None,
             feed_status: None,
-            run_id: None,
             history: Vec::new(),
             skipped: HashSet::new(),
             left_of: HashMap::new(),
@@ -323,28 +310,17 @@ impl App {
             claim_renewed: Instant::now(),
             rng,
         };
-        app.session = new_session_id();
+        app.session = crate::store::new_session_id();
         app.walk = crate::store::QueueWalk::new(app.rng.random());
         app.advance();
         Ok(app)
     }
 
-    /// Connects the trainer thread's command channel. Starts a run in the metrics
-    /// table and loads earlier metrics, so the charts survive a restart.
-    pub fn attach_trainer(&mut self, commands: Sender<Command>, config: &serde_json::Value) {
+    /// Connects the trainer thread's command channel and loads the metrics stored
+    /// by earlier runs (of any process on the database), so the charts survive a
+    /// restart.
+    pub fn attach_trainer(&mut self, commands: Sender<Command>) {
         self.trainer = Some(commands);
-        let run = {
-            let conn = self.store.conn();
-            conn.execute(
-                "INSERT INTO train_runs (config) VALUES (?1)",
-                [config.to_string()],
-            )
-            .map(|_| conn.last_insert_rowid())
-        };
-        match run {
-            Ok(id) => self.run_id = Some(id),
-            Err(e) => self.say(format!("cannot record training metrics: {e}"), true),
-        }
         let earlier = self
             .store
             .conn()
@@ -443,59 +419,8 @@ impl App {
         }
     }
 
-    /// Records the trainer's news, in the view and in the metrics table.
+    /// Shows the trainer's news (the trainer records its metrics itself).
     fn on_trainer(&mut self, e: Event) {
-        if let Some(run) = self.run_id {
-            let row = match &e {
-                Event::Step {
-                    step,
-                    loss,
-                    accuracy,
-                    pairs_per_s,
-                    labels_used,
-                } => Some((
-                    *step,
-                    "train",
-                    *loss,
-                    *accuracy,
-                    Some(*pairs_per_s),
-                    *labels_used,
-                )),
-                Event::Eval {
-                    step,
-                    accuracy,
-                    loss,
-                    ..
-                } => Some((
-                    *step,
-                    "eval",
-                    *loss,
-                    *accuracy,
-                    None,
-                    self.train.labels_used,
-                )),
-                _ => None,
-            };
-            if let Some((step, kind, loss, acc, pps, used)) = row {
-                let _ = self.store.conn().execute(
-                    "INSERT OR REPLACE INTO train_metrics
-                     (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    rusqlite::params![run, step as i64, kind, loss, acc, pps, used as i64],
-                );
-            }
-            if let Event::Checkpointed { step, path } = &e {
-                let _ = self.store.conn().execute(
-                    "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
-                    rusqlite::params![
-                        run,
-                        *step as i64,
-                        path.display().to_string(),
-                        self.train.accuracy.last().map(|a| a.1)
-                    ],
-                );
-            }
-        }
         if let Event::Failed(msg) = &e {
             self.say(format!("training stopped: {msg}"), true);
         }

@@ -81,6 +81,12 @@ impl TrainView {
                 format!("caught up: every one of {labels} labels trained on; waiting for more")
             }
             Some(TrainerState::Paused) => "paused (p resumes)".into(),
+            Some(TrainerState::Following { holder, host }) => format!(
+                "{} trains the model{}; this labeler shows it",
+                sanitize(holder),
+                host.as_deref()
+                    .map_or(String::new(), |h| format!(" on {}", sanitize(h)))
+            ),
             Some(TrainerState::Stopped) => "stopped".into(),
         }
     }
@@ -129,6 +135,9 @@ impl TrainView {
                     Some(TrainerState::Training) => "training".into(),
                     Some(TrainerState::CaughtUp { .. }) => "caught up".into(),
                     Some(TrainerState::Paused) => "paused".into(),
+                    Some(TrainerState::Following { holder, .. }) => {
+                        format!("{} trains", sanitize(holder))
+                    }
                     _ => "off".into(),
                 };
                 Line::from(format!("model: {short} ")).dark_gray()
