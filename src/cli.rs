@@ -154,6 +154,11 @@ pub struct ReviewArgs {
     /// Only this annotator's judgements (default: everyone's).
     #[arg(long)]
     pub of: Option<String>,
+    /// Go through the pairs whose judgements disagree instead (no majority first),
+    /// with who chose what and the model's view; a judgement made there is an
+    /// adjudication: it decides the pair in export and training.
+    #[arg(long, conflicts_with = "of")]
+    pub contested: bool,
     /// At most this many judgements, the most confident disagreements first.
     #[arg(long, default_value_t = 200)]
     pub limit: usize,

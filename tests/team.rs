@@ -128,6 +128,13 @@ fn export_writes_each_pairs_agreed_verdict_once() {
 
     let (raw, _) = rows(&db, &["export", "--format", "raw"]);
     assert_eq!(raw.len(), 13, "raw keeps every row, the undone one too");
+
+    let out = duel(&db, &["stats", "--json"]);
+    let s: Value = serde_json::from_slice(&out.stdout).expect("stats json");
+    assert_eq!(
+        s["consensus"],
+        serde_json::json!({"agreed": 4, "adjudicated": 0, "contested": 2})
+    );
 }
 
 #[test]
@@ -325,4 +332,73 @@ fn one_trainer_per_database_and_the_lease_passes_on() {
         .expect("kill -INT");
     assert!(kids[0].0.wait().expect("wait").success());
     assert_eq!(lease_of(&db).0, None, "nobody holds it after a clean stop");
+}
+
+/// `duel review --contested` lists the split pairs first; a judgement there is an
+/// adjudication that decides the pair in export, and the list says who voted what.
+#[test]
+fn a_lead_settles_contested_pairs_in_review() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("team.db");
+    team_db(&db);
+    let store = duel::store::Store::open(&db).expect("store");
+    let items = store.contested_candidates(10).expect("contested");
+    let listed: Vec<(i64, &str)> = items
+        .iter()
+        .map(|i| (i.pair_id, i.annotator.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (3, "ann a, bob b"),
+            (5, "ann a, bob tie"),
+            (2, "ann a, bob a, cat b")
+        ],
+        "no majority first, then a dissent"
+    );
+    drop(store);
+    // Open the first (pair 3), judge it with the left key, quit.
+    let out = duel(
+        &db,
+        &[
+            "review",
+            "--contested",
+            "--annotator",
+            "lead",
+            "--script",
+            "<enter>1q",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 of 3 contested pairs adjudicated"), "{err}");
+    let (raw, _) = rows(&db, &["export", "--format", "raw"]);
+    let adj: Vec<&Value> = raw
+        .iter()
+        .filter(|r| r["source"] == duel::consensus::ADJUDICATION)
+        .collect();
+    assert_eq!(adj.len(), 1);
+    assert_eq!(
+        (adj[0]["pair_id"].as_i64(), adj[0]["annotator"].as_str()),
+        (Some(3), Some("lead"))
+    );
+    assert!(adj[0]["undone_at"].is_null(), "no vote replaced");
+    let won = match adj[0]["choice"].as_str() {
+        Some("a") => "a3",
+        Some("b") => "b3",
+        other => panic!("{other:?}"),
+    };
+    let (trl, err) = rows(&db, &["export"]);
+    assert_eq!(
+        by_prompt(&trl)["q3"],
+        [won],
+        "the adjudication decides pair 3"
+    );
+    assert!(err.contains("1 adjudicated, 1 contested"), "{err}");
+    let store = duel::store::Store::open(&db).expect("store");
+    assert_eq!(
+        store.contested_candidates(10).expect("contested").len(),
+        2,
+        "a settled pair leaves the list"
+    );
 }

@@ -1105,3 +1105,29 @@ fn review_lists_contradicted_judgements_and_relabels_from_the_list() {
     press(&mut app, KeyCode::Char('q'));
     assert!(app.should_quit);
 }
+
+/// A labeler that does not hold the training lease shows the shared model's
+/// accuracy and says who trains it.
+#[test]
+fn a_labeler_that_does_not_train_says_who_does() {
+    use duel::train::messages::{Event, TrainerState};
+    let mut app = App::new(store_with(&[("q1", "a", "b")]), config("bob")).expect("app");
+    app.attach_trainer(crossbeam_channel::unbounded().0);
+    app.update(Action::Trainer(Event::State(TrainerState::Following {
+        holder: "ann".into(),
+        host: Some("box".into()),
+    })));
+    let (_, text) = render(&app, 100, 24);
+    assert!(text.contains("ann trains"), "{text}");
+    app.update(Action::Trainer(Event::Eval {
+        step: 25,
+        accuracy: 0.61,
+        loss: 0.66,
+        pairs: 30,
+    }));
+    let (_, text) = render(&app, 100, 24);
+    assert!(text.contains("61% (ann trains)"), "{text}");
+    press(&mut app, KeyCode::Char('m'));
+    let (_, text) = render(&app, 120, 40);
+    assert!(text.contains("ann trains the model on box"), "{text}");
+}

@@ -360,7 +360,15 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
         );
         crate::train::score_pairs_into(&trainer, store.conn(), &rows, step)?;
     }
-    let items = store.review_candidates(args.of.as_deref(), args.limit)?;
+    let items = if args.contested {
+        store.contested_candidates(args.limit)?
+    } else {
+        store.review_candidates(args.of.as_deref(), args.limit)?
+    };
+    if items.is_empty() && args.contested {
+        eprintln!("nothing to review: no pair has judgements that disagree and no adjudication");
+        return Ok(ExitCode::SUCCESS);
+    }
     if items.is_empty() {
         eprintln!(
             "nothing to review: the model disagrees with no judgement it has a prediction for \
@@ -392,7 +400,11 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
     };
     app.release();
     result?;
-    eprintln!("{} of {n} judgements relabeled", app.session_labels);
+    if args.contested {
+        eprintln!("{} of {n} contested pairs adjudicated", app.session_labels);
+    } else {
+        eprintln!("{} of {n} judgements relabeled", app.session_labels);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

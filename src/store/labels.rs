@@ -4,7 +4,7 @@ use super::pairs::prompt_from_row;
 use super::{NOW, Result, Store, StoreError};
 use crate::consensus::{self, Rule, Verdict, Vote};
 use crate::domain::{Choice, NewLabel, Prompt, Side, Strength};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
     let elapsed = l
@@ -49,6 +49,11 @@ pub struct ReviewItem {
     pub chose_a: bool,
     /// The model's probability that the other response is better (over 0.5).
     pub against: f64,
+    /// For a contested pair (`duel review --contested`): each standing vote, in the
+    /// order made, and the model's probability that A is better, if scored. A
+    /// judgement made on it is an adjudication and replaces no vote.
+    pub votes: Vec<(String, Choice)>,
+    pub p_a: Option<f64>,
 }
 
 /// Progress numbers for the status line.
@@ -179,9 +184,59 @@ impl Store {
                 annotator: r.get(2)?,
                 chose_a: choice == "a",
                 against: r.get(5)?,
+                votes: Vec::new(),
+                p_a: r.get(4)?,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Pairs whose standing judgements disagree and that no adjudication settled,
+    /// for `duel review --contested`: pairs without a majority first, then those
+    /// with a dissenting vote, each in pair order.
+    pub fn contested_candidates(&self, limit: usize) -> Result<Vec<ReviewItem>> {
+        let mut split = Vec::new();
+        let mut dissent = Vec::new();
+        self.for_each_verdict::<StoreError>(&LabelFilter::default(), Rule::Majority, |rows, v| {
+            let first = rows[0].choice;
+            if matches!(v, Verdict::Adjudicated { .. }) || rows.iter().all(|r| r.choice == first) {
+                return Ok(());
+            }
+            let item = ReviewItem {
+                label_id: 0,
+                pair_id: rows[0].pair_id,
+                annotator: rows
+                    .iter()
+                    .map(|r| format!("{} {}", r.annotator, r.choice))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                chose_a: false,
+                against: 0.0,
+                votes: rows
+                    .iter()
+                    .map(|r| (r.annotator.clone(), r.choice))
+                    .collect(),
+                p_a: None,
+            };
+            match v {
+                Verdict::Contested => split.push(item),
+                _ => dissent.push(item),
+            }
+            Ok(())
+        })?;
+        split.extend(dissent);
+        split.truncate(limit);
+        for item in &mut split {
+            item.p_a = self
+                .conn
+                .query_row(
+                    "SELECT p_a FROM pair_scores WHERE pair_id = ?1",
+                    [item.pair_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+        }
+        Ok(split)
     }
 
     pub fn progress(&self, annotator: &str) -> Result<Progress> {

@@ -249,9 +249,34 @@ impl Review {
             .unwrap_or(from.min(n.saturating_sub(1)))
     }
 
-    /// The status line: what the model thinks of the judgement on screen.
+    /// The status line: what the model thinks of the judgement on screen, or, for a
+    /// contested pair, who chose what.
     pub fn status(&self, left: Side) -> Option<String> {
         let item = self.on_screen.as_ref()?;
+        if !item.votes.is_empty() {
+            let screen = |c: crate::domain::Choice| match c.winner() {
+                Some(s) if s == left => "left".to_owned(),
+                Some(_) => "right".to_owned(),
+                None => c.to_string(),
+            };
+            let votes: Vec<String> = item
+                .votes
+                .iter()
+                .map(|(who, c)| format!("{who} chose {}", screen(*c)))
+                .collect();
+            let model = item.p_a.map_or(String::new(), |p| {
+                let (side, p) = if (p >= 0.5) == (left == Side::A) {
+                    ("left", p.max(1.0 - p))
+                } else {
+                    ("right", p.max(1.0 - p))
+                };
+                format!(" The model is {:.0}% for {side}.", 100.0 * p)
+            });
+            return Some(format!(
+                "contested: {}.{model} Your judgement settles the pair; s leaves it.",
+                votes.join(", ")
+            ));
+        }
         let chosen = if item.chose_a { Side::A } else { Side::B };
         let side = if chosen == left { "left" } else { "right" };
         let at = self
@@ -697,13 +722,21 @@ impl App {
             source: "tui".into(),
             queue_order: Some(cur.queue_order.as_str().into()),
         };
-        // In review, the judgement replaces the one under review.
-        let replaced = self
+        // In review, the judgement replaces the one under review; on a contested
+        // pair it is an adjudication, and replaces no vote.
+        let under_review = self
             .review
             .as_ref()
             .and_then(|r| r.on_screen.as_ref())
-            .filter(|item| item.pair_id == label.pair_id)
+            .filter(|item| item.pair_id == label.pair_id);
+        let adjudication = under_review.is_some_and(|item| !item.votes.is_empty());
+        let replaced = under_review
+            .filter(|_| !adjudication)
             .map(|item| item.label_id);
+        let mut label = label;
+        if adjudication {
+            label.source = crate::consensus::ADJUDICATION.into();
+        }
         let saved = match replaced {
             Some(old) => self.store.relabel(old, &label),
             None => self.store.record_label(&label),

@@ -123,11 +123,19 @@ impl TrainView {
             .map(|a| BARS[((a.clamp(0.0, 1.0) * 7.0).round()) as usize])
             .collect();
         match last.last() {
-            Some(a) => Line::from(vec![
-                Span::raw("acc "),
-                Span::styled(spark, Style::new().fg(Color::Green)),
-                Span::raw(format!(" {:.0}% ", a * 100.0)),
-            ]),
+            Some(a) => {
+                let who = match &self.state {
+                    Some(TrainerState::Following { holder, .. }) => {
+                        format!("({} trains) ", sanitize(holder))
+                    }
+                    _ => String::new(),
+                };
+                Line::from(vec![
+                    Span::raw("acc "),
+                    Span::styled(spark, Style::new().fg(Color::Green)),
+                    Span::raw(format!(" {:.0}% {who}", a * 100.0)),
+                ])
+            }
             None => {
                 let short = match &self.state {
                     Some(TrainerState::Waiting { have, need }) => format!("waiting {have}/{need}"),

@@ -288,7 +288,12 @@ fn draw_review_list(review: &super::app::Review, f: &mut Frame, area: Rect) {
             Cell::from(format!("{}", i + 1)),
             Cell::from(format!("{}", item.pair_id)),
             Cell::from(sanitize(&item.annotator)),
-            Cell::from(format!("{:.0}%", 100.0 * item.against)),
+            Cell::from(if item.votes.is_empty() {
+                format!("{:.0}%", 100.0 * item.against)
+            } else {
+                item.p_a
+                    .map_or("-".into(), |p| format!("A {:.0}%", 100.0 * p))
+            }),
             Cell::from(state),
             Cell::from(
                 review
