@@ -73,6 +73,11 @@ pub struct ImportArgs {
     /// Longest record accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_RECORD_BYTES)]
     pub max_record_bytes: usize,
+    /// The files hold gold pairs: labeled pairs whose answer is known. They are
+    /// served among the others (`label --gold-rate`) to check annotators, and never
+    /// exported (but in `raw`) or trained on.
+    #[arg(long)]
+    pub gold: bool,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +107,10 @@ pub struct LabelArgs {
     /// With --order uncertain, the share of pairs served at random instead.
     #[arg(long, default_value_t = 0.2)]
     pub random_share: f64,
+    /// Share of the pairs served that are gold pairs (`import --gold`), while this
+    /// annotator has gold pairs left to judge.
+    #[arg(long, default_value_t = 0.05)]
+    pub gold_rate: f64,
     /// After each judgement, show what the live model predicted and whether it
     /// agreed (off by default, to avoid biasing the annotator).
     #[arg(long)]
@@ -260,6 +269,10 @@ pub struct StatsArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Flag annotators whose accuracy on gold pairs is below this, once they have
+    /// judged at least 10.
+    #[arg(long, default_value_t = crate::stats::DEFAULT_GOLD_MIN)]
+    pub gold_min: f64,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -62,6 +62,47 @@ pub struct AnnotatorStats {
     /// scored (`pair_scores`) where the model preferred the same response.
     pub with_model: Option<f64>,
     pub model_pairs: u64,
+    /// Gold pairs judged, and how many matched the known answer.
+    pub gold: Option<Gold>,
+}
+
+/// An annotator's record on gold pairs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gold {
+    pub judged: u64,
+    pub matched: u64,
+    pub accuracy: f64,
+    /// Wilson score interval, 95%.
+    pub low: f64,
+    pub high: f64,
+    /// Below the bar (`stats --gold-min`) after at least `GOLD_MIN_JUDGED` gold pairs.
+    pub flagged: bool,
+}
+
+/// Gold pairs an annotator must have judged before the bar applies.
+pub const GOLD_MIN_JUDGED: u64 = 10;
+
+/// The default bar for gold accuracy.
+pub const DEFAULT_GOLD_MIN: f64 = 0.7;
+
+/// The Wilson score interval of `k` successes in `n` (95%).
+pub fn wilson(k: u64, n: u64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (n, p, z) = (n as f64, k as f64 / n as f64, 1.959_963_984_540_054);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * ((p * (1.0 - p) + z * z / (4.0 * n)) / n).sqrt() / (1.0 + z * z / n);
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+/// Flags the annotators whose gold accuracy is below `min` after enough gold pairs.
+pub fn flag_gold(s: &mut Stats, min: f64) {
+    for a in &mut s.annotators {
+        if let Some(g) = &mut a.gold {
+            g.flagged = g.judged >= GOLD_MIN_JUDGED && g.accuracy < min;
+        }
+    }
 }
 
 /// How often the response shown on the left won, among decisive judgements made in
@@ -290,6 +331,20 @@ pub fn compute(store: &Store) -> Result<Stats> {
             }
         }
     }
+    // annotator -> (gold pairs judged, matched the known answer)
+    let mut gold: HashMap<String, (u64, u64)> = HashMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT l.annotator, l.choice = p.gold FROM labels l JOIN pairs p ON p.id = l.pair_id
+             WHERE p.gold IS NOT NULL AND l.undone_at IS NULL",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let e = gold.entry(r.get(0)?).or_default();
+            e.0 += 1;
+            e.1 += u64::from(r.get::<_, bool>(1)?);
+        }
+    }
     let annotators = per_ann
         .into_iter()
         .map(|(name, (n, mut ms))| {
@@ -307,6 +362,17 @@ pub fn compute(store: &Store) -> Result<Stats> {
                 majority_pairs: mpairs,
                 with_model: (model_pairs > 0).then(|| model_agree as f64 / model_pairs as f64),
                 model_pairs,
+                gold: gold.get(&name).map(|&(judged, matched)| {
+                    let (low, high) = wilson(matched, judged);
+                    Gold {
+                        judged,
+                        matched,
+                        accuracy: matched as f64 / judged as f64,
+                        low,
+                        high,
+                        flagged: false,
+                    }
+                }),
                 labels: n,
                 name,
             }
@@ -517,6 +583,27 @@ pub fn render(s: &Stats) -> String {
             opt(a.with_model.map(|x| x * 100.0), 1),
             a.model_pairs
         );
+    }
+    let golds: Vec<&AnnotatorStats> = s.annotators.iter().filter(|a| a.gold.is_some()).collect();
+    if !golds.is_empty() {
+        let _ = writeln!(
+            o,
+            "\ngold pairs           judged   matched   accuracy (95% interval)"
+        );
+        for a in golds {
+            let Some(g) = &a.gold else { continue };
+            let _ = writeln!(
+                o,
+                "{:<20} {:>6}   {:>7}   {:>5.1}% ({:.1}–{:.1}%){}",
+                a.name,
+                g.judged,
+                g.matched,
+                100.0 * g.accuracy,
+                100.0 * g.low,
+                100.0 * g.high,
+                if g.flagged { "  BELOW THE BAR" } else { "" }
+            );
+        }
     }
     let c = &s.consensus;
     let _ = writeln!(

@@ -402,3 +402,174 @@ fn a_lead_settles_contested_pairs_in_review() {
         "a settled pair leaves the list"
     );
 }
+
+/// A gold file and an ordinary one, imported into a new database at `db`.
+fn gold_db(dir: &Path, ordinary: usize, gold: usize) -> std::path::PathBuf {
+    let db = dir.join("gold.db");
+    let write = |name: &str, lines: Vec<Value>| {
+        let p = dir.join(name);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let pairs = write(
+        "pairs.jsonl",
+        (0..ordinary)
+            .map(|i| serde_json::json!({"prompt": format!("q{i}"), "response_a": format!("a{i}"), "response_b": format!("b{i}")}))
+            .collect(),
+    );
+    let golds = write(
+        "gold.jsonl",
+        (0..gold)
+            .map(|i| serde_json::json!({"prompt": format!("g{i}"), "chosen": format!("right{i}"), "rejected": format!("wrong{i}")}))
+            .collect(),
+    );
+    assert!(
+        duel(&db, &["import", pairs.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    let out = duel(&db, &["import", "--gold", golds.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("{gold} new gold pairs")), "{err}");
+    db
+}
+
+#[test]
+fn gold_pairs_are_served_at_the_rate_and_never_exported_or_trained_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = gold_db(dir.path(), 400, 100);
+    let store = duel::store::Store::open(&db).expect("store");
+    let mut cfg = config("ann");
+    cfg.gold_rate = 0.1;
+    let mut app = duel::tui::App::new(store, cfg).expect("app");
+    for _ in 0..300 {
+        app.update(duel::tui::Action::Choose {
+            pick: duel::tui::app::Pick::Left,
+            ask_strength: false,
+        });
+    }
+    drop(app);
+    let (raw, _) = rows(&db, &["export", "--format", "raw"]);
+    assert_eq!(raw.len(), 300);
+    let gold: Vec<&Value> = raw.iter().filter(|r| !r["gold"].is_null()).collect();
+    // 10% of 300 is 30 (binomial sd 5.2): within three of them.
+    assert!(
+        (15..=45).contains(&gold.len()),
+        "{} gold of 300",
+        gold.len()
+    );
+    assert!(
+        gold.iter()
+            .all(|r| r["prompt"].as_str().expect("p").starts_with('g'))
+    );
+    assert!(
+        gold.iter().all(|r| r["gold"] == "a"),
+        "chosen is stored as A"
+    );
+    // Judged by hand from the raw rows: the left key picks either side.
+    assert!(
+        gold.iter()
+            .all(|r| r["choice"] == "a" || r["choice"] == "b")
+    );
+
+    let (trl, _) = rows(&db, &["export"]);
+    assert_eq!(trl.len(), 300 - gold.len(), "no gold pair in the export");
+    assert!(
+        trl.iter()
+            .all(|r| r["prompt"].as_str().expect("p").starts_with('q'))
+    );
+    let store = duel::store::Store::open(&db).expect("store");
+    let ex = duel::train::examples_from_store(&store).expect("examples");
+    assert_eq!(ex.len(), trl.len(), "nor in training");
+    assert!(ex.iter().all(|e| e.prompt.starts_with('q')));
+
+    // Importing the gold file again adds nothing; an ordinary pair cannot turn gold.
+    let again = duel(
+        &db,
+        &[
+            "import",
+            "--gold",
+            dir.path().join("gold.jsonl").to_str().expect("utf8"),
+        ],
+    );
+    assert!(again.status.success());
+    let clash = dir.path().join("clash.jsonl");
+    std::fs::write(
+        &clash,
+        "{\"prompt\": \"q1\", \"chosen\": \"a1\", \"rejected\": \"b1\"}\n",
+    )
+    .expect("write");
+    let out = duel(&db, &["import", "--gold", clash.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("clash.jsonl:1") && err.contains("a pair to label"),
+        "{err}"
+    );
+}
+
+#[test]
+fn stats_show_gold_accuracy_with_an_interval_and_flag_the_careless() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = gold_db(dir.path(), 5, 12);
+    let mut s = duel::store::Store::open(&db).expect("store");
+    // Pairs 6..=17 are gold (answer A). careful: all A; careless: 3 A then B;
+    // new: 5 gold pairs, all B (too few to flag).
+    for (k, id) in (6..=17).enumerate() {
+        judge(&mut s, id, "careful", Choice::A);
+        judge(
+            &mut s,
+            id,
+            "careless",
+            if k < 3 { Choice::A } else { Choice::B },
+        );
+        if k < 5 {
+            judge(&mut s, id, "new", Choice::B);
+        }
+    }
+    drop(s);
+    let out = duel(&db, &["stats", "--json"]);
+    assert!(out.status.success());
+    let st: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let gold = |name: &str| {
+        st["annotators"]
+            .as_array()
+            .expect("annotators")
+            .iter()
+            .find(|a| a["name"] == name)
+            .expect("annotator")["gold"]
+            .clone()
+    };
+    let careful = gold("careful");
+    assert_eq!(
+        (careful["judged"].as_u64(), careful["matched"].as_u64()),
+        (Some(12), Some(12))
+    );
+    // Wilson 95% for 12 of 12, by hand: 0.7575 to 1.
+    assert!(
+        (careful["low"].as_f64().expect("low") - 0.7575).abs() < 1e-3,
+        "{careful}"
+    );
+    assert_eq!(careful["flagged"], false);
+    let careless = gold("careless");
+    assert_eq!(careless["matched"].as_u64(), Some(3));
+    assert!((careless["accuracy"].as_f64().expect("acc") - 0.25).abs() < 1e-12);
+    assert_eq!(careless["flagged"], true);
+    assert_eq!(
+        gold("new")["flagged"],
+        false,
+        "5 gold pairs are too few to judge by"
+    );
+    let text = duel(&db, &["stats", "--gold-min", "0.2"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(!text.contains("BELOW THE BAR"), "{text}");
+    let text = duel(&db, &["stats"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("careless") && l.contains('%') && l.contains("BELOW"))
+        .unwrap_or("");
+    assert!(line.contains("25.0%"), "{text}");
+}

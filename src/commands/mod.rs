@@ -79,6 +79,7 @@ fn import(db: &Path, args: ImportArgs) -> Result<ExitCode> {
         format: args.format,
         skip_invalid: args.skip_invalid,
         max_record_bytes: args.max_record_bytes,
+        gold: args.gold,
         ..Default::default()
     };
     let mut failed = false;
@@ -92,11 +93,12 @@ fn import(db: &Path, args: ImportArgs) -> Result<ExitCode> {
                     eprintln!("warning: {s} (not a pair to judge; skipped)");
                 }
                 eprintln!(
-                    "{}: {} records, {} new pairs ({} with a label), {} already present, \
+                    "{}: {} records, {} new {}pairs ({} with a label), {} already present, \
                      {} not a pair, {} skipped",
                     file.display(),
                     r.records,
                     r.inserted,
+                    if args.gold { "gold " } else { "" },
                     r.labeled,
                     r.duplicates,
                     r.not_pairs.len(),
@@ -142,6 +144,7 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             order: args.order,
             random_share: args.random_share.clamp(0.0, 1.0),
             show_model: args.show_model,
+            gold_rate: args.gold_rate.clamp(0.0, 1.0),
         },
     )?;
     tracing::info!(annotator = %app.config.annotator, "labeling started");
@@ -272,6 +275,7 @@ fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
         annotator: args.annotator,
         since,
         include_undone: false,
+        include_gold: false,
     };
     let report = match &args.out {
         None => export::export(
@@ -316,7 +320,8 @@ fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
 
 fn stats_cmd(db: &Path, args: StatsArgs) -> Result<ExitCode> {
     let store = open_existing(db)?;
-    let s = stats::compute(&store)?;
+    let mut s = stats::compute(&store)?;
+    stats::flag_gold(&mut s, args.gold_min);
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &s)?;
@@ -388,6 +393,7 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
             order: crate::store::QueueOrder::Sequential,
             random_share: 0.0,
             show_model: false,
+            gold_rate: 0.0,
         },
     )?;
     app.start_review(items);
@@ -410,7 +416,8 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
 
 fn report_cmd(db: &Path, out: &Path) -> Result<ExitCode> {
     let store = open_existing(db)?;
-    let s = stats::compute(&store)?;
+    let mut s = stats::compute(&store)?;
+    stats::flag_gold(&mut s, stats::DEFAULT_GOLD_MIN);
     let files = crate::report::build(&store, &s)?;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     for (name, text) in files {

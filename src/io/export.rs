@@ -182,6 +182,7 @@ pub fn export(
         ExportFormat::Raw => {
             let filter = LabelFilter {
                 include_undone: true,
+                include_gold: true,
                 ..filter.clone()
             };
             store.for_each_label(&filter, |row| -> Result<(), ExportError> {
@@ -277,5 +278,6 @@ fn raw_record(row: &LabelRow) -> Value {
         "source": row.source,
         "created_at": row.created_at,
         "undone_at": row.undone_at,
+        "gold": row.gold,
     })
 }

@@ -34,6 +34,8 @@ pub struct ImportOptions {
     /// After this many new pairs, a file large next to the database has the unique
     /// indexes on pairs dropped and built again at the end (in the same transaction).
     pub defer_indexes_after: u64,
+    /// The records are gold pairs: their labels are known answers, not judgements.
+    pub gold: bool,
 }
 
 impl Default for ImportOptions {
@@ -43,6 +45,7 @@ impl Default for ImportOptions {
             skip_invalid: false,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             defer_indexes_after: 10_000,
+            gold: false,
         }
     }
 }
@@ -366,8 +369,11 @@ fn write_one(
         Err(e) => Err(e),
         Ok((mut pair, digests)) => {
             pair.source = Some(source.to_owned());
+            pair.gold = opts.gold;
             match writer.insert_with(&pair, &digests) {
                 Ok(o) => Ok((o, pair.label.is_some())),
+                // A gold record without an answer, or for a pair stored to label.
+                Err(StoreError::Gold(msg)) => Err(RecordError::new(None, msg)),
                 // A clash of ids is the record's fault; anything else (disk full, a
                 // read-only file) stops the import whatever --skip-invalid says.
                 Err(StoreError::Invalid(msg)) => Err(RecordError::field("id", msg)),

@@ -22,6 +22,10 @@ pub enum QueueOrder {
     /// most confidently disagrees with the judgements so far (with `--overlap` of 2
     /// or more, so that judged pairs come round again).
     Disagreement,
+    /// A gold pair (`import --gold`) this annotator has not judged, at random; the
+    /// labeler mixes these in at its `--gold-rate`.
+    #[value(skip)]
+    Gold,
 }
 
 impl QueueOrder {
@@ -31,6 +35,7 @@ impl QueueOrder {
             QueueOrder::Random => "random",
             QueueOrder::Uncertain => "uncertain",
             QueueOrder::Disagreement => "disagreement",
+            QueueOrder::Gold => "gold",
         }
     }
 }
@@ -49,8 +54,9 @@ fn shuffle_position(pair_id: i64) -> i64 {
 const SHUFFLE_SQL: &str = "((p.id * 2654435761) % 4294967311)";
 
 /// Whether pair `p` can be served to annotator ?1 of session ?3 with overlap ?2: not
-/// judged by them, and judged or held by fewer than ?2 others.
-const SERVABLE: &str = "NOT EXISTS (SELECT 1 FROM labels l
+/// a gold pair (those come by `QueueOrder::Gold`), not judged by them, and judged or
+/// held by fewer than ?2 others.
+const SERVABLE: &str = "p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
                     WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
      AND (SELECT count(DISTINCT l.annotator) FROM labels l
           WHERE l.pair_id = p.id AND l.undone_at IS NULL)
@@ -66,6 +72,21 @@ fn sequential_sql(cmp: &str) -> String {
 fn shuffled_sql(cmp: &str) -> String {
     format!(
         "SELECT p.id FROM pairs p WHERE {SHUFFLE_SQL} {cmp} ?4 AND {SERVABLE} ORDER BY {SHUFFLE_SQL}"
+    )
+}
+
+/// The gold pairs annotator ?1 has not judged and no other session of theirs holds,
+/// at or after (`cmp` ">=") or before ("<") shuffle position ?4 (?2 unused: every
+/// annotator judges every gold pair once).
+fn gold_sql(cmp: &str) -> String {
+    format!(
+        "SELECT p.id FROM pairs p
+         WHERE p.gold IS NOT NULL AND {SHUFFLE_SQL} {cmp} ?4 AND ?2 = ?2
+           AND NOT EXISTS (SELECT 1 FROM labels l
+                           WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3
+                           AND c.annotator = ?1)
+         ORDER BY {SHUFFLE_SQL}"
     )
 }
 
@@ -200,6 +221,9 @@ impl Store {
                 Some(id) => Some(id),
                 None => first(&sequential_sql(">="), 0)?,
             },
+            // From where the shuffled walk stands, so each labeler meets the gold
+            // pairs in its own order; the walk itself does not move.
+            QueueOrder::Gold => round(gold_sql, next.next_shuffle)?,
         };
         if let Some(id) = found {
             insert_claim(&tx, id, annotator, session, now)?;

@@ -74,6 +74,9 @@ pub struct LabelFilter {
     pub since: Option<String>,
     /// Include undone rows (the audit trail).
     pub include_undone: bool,
+    /// Include judgements of gold pairs (the audit trail; never exported or trained
+    /// on otherwise).
+    pub include_gold: bool,
 }
 
 /// A label with its pair, as export writes it.
@@ -94,6 +97,8 @@ pub struct LabelRow {
     pub source: String,
     pub created_at: String,
     pub undone_at: Option<String>,
+    /// The known answer, for a gold pair.
+    pub gold: Option<Choice>,
 }
 
 impl LabelRow {
@@ -274,7 +279,8 @@ impl Store {
             .query(params![
                 filter.annotator,
                 filter.since,
-                filter.include_undone
+                filter.include_undone,
+                filter.include_gold
             ])
             .map_err(StoreError::from)?;
         while let Some(r) = rows.next().map_err(StoreError::from)? {
@@ -301,7 +307,7 @@ impl Store {
             .prepare(&label_sql("l.pair_id, l.id"))
             .map_err(StoreError::from)?;
         let mut rows = stmt
-            .query(params![filter.annotator, filter.since, false])
+            .query(params![filter.annotator, filter.since, false, false])
             .map_err(StoreError::from)?;
         let mut group: Vec<LabelRow> = Vec::new();
         let mut flush = |group: &mut Vec<LabelRow>| -> std::result::Result<(), E> {
@@ -324,13 +330,13 @@ impl Store {
     }
 }
 
-/// The labels with their pairs, filtered by `?1` annotator, `?2` since and `?3`
-/// undone ones too, in `order`.
+/// The labels with their pairs, filtered by `?1` annotator, `?2` since, `?3` undone
+/// ones too and `?4` gold pairs' too, in `order`.
 fn label_sql(order: &str) -> String {
     format!(
         "SELECT l.id, l.pair_id, p.ext_id, pr.text, pr.messages, ra.text, rb.text,
                 l.annotator, l.choice, l.strength, l.left_side, l.note, l.elapsed_ms,
-                l.source, l.created_at, l.undone_at
+                l.source, l.created_at, l.undone_at, p.gold
          FROM labels l
          JOIN pairs p ON p.id = l.pair_id
          JOIN prompts pr ON pr.id = p.prompt_id
@@ -339,6 +345,7 @@ fn label_sql(order: &str) -> String {
          WHERE (?1 IS NULL OR l.annotator = ?1)
            AND (?2 IS NULL OR l.created_at >= ?2)
            AND (?3 OR l.undone_at IS NULL)
+           AND (?4 OR p.gold IS NULL)
          ORDER BY {order}"
     )
 }
@@ -367,6 +374,10 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LabelRow> {
         source: r.get(13)?,
         created_at: r.get(14)?,
         undone_at: r.get(15)?,
+        gold: r
+            .get::<_, Option<String>>(16)?
+            .map(|s| s.parse().map_err(|e| bad_value(16, e)))
+            .transpose()?,
     })
 }
 

@@ -27,6 +27,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_queue_indexes.sql"),
     include_str!("migrations/0005_pair_verdicts.sql"),
     include_str!("migrations/0006_train_lease.sql"),
+    include_str!("migrations/0007_gold.sql"),
 ];
 
 fn migrations() -> Migrations<'static> {
@@ -69,6 +70,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("{0}")]
     Invalid(String),
+    /// A gold record that cannot be stored as one.
+    #[error("{0}")]
+    Gold(String),
 }
 
 /// A name for one process's claims and lease, unique per labeler: process, start

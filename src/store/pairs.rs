@@ -25,6 +25,8 @@ pub struct NewPair {
     pub generated: Option<(Generated, Generated)>,
     /// A judgement that came with the record (labeled imports: `a` is `chosen`).
     pub label: Option<Choice>,
+    /// Store `label` as the pair's known answer (a gold pair), not as a judgement.
+    pub gold: bool,
 }
 
 impl NewPair {
@@ -39,6 +41,7 @@ impl NewPair {
             source: None,
             generated: None,
             label: None,
+            gold: false,
         }
     }
 }
@@ -290,10 +293,17 @@ impl<'c> PairWriter<'c> {
                 .optional()?,
         };
         if let Some(id) = existing {
-            if let Some(choice) = pair.label {
+            if pair.gold {
+                self.gold_existing(id)?;
+            } else if let Some(choice) = pair.label {
                 self.label_existing(id, pair, choice)?;
             }
             return Ok(InsertOutcome::Duplicate(id));
+        }
+        if pair.gold && pair.label.is_none() {
+            return Err(StoreError::Gold(
+                "a gold pair needs its known answer (`chosen`/`rejected`, or a `label`)".into(),
+            ));
         }
         if let (Some(k), Some(ext)) = (&self.known, &pair.ext_id)
             && k.ext_ids.contains(ext)
@@ -310,8 +320,8 @@ impl<'c> PairWriter<'c> {
         let inserted = self
             .conn
             .prepare_cached(
-                "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at, gold)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 prompt_id,
@@ -322,7 +332,8 @@ impl<'c> PairWriter<'c> {
                 json(&pair.meta),
                 json(&pair.extra),
                 pair.source,
-                self.now
+                self.now,
+                pair.gold.then(|| pair.label.map(Choice::as_str)).flatten()
             ]);
         // The id check rides on the unique index rather than a lookup per record:
         // the clash is rare, and then the two responses just written are removed.
@@ -343,7 +354,9 @@ impl<'c> PairWriter<'c> {
                 k.ext_ids.insert(ext.clone());
             }
         }
-        if let Some(choice) = pair.label {
+        if let Some(choice) = pair.label
+            && !pair.gold
+        {
             self.import_label(id, choice)?;
         }
         Ok(InsertOutcome::Inserted(id))
@@ -355,6 +368,22 @@ impl<'c> PairWriter<'c> {
             self.conn,
             &NewLabel::plain(pair_id, "import", choice, "import"),
         )
+    }
+
+    /// A gold record whose pair is already stored: fine if it is gold already; a pair
+    /// stored to be labeled cannot become gold (its judgements would vanish from
+    /// export).
+    fn gold_existing(&self, pair_id: i64) -> Result<()> {
+        let gold: Option<String> = self
+            .conn
+            .prepare_cached("SELECT gold FROM pairs WHERE id = ?1")?
+            .query_row([pair_id], |r| r.get(0))?;
+        match gold {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Gold(format!(
+                "this pair is already stored (pair {pair_id}) as a pair to label; a gold pair must be new"
+            ))),
+        }
     }
 
     /// A labeled record whose pair is already stored: its judgement is added to that
@@ -505,7 +534,7 @@ impl Store {
     ) -> Result<Option<i64>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT p.id FROM pairs p
-             WHERE NOT EXISTS (SELECT 1 FROM labels l
+             WHERE p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
                                WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
                AND (SELECT count(DISTINCT l.annotator) FROM labels l
                     WHERE l.pair_id = p.id AND l.undone_at IS NULL) < ?2

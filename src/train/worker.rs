@@ -580,7 +580,7 @@ impl Worker {
                  JOIN responses ra ON ra.id = p.response_a
                  JOIN responses rb ON rb.id = p.response_b
                  LEFT JOIN pair_scores s ON s.pair_id = p.id
-                 WHERE coalesce(s.step, -1) < ?2
+                 WHERE coalesce(s.step, -1) < ?2 AND p.gold IS NULL
                  ORDER BY EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL),
                           coalesce(s.step, -1), p.id
                  LIMIT ?1",

@@ -125,6 +125,8 @@ pub struct Config {
     /// After each judgement, say what the live model predicted (off by default: it
     /// can bias the annotator).
     pub show_model: bool,
+    /// Share of the pairs served that are gold pairs, while any is left to judge.
+    pub gold_rate: f64,
 }
 
 /// The pair on screen, with its texts made safe to draw.
@@ -508,6 +510,22 @@ impl App {
             return Ok(r.on_screen.as_ref().map(|i| i.pair_id));
         }
         use crate::store::QueueOrder;
+        let (a, s, o) = (&self.config.annotator, &self.session, self.config.overlap);
+        if self.config.gold_rate > 0.0 && self.rng.random::<f64>() < self.config.gold_rate {
+            // A gold pair, looking like any other; none left, the queue as usual.
+            let gold = self.store.claim_next_in_order(
+                a,
+                s,
+                o,
+                &self.skipped,
+                QueueOrder::Gold,
+                &mut self.walk,
+            );
+            if let Ok(Some(id)) = gold {
+                self.served.insert(id, QueueOrder::Gold);
+                return Ok(Some(id));
+            }
+        }
         let order = match self.config.order {
             QueueOrder::Uncertain if self.rng.random::<f64>() < self.config.random_share => {
                 QueueOrder::Random

@@ -39,6 +39,7 @@ pub fn config(annotator: &str) -> Config {
         order: duel::store::QueueOrder::Sequential,
         random_share: 0.2,
         show_model: false,
+        gold_rate: 0.0,
     }
 }
 
