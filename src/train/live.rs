@@ -16,7 +16,7 @@ use std::collections::HashMap;
 
 /// Passes over each judgement in live training, chosen by simulated labeling of the
 /// two development sets (`duel bench live`; docs/PERFORMANCE.md, "Learning").
-pub const DEFAULT_PASSES: u32 = 2;
+pub const DEFAULT_PASSES: u32 = 1;
 
 /// A judgement's identity across reloads: its prompt and its two sides in order.
 pub fn key(e: &Example) -> u64 {
@@ -68,14 +68,18 @@ impl Exposure {
             .sum()
     }
 
-    /// The indices (into `keys`) of the next step's batch, or `None` when fewer than
-    /// a batch of passes are owed: the trainer has caught up.
+    /// The indices (into `keys`) of the next step's batch: judgements still owed a
+    /// pass, those trained on least first (ties at random), or `None` when fewer than
+    /// a batch of them are left: the trainer has caught up. Every judgement is
+    /// trained on exactly `passes` times, never more.
     pub fn next_batch(&mut self, keys: &[u64], batch: usize) -> Option<Vec<usize>> {
         let batch = batch.clamp(1, keys.len().max(1));
-        if keys.is_empty() || self.owed(keys) < batch as u64 {
+        let mut idx: Vec<usize> = (0..keys.len())
+            .filter(|&i| self.seen(keys[i]) < self.passes)
+            .collect();
+        if idx.len() < batch {
             return None;
         }
-        let mut idx: Vec<usize> = (0..keys.len()).collect();
         idx.shuffle(&mut self.rng);
         idx.sort_by_key(|&i| self.seen(keys[i]));
         idx.truncate(batch);
@@ -105,6 +109,25 @@ mod tests {
         }
         assert_eq!(steps, 10, "40 judgements × 2 passes / 8 per step");
         assert!(k.iter().all(|&k| x.seen(k) == 2));
+    }
+
+    #[test]
+    fn labels_arriving_one_by_one_get_their_passes_and_no_more() {
+        let mut x = Exposure::new(2, 1);
+        let mut k = Vec::new();
+        for i in 0..100u64 {
+            k.push(i * 104_729 + 7);
+            while x.next_batch(&k, 8).is_some() {}
+        }
+        assert!(
+            k.iter().all(|&k| x.seen(k) <= 2),
+            "never more than the passes"
+        );
+        assert!(
+            x.owed(&k) < 16,
+            "at most a batch short of every pass: {}",
+            x.owed(&k)
+        );
     }
 
     #[test]
