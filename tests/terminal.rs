@@ -254,3 +254,61 @@ fn a_panic_in_the_labeler_gives_the_terminal_back() {
         parser.screen().contents()
     );
 }
+
+/// Three annotators label one database with training on: the first trains, the
+/// others say who does; when it quits, another labeler takes training over.
+#[test]
+fn three_labelers_with_training_on_train_one_model() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = demo_db(dir.path());
+    let model = dir.path().join("model");
+    let tokenizer = repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json");
+    duel::model::bert::write_tiny_model(&model, &tokenizer, 3).expect("tiny model");
+    let holder = || {
+        let out = duel(&db, &["stats", "--json"]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        s["training"]["lease"]["holder"].as_str().map(str::to_owned)
+    };
+    let label = |who: &str| {
+        Term::spawn(
+            &db,
+            &[
+                "label",
+                "--annotator",
+                who,
+                "--overlap",
+                "3",
+                "--model-dir",
+                model.to_str().expect("utf8"),
+            ],
+            &[],
+        )
+    };
+    let ann = label("ann");
+    ann.wait_for("model: waiting");
+    let bob = label("bob");
+    let cat = label("cat");
+    bob.wait_for("ann trains");
+    cat.wait_for("ann trains");
+    assert_eq!(holder().as_deref(), Some("ann"));
+    // The holder quits: it hands the lease back, and one of the others takes it.
+    assert!(ann.quit().success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let next = loop {
+        match holder() {
+            Some(h) if h != "ann" => break h,
+            _ => assert!(Instant::now() < deadline, "nobody took training over"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (trains, follows) = if next == "bob" {
+        (&bob, &cat)
+    } else {
+        (&cat, &bob)
+    };
+    follows.wait_for(&format!("{next} trains"));
+    trains.wait_for("model: waiting");
+    assert!(bob.quit().success());
+    assert!(cat.quit().success());
+    assert_eq!(holder(), None, "handed back on quit");
+}
