@@ -333,6 +333,30 @@ pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
         );
     }
     html.push_str("</table>");
+    let c = &stats.consensus;
+    let _ = write!(
+        html,
+        "<h2>Verdicts</h2><p>Under the majority rule (what export and training read): {} pairs agreed, {} adjudicated, {} contested (left out).</p>",
+        c.agreed, c.adjudicated, c.contested
+    );
+    if stats.annotators.iter().any(|a| a.gold.is_some()) {
+        html.push_str("<h2>Gold pairs</h2><table><tr><th>annotator</th><th>judged</th><th>matched</th><th>accuracy</th><th>95% interval</th><th></th></tr>");
+        for a in &stats.annotators {
+            let Some(g) = &a.gold else { continue };
+            let _ = write!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}–{:.1}%</td><td>{}</td></tr>",
+                escape(&a.name),
+                g.judged,
+                g.matched,
+                100.0 * g.accuracy,
+                100.0 * g.low,
+                100.0 * g.high,
+                if g.flagged { "below the bar" } else { "" }
+            );
+        }
+        html.push_str("</table>");
+    }
     if !stats.ratings.is_empty() {
         html.push_str("<h2>Generation settings</h2><table><tr><th>setting</th><th>rating</th><th>95% interval</th><th>judgements</th></tr>");
         for r in &stats.ratings {

@@ -572,4 +572,18 @@ fn stats_show_gold_accuracy_with_an_interval_and_flag_the_careless() {
         .find(|l| l.starts_with("careless") && l.contains('%') && l.contains("BELOW"))
         .unwrap_or("");
     assert!(line.contains("25.0%"), "{text}");
+
+    let report = dir.path().join("report");
+    let out = duel(&db, &["report", "--out", report.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(report.join("index.html")).expect("report");
+    assert!(html.contains("<h2>Gold pairs</h2>") && html.contains("below the bar"));
+    assert!(
+        html.contains("0 pairs agreed, 0 adjudicated, 0 contested"),
+        "gold judgements are no verdicts"
+    );
 }
