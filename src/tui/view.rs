@@ -450,68 +450,19 @@ fn draw_status(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(line), area);
 }
 
-const HINTS: &[(&str, &str)] = &[
-    ("1/←", "A better"),
-    ("2/→", "B better"),
-    ("0", "tie"),
-    ("x", "both bad"),
-    ("s", "skip"),
-    ("u", "undo"),
-    ("n", "note"),
-    ("?", "help"),
-    ("q", "quit"),
-    ("d", "diff"),
-    ("v", "view"),
-    ("Tab", "focus"),
-    ("j/k", "scroll"),
-];
-
 fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
-    let items: &[(&str, &str)] = match app.mode {
-        Mode::Help => &[("j/k", "scroll"), ("?/Esc", "close")],
-        Mode::Note(_) => &[("Enter", "keep note"), ("Esc", "cancel")],
-        Mode::Strength(_) => &[
-            ("0-3", "strength"),
-            ("Enter", "no strength"),
-            ("Esc", "back"),
-        ],
-        Mode::Label if app.show_training => &[
-            ("m", "back to labeling"),
-            ("p", "pause/resume"),
-            ("q", "quit"),
-        ],
-        Mode::Label if app.review.is_some() => &[
-            ("1/←", "A better"),
-            ("2/→", "B better"),
-            ("0", "tie"),
-            ("x", "both bad"),
-            ("s", "keep"),
-            ("Esc", "list"),
-            ("u", "undo"),
-            ("q", "quit"),
-        ],
-        Mode::Label => HINTS,
-        Mode::ReviewList => &[
-            ("j/k", "move"),
-            ("Enter", "open"),
-            ("u", "undo"),
-            ("?", "help"),
-            ("q", "quit"),
-        ],
+    use super::keys::Screen;
+    let screen = match app.mode {
+        Mode::Help => Screen::Help,
+        Mode::Note(_) => Screen::Note,
+        Mode::Strength(_) => Screen::Strength,
+        Mode::ReviewList => Screen::ReviewList,
+        Mode::Label if app.show_training => Screen::Training,
+        Mode::Label if app.review.is_some() => Screen::Review,
+        Mode::Label if app.has_trainer() => Screen::LabelTrainer,
+        Mode::Label => Screen::Label,
     };
-    // With a trainer, its keys come right after the essentials.
-    let with_model: Vec<(&str, &str)>;
-    let items = if app.mode == Mode::Label && !app.show_training && app.has_trainer() {
-        with_model = items[..9]
-            .iter()
-            .copied()
-            .chain([("m", "model"), ("p", "pause")])
-            .chain(items[9..].iter().copied())
-            .collect();
-        &with_model[..]
-    } else {
-        items
-    };
+    let items = super::keys::hints(&app.mode, screen);
     let mut spans = vec![Span::raw(" ")];
     let mut used = 1usize;
     for (key, what) in items {
@@ -520,34 +471,11 @@ fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
             break;
         }
         used += w;
-        spans.push(Span::styled(*key, Style::new().bold().fg(Color::Cyan)));
+        spans.push(Span::styled(key, Style::new().bold().fg(Color::Cyan)));
         spans.push(Span::raw(format!(" {what}  ")));
     }
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
-
-const KEYS_HELP: &str = "\
-1 or ←          A is better
-2 or →          B is better
-Shift+← or !    A is better, then how much (0-3 or Enter)
-Shift+→ or @    B is better, then how much (0-3 or Enter)
-0 or t          tie
-x               both bad
-space or s      skip (for this session)
-u or Backspace  undo, back through the whole session
-n               write a note, saved with the judgement
-d               highlight the words where A and B differ
-j/k ↓/↑         scroll the focused pane (or the mouse wheel)
-PgUp/PgDn       scroll a page
-Tab             focus the next pane
-v               side by side / stacked
-m               the reward model's training view (loss, held-out accuracy)
-p               pause / resume training
-?               this help
-q               quit: every judgement is already saved
-
-Strength: 0 negligibly, 1 slightly, 2 better, 3 significantly better.
-The left/right order is random for each pair.";
 
 fn draw_help(app: &App, f: &mut Frame, area: Rect) {
     let w = area.width.saturating_sub(4).min(100);
@@ -566,7 +494,7 @@ fn draw_help(app: &App, f: &mut Frame, area: Rect) {
     let inner = block.inner(rect);
     let width = usize::from(inner.width);
     let mut lines = vec![Line::from("Keys").add_modifier(Modifier::BOLD)];
-    lines.extend(wrap(KEYS_HELP, Style::default(), width));
+    lines.extend(wrap(&super::keys::label_help(), Style::default(), width));
     lines.push(Line::from(""));
     lines.push(Line::from("Guidelines").add_modifier(Modifier::BOLD));
     lines.extend(wrap(
