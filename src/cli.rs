@@ -129,10 +129,6 @@ pub struct LabelArgs {
     /// The encoder to start from (BERT-family folder).
     #[arg(long)]
     pub model_dir: Option<PathBuf>,
-    /// Where the live model's checkpoints go (default: next to the database, with
-    /// the extension `.model`); training resumes from it.
-    #[arg(long)]
-    pub model_out: Option<PathBuf>,
     /// Learning rate of live training.
     #[arg(long, default_value_t = crate::train::DEFAULT_LR)]
     pub lr: f64,

@@ -6,7 +6,7 @@
 //! library, and SVG keeps the page a single file that any browser shows.
 
 use crate::stats::Stats;
-use crate::store::{Result, Store};
+use crate::store::{MetricKind, MetricValue, Result, Store};
 use std::fmt::Write;
 
 /// A series of points to draw as a line.
@@ -174,18 +174,14 @@ fn bar_chart(title: &str, bars: &[(String, f64)]) -> String {
 
 /// The charts and the page, as (file name, contents).
 pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
-    let conn = store.conn();
     // The latest run's metrics.
-    let run: Option<i64> =
-        conn.query_row("SELECT max(run_id) FROM train_metrics", [], |r| r.get(0))?;
-    let metric = |kind: &str, col: &str| -> Result<Vec<(f64, f64)>> {
-        let mut stmt = conn.prepare(&format!(
-            "SELECT step, {col} FROM train_metrics WHERE run_id = ?1 AND kind = ?2 AND {col} IS NOT NULL ORDER BY step"
-        ))?;
-        let rows = stmt.query_map(rusqlite::params![run, kind], |r| {
-            Ok((r.get::<_, i64>(0)? as f64, r.get::<_, f64>(1)?))
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    let run = store.latest_metric_run()?;
+    let metric = |kind: MetricKind, value: MetricValue| -> Result<Vec<(f64, f64)>> {
+        Ok(store
+            .metric_series(run, kind, value)?
+            .into_iter()
+            .map(|(step, v)| (step as f64, v))
+            .collect())
     };
     let loss = line_chart(
         "Training loss",
@@ -194,12 +190,12 @@ pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
             Series {
                 name: "train loss",
                 colour: "#c0392b",
-                points: metric("train", "loss")?,
+                points: metric(MetricKind::Train, MetricValue::Loss)?,
             },
             Series {
                 name: "held-out loss",
                 colour: "#2c3e50",
-                points: metric("eval", "loss")?,
+                points: metric(MetricKind::Eval, MetricValue::Loss)?,
             },
         ],
         None,
@@ -211,20 +207,17 @@ pub fn build(store: &Store, stats: &Stats) -> Result<Vec<(String, String)>> {
         &[Series {
             name: "held-out accuracy",
             colour: "#27ae60",
-            points: metric("eval", "accuracy")?,
+            points: metric(MetricKind::Eval, MetricValue::Accuracy)?,
         }],
         Some((0.0, 1.0)),
         Some(0.5),
     );
     // Judgements per day.
-    let mut stmt = conn.prepare(
-        "SELECT substr(created_at, 1, 10), count(*) FROM labels WHERE undone_at IS NULL GROUP BY 1 ORDER BY 1",
-    )?;
-    let days: Vec<(String, f64)> = stmt
-        .query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as f64))
-        })?
-        .collect::<std::result::Result<_, _>>()?;
+    let days: Vec<(String, f64)> = store
+        .labels_per_day()?
+        .into_iter()
+        .map(|(day, n)| (day, n as f64))
+        .collect();
     let mut total = 0.0;
     let cumulative: Vec<(f64, f64)> = days
         .iter()

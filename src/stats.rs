@@ -2,7 +2,6 @@
 
 use crate::domain::{Choice, Side};
 use crate::store::{Result, Store};
-use rusqlite::OptionalExtension;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
@@ -230,13 +229,7 @@ fn median(v: &mut [i64]) -> Option<i64> {
 }
 
 pub fn compute(store: &Store) -> Result<Stats> {
-    let conn = store.conn();
     let pairs = store.pair_count()?;
-    let mut stmt = conn.prepare(
-        "SELECT pair_id, annotator, choice, left_side, elapsed_ms FROM labels
-         WHERE undone_at IS NULL ORDER BY id",
-    )?;
-    let mut rows = stmt.query([])?;
     let mut choices: BTreeMap<Choice, u64> = Choice::ALL.iter().map(|c| (*c, 0)).collect();
     let mut per_ann: BTreeMap<String, (u64, Vec<i64>)> = BTreeMap::new();
     // annotator -> (decisive, left won)
@@ -249,24 +242,16 @@ pub fn compute(store: &Store) -> Result<Stats> {
         left_share: None,
     };
     let mut labels = 0u64;
-    while let Some(r) = rows.next()? {
-        let pair: i64 = r.get(0)?;
-        let ann: String = r.get(1)?;
-        let choice: Choice = r
-            .get::<_, String>(2)?
-            .parse()
-            .map_err(|e: String| crate::store::StoreError::Invalid(e))?;
-        let left: Option<String> = r.get(3)?;
-        let ms: Option<i64> = r.get(4)?;
+    store.for_each_standing_label(|l| {
+        let (pair, ann, choice) = (l.pair_id, l.annotator, l.choice);
         labels += 1;
         *choices.entry(choice).or_default() += 1;
         let entry = per_ann.entry(ann.clone()).or_default();
         entry.0 += 1;
-        if let Some(ms) = ms {
+        if let Some(ms) = l.elapsed_ms {
             entry.1.push(ms);
         }
-        if let (Some(w), Some(left)) = (choice.winner(), left.and_then(|l| l.parse::<Side>().ok()))
-        {
+        if let (Some(w), Some(left)) = (choice.winner(), l.left) {
             bias.decisive += 1;
             bias.left_won += u64::from(w == left);
             let e = ann_bias.entry(ann.clone()).or_default();
@@ -274,7 +259,7 @@ pub fn compute(store: &Store) -> Result<Stats> {
             e.1 += u64::from(w == left);
         }
         by_pair.entry(pair).or_default().insert(ann, choice);
-    }
+    })?;
     if bias.decisive > 0 {
         bias.left_share = Some(bias.left_won as f64 / bias.decisive as f64);
     }
@@ -309,14 +294,7 @@ pub fn compute(store: &Store) -> Result<Stats> {
         }
     }
     // Agreement with the model's latest predictions.
-    let mut scores: HashMap<i64, f64> = HashMap::new();
-    {
-        let mut stmt = conn.prepare("SELECT pair_id, p_a FROM pair_scores")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            scores.insert(r.get(0)?, r.get(1)?);
-        }
-    }
+    let scores = store.pair_scores()?;
     let mut with_model: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for (pair, anns) in &by_pair {
         let Some(&p_a) = scores.get(pair) else {
@@ -333,17 +311,10 @@ pub fn compute(store: &Store) -> Result<Stats> {
     }
     // annotator -> (gold pairs judged, matched the known answer)
     let mut gold: HashMap<String, (u64, u64)> = HashMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT l.annotator, l.choice = p.gold FROM labels l JOIN pairs p ON p.id = l.pair_id
-             WHERE p.gold IS NOT NULL AND l.undone_at IS NULL",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let e = gold.entry(r.get(0)?).or_default();
-            e.0 += 1;
-            e.1 += u64::from(r.get::<_, bool>(1)?);
-        }
+    for g in store.gold_results()? {
+        let e = gold.entry(g.annotator).or_default();
+        e.0 += 1;
+        e.1 += u64::from(g.matched);
     }
     let annotators = per_ann
         .into_iter()
@@ -385,26 +356,11 @@ pub fn compute(store: &Store) -> Result<Stats> {
     let alpha = krippendorff_alpha(&units);
     // Ratings of the generation settings, from judged pairs generated on both sides.
     let mut systems: HashMap<i64, (String, String)> = HashMap::new();
-    {
-        let mut stmt = conn.prepare(
-            "SELECT p.id, ra.generator, ra.gen_meta, rb.generator, rb.gen_meta
-             FROM pairs p JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b
-             WHERE ra.generator IS NOT NULL AND rb.generator IS NOT NULL
-               AND p.id IN (SELECT pair_id FROM labels WHERE undone_at IS NULL)",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let a = system_key(
-                &r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?.as_deref(),
-            );
-            let b = system_key(
-                &r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?.as_deref(),
-            );
-            if a != b {
-                systems.insert(r.get(0)?, (a, b));
-            }
+    for p in store.generated_judged_pairs()? {
+        let a = system_key(&p.generator_a, p.meta_a.as_deref());
+        let b = system_key(&p.generator_b, p.meta_b.as_deref());
+        if a != b {
+            systems.insert(p.pair_id, (a, b));
         }
     }
     let mut battles = Vec::new();
@@ -512,35 +468,16 @@ fn training(store: &Store) -> Result<Training> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let lease = store.lease()?.filter(|l| l.is_live(now));
-    let conn = store.conn();
-    let run: Option<i64> =
-        conn.query_row("SELECT max(run_id) FROM train_metrics", [], |r| r.get(0))?;
-    let (mut last_step, mut accuracy, mut accuracy_step) = (None, None, None);
-    if let Some(run) = run {
-        last_step = conn.query_row(
-            "SELECT max(step) FROM train_metrics WHERE run_id = ?1",
-            [run],
-            |r| r.get(0),
-        )?;
-        if let Some((step, acc)) = conn
-            .query_row(
-                "SELECT step, accuracy FROM train_metrics
-                 WHERE run_id = ?1 AND kind = 'eval' ORDER BY step DESC LIMIT 1",
-                [run],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?)),
-            )
-            .optional()?
-        {
-            accuracy_step = Some(step);
-            accuracy = acc;
-        }
-    }
+    let run = match store.latest_metric_run()? {
+        Some(run) => store.run_progress(run)?,
+        None => Default::default(),
+    };
     Ok(Training {
         lease_age_s: lease.as_ref().map(|l| now - l.since),
         lease,
-        last_step,
-        accuracy,
-        accuracy_step,
+        last_step: run.last_step,
+        accuracy: run.accuracy,
+        accuracy_step: run.accuracy_step,
     })
 }
 

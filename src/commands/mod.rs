@@ -177,10 +177,9 @@ fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
                 .model_dir
                 .clone()
                 .unwrap_or_else(|| crate::model::DEFAULT_ENCODER_DIR.into()),
-            out_dir: args
-                .model_out
-                .clone()
-                .unwrap_or_else(|| db.with_extension("model")),
+            // The checkpoint folder belongs to the database: whichever process
+            // holds the training lease writes it, and the next resumes from it.
+            out_dir: db.with_extension("model"),
             train: crate::train::TrainConfig {
                 lr: args.lr,
                 max_length: args.max_length,
@@ -346,24 +345,13 @@ fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
         let step = crate::model::checkpoint::meta(dir)
             .and_then(|m| m["step"].as_u64())
             .unwrap_or(0);
-        let rows: Vec<(i64, String, String, String)> = {
-            let mut stmt = store.conn().prepare(
-                "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
-                 JOIN prompts pr ON pr.id = p.prompt_id
-                 JOIN responses ra ON ra.id = p.response_a
-                 JOIN responses rb ON rb.id = p.response_b
-                 WHERE EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL
-                               AND l.choice IN ('a', 'b'))",
-            )?;
-            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<std::result::Result<_, _>>()?
-        };
+        let rows = store.decisively_judged_pairs()?;
         eprintln!(
             "scoring {} judged pairs with {}...",
             rows.len(),
             dir.display()
         );
-        crate::train::score_pairs_into(&trainer, store.conn(), &rows, step)?;
+        crate::train::score_pairs_into(&trainer, &store, &rows, step)?;
     }
     let items = if args.contested {
         store.contested_candidates(args.limit)?
@@ -489,12 +477,7 @@ fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
     }
     // The disagreement order goes over judged pairs: judge up to 100,000 (once each,
     // half A and half B), then claim with overlap 2 as a second annotator would.
-    let judged = store.conn().execute(
-        "INSERT INTO labels (pair_id, annotator, choice, source)
-         SELECT id, 'bench-first', CASE id % 2 WHEN 0 THEN 'a' ELSE 'b' END, 'bench'
-         FROM pairs WHERE id <= 100000",
-        [],
-    )?;
+    let judged = store.judge_for_bench()?;
     let ms = median_claim_ms(&mut store, "bench-second", 2, QueueOrder::Disagreement)?;
     claim_ms.insert(
         format!("disagreement, {judged} judged, overlap 2"),

@@ -96,10 +96,14 @@ fn record_eval(
     e: &crate::train::EvalStats,
     labels: usize,
 ) -> Result<()> {
-    store.conn().execute(
-        "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, labels_used)
-         VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
-        rusqlite::params![run_id, step as i64, e.loss, e.accuracy, labels as i64],
+    store.record_eval(
+        run_id,
+        &crate::store::EvalMetrics {
+            step,
+            loss: e.loss,
+            accuracy: e.accuracy,
+            labels_used: labels,
+        },
     )?;
     Ok(())
 }
@@ -196,7 +200,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     // Before the options are checked: a mistyped database is the first thing to say.
     drop(open_existing(db)?);
     let (warmup_ratio, length_aux) = learning_options(args.schedule, args.warmup, args.length_aux)?;
-    let mut store = open_existing(db)?;
+    let store = open_existing(db)?;
     let all = examples_from_store(&store)?;
     let (held, train): (Vec<Example>, Vec<Example>) = all
         .into_iter()
@@ -235,18 +239,11 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         Schedule::Constant => 0,
     };
 
-    let run_id = {
-        let conn = store.conn_mut();
-        conn.execute(
-            "INSERT INTO train_runs (config) VALUES (?1)",
-            [serde_json::to_string(&serde_json::json!({
-                "train": config, "base": base, "pairs": data.len(), "heldout": held_data.len(),
-                "steps": total, "schedule": args.schedule,
-                "warmup_steps": trainer.warmup_steps(),
-            }))?],
-        )?;
-        conn.last_insert_rowid()
-    };
+    let run_id = store.start_train_run(&serde_json::to_string(&serde_json::json!({
+        "train": config, "base": base, "pairs": data.len(), "heldout": held_data.len(),
+        "steps": total, "schedule": args.schedule,
+        "warmup_steps": trainer.warmup_steps(),
+    }))?)?;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  eta {eta}")
@@ -287,10 +284,15 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             } else {
                 last_loss = s.loss;
             }
-            store.conn().execute(
-                "INSERT OR REPLACE INTO train_metrics (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
-                 VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
-                rusqlite::params![run_id, step as i64, s.loss, s.accuracy, pps, data.len() as i64],
+            store.record_train_step(
+                run_id,
+                &crate::store::StepMetrics {
+                    step,
+                    loss: s.loss,
+                    accuracy: s.accuracy,
+                    pairs_per_s: pps,
+                    labels_used: data.len(),
+                },
             )?;
             bar.set_message(format!("loss {:.4}  {pps:.1} pairs/s", s.loss));
             bar.inc(1);
@@ -315,14 +317,11 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         "evals": evals, "eval_per_epoch": file_evals,
     });
     checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
-    store.conn().execute(
-        "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
-        rusqlite::params![
-            run_id,
-            step as i64,
-            args.out.display().to_string(),
-            evals.last().and_then(|e| e["accuracy"].as_f64())
-        ],
+    store.record_checkpoint(
+        run_id,
+        step,
+        &args.out,
+        evals.last().and_then(|e| e["accuracy"].as_f64()),
     )?;
     let summary = serde_json::json!({
         "steps": step,

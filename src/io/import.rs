@@ -167,41 +167,28 @@ pub fn import_file(
 
     // A larger page cache keeps the random-keyed hash indexes in memory while a file
     // streams into a database too large for them to be dropped and built again.
-    store
-        .conn()
-        .pragma_update(None, "cache_size", -IMPORT_CACHE_KIB)
-        .map_err(StoreError::from)?;
+    store.set_cache_kib(IMPORT_CACHE_KIB)?;
     // The writer makes every reference itself (ids from the rows it just inserted),
     // so foreign keys are not checked row by row; they are back on afterwards.
-    store
-        .conn()
-        .pragma_update(None, "foreign_keys", "OFF")
-        .map_err(StoreError::from)?;
-    let rollback = holds_no_pairs(store)? && rollback_journal(store);
+    store.set_foreign_keys(false)?;
+    let rollback = rollback_journal(store)?;
     let result = import_in_tx(store, path, opts, reader, format, &source, &bar);
     if rollback {
         // Back to WAL, which the labeler relies on; should this fail, the next
         // `Store::open` sets it again.
-        let _ = store.conn().pragma_update(None, "journal_mode", "WAL");
+        let _ = store.set_wal();
     }
-    let _ = store.conn().pragma_update(None, "foreign_keys", "ON");
-    let _ = store.conn().pragma_update(None, "cache_size", -2000);
+    let _ = store.set_foreign_keys(true);
+    let _ = store.set_cache_kib(2000);
     result.map(|report| ImportReport {
         rollback_journal: rollback,
         ..report
     })
 }
 
-/// Whether the database holds no pairs yet (a first import).
-fn holds_no_pairs(store: &Store) -> Result<bool, ImportError> {
-    Ok(store
-        .conn()
-        .query_row("SELECT NOT EXISTS (SELECT 1 FROM pairs)", [], |r| r.get(0))
-        .map_err(StoreError::from)?)
-}
-
-/// Switches the database to a rollback journal for a first import when no other
-/// connection has it open, and says whether it did.
+/// Switches the database to a rollback journal for a first import (one into a
+/// database that holds no pairs yet) when no other connection has it open, and says
+/// whether it did.
 ///
 /// With a rollback journal, pages past the database's old end (all of a first
 /// import) are written once and need no journal. In WAL mode each page is written
@@ -217,18 +204,8 @@ fn holds_no_pairs(store: &Store) -> Result<bool, ImportError> {
 /// is its own: with a labeler or another reader connected it stays in WAL mode,
 /// without waiting for them. A command started meanwhile waits for the import (up
 /// to `BUSY_TIMEOUT`) and then says the database is busy.
-fn rollback_journal(store: &Store) -> bool {
-    let conn = store.conn();
-    if conn.busy_timeout(std::time::Duration::ZERO).is_err() {
-        return false;
-    }
-    let switched = conn
-        .query_row("PRAGMA journal_mode = DELETE", [], |r| {
-            r.get::<_, String>(0)
-        })
-        .is_ok_and(|m| m.eq_ignore_ascii_case("delete"));
-    let _ = conn.busy_timeout(crate::store::BUSY_TIMEOUT);
-    switched
+fn rollback_journal(store: &Store) -> Result<bool, ImportError> {
+    Ok(store.holds_no_pairs()? && store.try_rollback_journal())
 }
 
 /// Page cache used while importing, in KiB.
@@ -253,7 +230,7 @@ fn import_in_tx(
         file: path.to_owned(),
         source,
     };
-    let tx = store.conn_mut().transaction().map_err(StoreError::from)?;
+    let tx = store.begin_import()?;
     let mut report = ImportReport {
         file: path.to_owned(),
         ..Default::default()
@@ -291,7 +268,7 @@ fn import_in_tx(
             }
             Ok(())
         });
-        let mut writer = PairWriter::bulk(&tx).map_err(ImportError::Store)?;
+        let mut writer = tx.writer().map_err(ImportError::Store)?;
         let mut written = Ok(());
         let mut decided = false;
         'outer: for batch in recv.iter() {
@@ -330,7 +307,7 @@ fn import_in_tx(
             other => other,
         })
     })?;
-    tx.commit().map_err(StoreError::from)?;
+    tx.commit()?;
     bar.finish_and_clear();
     Ok(report)
 }

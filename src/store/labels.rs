@@ -66,6 +66,14 @@ pub struct Progress {
     pub mine: i64,
 }
 
+/// Marks that move whenever the judgements change: the newest label and the latest
+/// undo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelMarks {
+    pub newest: Option<i64>,
+    pub last_undone: Option<String>,
+}
+
 /// Which labels an export or a report reads.
 #[derive(Debug, Clone, Default)]
 pub struct LabelFilter {
@@ -134,7 +142,9 @@ impl Store {
     /// Commits one judgement and returns its id. When this returns, the label is on
     /// disk.
     pub fn record_label(&mut self, label: &NewLabel) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let id = insert_label(&tx, label)?;
         tx.commit()?;
         Ok(id)
@@ -143,7 +153,9 @@ impl Store {
     /// Marks a judgement undone. The row stays for the audit trail. Returns whether a
     /// standing label was undone.
     pub fn undo_label(&mut self, label_id: i64) -> Result<bool> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let undone = mark_undone(&tx, label_id)?;
         tx.commit()?;
         Ok(undone)
@@ -152,7 +164,9 @@ impl Store {
     /// Replaces a judgement after review: `old` is marked undone and `label`
     /// recorded, in one transaction. Both rows stay in the history.
     pub fn relabel(&mut self, old: i64, label: &NewLabel) -> Result<i64> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         mark_undone(&tx, old)?;
         let id = insert_label(&tx, label)?;
         tx.commit()?;
@@ -161,7 +175,9 @@ impl Store {
 
     /// Takes a relabel back: the new judgement is undone and the old one stands again.
     pub fn undo_relabel(&mut self, new: i64, old: i64) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         mark_undone(&tx, new)?;
         tx.execute("UPDATE labels SET undone_at = NULL WHERE id = ?1", [old])?;
         tx.commit()?;
@@ -242,6 +258,40 @@ impl Store {
                 .optional()?;
         }
         Ok(split)
+    }
+
+    /// The note of label `label_id` (none when it has none or does not exist).
+    pub fn label_note(&self, label_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT note FROM labels WHERE id = ?1", [label_id], |r| {
+                r.get::<_, Option<String>>(0)
+            })
+            .optional()?
+            .flatten())
+    }
+
+    /// The newest label and the latest undo, from anyone.
+    pub fn label_marks(&self) -> Result<LabelMarks> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(id), max(undone_at) FROM labels", [], |r| {
+                Ok(LabelMarks {
+                    newest: r.get(0)?,
+                    last_undone: r.get(1)?,
+                })
+            })?)
+    }
+
+    /// For `duel bench`: judges each pair up to id 100,000 once, as `bench-first`
+    /// (A for even ids, B for odd), in one statement; how many it judged.
+    pub fn judge_for_bench(&self) -> Result<usize> {
+        Ok(self.conn.execute(
+            "INSERT INTO labels (pair_id, annotator, choice, source)
+             SELECT id, 'bench-first', CASE id % 2 WHEN 0 THEN 'a' ELSE 'b' END, 'bench'
+             FROM pairs WHERE id <= 100000",
+            [],
+        )?)
     }
 
     pub fn progress(&self, annotator: &str) -> Result<Progress> {

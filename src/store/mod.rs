@@ -1,17 +1,29 @@
-//! The SQLite store: open, check, migrate; pairs, labels and their queries.
+//! The SQLite store: open, check, migrate; pairs, labels, training metrics and their
+//! queries.
 //!
-//! Every write is a transaction. Labels are committed with `synchronous = FULL`, so a
+//! Nothing outside this folder writes SQL. Every write is a transaction, begun
+//! `IMMEDIATE` so that with several processes on one database a writer waits its turn
+//! (the busy timeout) instead of failing when another commits first. Labels are committed with `synchronous = FULL`, so a
 //! judgement the annotator saw accepted survives a crash of the process or the machine.
 
 mod claims;
+mod import;
 mod labels;
 mod lease;
+mod metrics;
 mod pairs;
+mod summary;
 
 pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk};
-pub use labels::{LabelFilter, LabelRow, Progress, ReviewItem};
+pub use import::ImportTx;
+pub use labels::{LabelFilter, LabelMarks, LabelRow, Progress, ReviewItem};
 pub use lease::{LEASE_HEARTBEAT, LEASE_TTL, Lease, TakeLease};
+pub use metrics::{
+    EvalMetrics, MetricKind, MetricPoint, MetricRow, MetricValue, PairText, RunProgress,
+    StepMetrics,
+};
 pub use pairs::{Generated, InsertOutcome, NewPair, PairDigests, PairExport, PairWriter};
+pub use summary::{GeneratedPair, GoldResult, StandingLabel};
 
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
@@ -165,22 +177,40 @@ impl Store {
         Ok(Store { conn, path })
     }
 
-    /// Wraps a read-only connection opened by the caller (the trainer's): no
-    /// migration, no pragmas that write.
-    pub fn from_readonly(conn: Connection, path: PathBuf) -> Store {
-        Store { conn, path }
+    /// Opens the database at `path` read-only (the trainer's reads): no check, no
+    /// migration, no pragmas that write; waits up to `BUSY_TIMEOUT` for a lock.
+    pub fn open_readonly(path: &Path) -> Result<Store> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens (creating if needed) the database at `path` as it is (the live trainer's
+    /// scoring): no check, no migration, no pragmas; waits up to `BUSY_TIMEOUT` for a
+    /// lock.
+    pub fn open_plain(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        Ok(Store {
+            conn,
+            path: path.to_owned(),
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The connection, for tests and inspection; everything else goes through the
+    /// store's methods.
     pub fn conn(&self) -> &Connection {
         &self.conn
-    }
-
-    pub fn conn_mut(&mut self) -> &mut Connection {
-        &mut self.conn
     }
 
     /// Number of pairs in the store.

@@ -164,7 +164,7 @@ const DEFERRABLE_INDEXES: [(&str, &str); 3] = [
 const BULK_PRELOAD_MAX: i64 = 5_000_000;
 
 impl<'c> PairWriter<'c> {
-    pub fn new(conn: &'c Connection) -> Result<PairWriter<'c>> {
+    pub(crate) fn new(conn: &'c Connection) -> Result<PairWriter<'c>> {
         let now = conn.query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?;
         Ok(PairWriter {
             conn,
@@ -176,7 +176,7 @@ impl<'c> PairWriter<'c> {
 
     /// A writer for many records (import): loads the stored digests and ids once
     /// when there are not too many, instead of querying for each record.
-    pub fn bulk(conn: &'c Connection) -> Result<PairWriter<'c>> {
+    pub(crate) fn bulk(conn: &'c Connection) -> Result<PairWriter<'c>> {
         let mut w = Self::new(conn)?;
         let (pairs, prompts): (i64, i64) = conn.query_row(
             "SELECT (SELECT count(*) FROM pairs), (SELECT count(*) FROM prompts)",
@@ -488,7 +488,9 @@ pub(crate) fn prompt_from_row(text: String, messages: Option<String>) -> Prompt 
 impl Store {
     /// Stores pairs in one transaction: all of them or, on error, none.
     pub fn insert_pairs(&mut self, pairs: &[NewPair]) -> Result<Vec<InsertOutcome>> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(pairs.len());
         {
             let mut w = PairWriter::new(&tx)?;

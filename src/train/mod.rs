@@ -470,32 +470,28 @@ pub fn examples_from_store(
     Ok(out)
 }
 
-/// Scores `(pair_id, prompt, response_a, response_b)` with `trainer`'s model and
-/// stores the probability that A is better in `pair_scores`, marked with `step`.
+/// Scores `rows` with `trainer`'s model and stores the probability that A is better
+/// in `pair_scores`, marked with `step`.
 pub fn score_pairs_into(
     trainer: &Trainer,
-    conn: &rusqlite::Connection,
-    rows: &[(i64, String, String, String)],
+    store: &crate::store::Store,
+    rows: &[crate::store::PairText],
     step: u64,
 ) -> anyhow::Result<()> {
     let max = trainer.config.max_length;
     let mut seqs = Vec::with_capacity(2 * rows.len());
-    for (_, prompt, a, b) in rows {
-        seqs.push(trainer.encoder.encode(prompt, a, max)?);
-        seqs.push(trainer.encoder.encode(prompt, b, max)?);
+    for p in rows {
+        seqs.push(trainer.encoder.encode(&p.prompt, &p.response_a, max)?);
+        seqs.push(trainer.encoder.encode(&p.prompt, &p.response_b, max)?);
     }
     let r = trainer.score(&seqs, 2 * trainer.config.batch_pairs)?;
-    let tx = conn.unchecked_transaction()?;
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR REPLACE INTO pair_scores (pair_id, p_a, step) VALUES (?1, ?2, ?3)",
-        )?;
-        for (i, (id, ..)) in rows.iter().enumerate() {
+    store.record_pair_scores(
+        rows.iter().enumerate().map(|(i, p)| {
             let d = f64::from(r[2 * i] - r[2 * i + 1]);
-            ins.execute(rusqlite::params![id, 1.0 / (1.0 + (-d).exp()), step as i64])?;
-        }
-    }
-    tx.commit()?;
+            (p.pair_id, 1.0 / (1.0 + (-d).exp()))
+        }),
+        step,
+    )?;
     Ok(())
 }
 

@@ -9,14 +9,13 @@
 use super::live::{self, Exposure};
 use super::{Encoded, Example, TrainConfig, Trainer, is_heldout};
 use crate::model::checkpoint;
-use crate::store::{LEASE_HEARTBEAT, Store, TakeLease};
+use crate::store::{EvalMetrics, LEASE_HEARTBEAT, LabelMarks, StepMetrics, Store, TakeLease};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
-use rusqlite::OpenFlags;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use super::messages::{Command, Event, TrainerState};
 
@@ -137,27 +136,19 @@ struct Worker {
 /// newest label and the latest undo, read at most every `LEASE_HEARTBEAT`.
 struct LabelWatch {
     store: Store,
-    last: (Option<i64>, Option<String>),
+    last: LabelMarks,
     checked: Instant,
 }
 
 impl LabelWatch {
     fn open(db: &Path) -> Result<LabelWatch, Stop> {
         let store = Store::open(db)?;
-        let last = Self::read(&store)?;
+        let last = store.label_marks()?;
         Ok(LabelWatch {
             store,
             last,
             checked: Instant::now(),
         })
-    }
-
-    fn read(store: &Store) -> Result<(Option<i64>, Option<String>), Stop> {
-        Ok(store
-            .conn()
-            .query_row("SELECT max(id), max(undone_at) FROM labels", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?)
     }
 
     /// Whether the judgements changed since the last look (checked at most every
@@ -167,7 +158,7 @@ impl LabelWatch {
             return false;
         }
         self.checked = Instant::now();
-        match Self::read(&self.store) {
+        match self.store.label_marks() {
             Ok(now) if now != self.last => {
                 self.last = now;
                 true
@@ -240,7 +231,6 @@ struct Sink {
 
 impl Sink {
     fn record(&self, e: &Event) {
-        let conn = self.store.conn();
         let r = match *e {
             Event::Step {
                 step,
@@ -248,18 +238,15 @@ impl Sink {
                 accuracy,
                 pairs_per_s,
                 labels_used,
-            } => conn.execute(
-                "INSERT OR REPLACE INTO train_metrics
-                 (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
-                 VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
-                rusqlite::params![
-                    self.run,
-                    step as i64,
+            } => self.store.record_train_step(
+                self.run,
+                &StepMetrics {
+                    step,
                     loss,
                     accuracy,
                     pairs_per_s,
-                    labels_used as i64
-                ],
+                    labels_used,
+                },
             ),
             Event::Eval {
                 step,
@@ -268,22 +255,20 @@ impl Sink {
                 pairs,
             } => {
                 self.last_accuracy.set(Some(accuracy));
-                conn.execute(
-                    "INSERT OR REPLACE INTO train_metrics
-                     (run_id, step, kind, loss, accuracy, labels_used)
-                     VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
-                    rusqlite::params![self.run, step as i64, loss, accuracy, pairs as i64],
+                self.store.record_eval(
+                    self.run,
+                    &EvalMetrics {
+                        step,
+                        loss,
+                        accuracy,
+                        labels_used: pairs,
+                    },
                 )
             }
-            Event::Checkpointed { step, ref path } => conn.execute(
-                "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
-                rusqlite::params![
-                    self.run,
-                    step as i64,
-                    path.display().to_string(),
-                    self.last_accuracy.get()
-                ],
-            ),
+            Event::Checkpointed { step, ref path } => {
+                self.store
+                    .record_checkpoint(self.run, step, path, self.last_accuracy.get())
+            }
             _ => return,
         };
         if let Err(err) = r {
@@ -344,11 +329,7 @@ impl Worker {
     /// shown: its metrics, read from the database as they are written.
     fn acquire(&mut self) -> Result<(), Stop> {
         let mut store = Store::open(&self.cfg.db)?;
-        let mut seen: i64 = store.conn().query_row(
-            "SELECT coalesce(max(rowid), 0) FROM train_metrics",
-            [],
-            |r| r.get(0),
-        )?;
+        let mut seen = store.last_metric_rowid()?;
         let mut following: Option<String> = None;
         loop {
             match store.take_lease(&self.cfg.holder, &self.session)? {
@@ -377,11 +358,7 @@ impl Worker {
             "out": self.cfg.out_dir, "train": self.cfg.train,
             "min_labels": self.cfg.min_labels, "passes": self.cfg.passes,
         });
-        store.conn().execute(
-            "INSERT INTO train_runs (config) VALUES (?1)",
-            [config.to_string()],
-        )?;
-        let run = store.conn().last_insert_rowid();
+        let run = store.start_train_run(&config.to_string())?;
         self.sink = Some(Sink {
             store,
             run,
@@ -393,39 +370,22 @@ impl Worker {
 
     /// Passes on the metrics written since row `seen`; returns the last row read.
     fn follow_metrics(&self, store: &Store, mut seen: i64) -> Result<i64, Stop> {
-        let mut stmt = store.conn().prepare_cached(
-            "SELECT rowid, step, kind, loss, accuracy, pairs_per_s, labels_used
-             FROM train_metrics WHERE rowid > ?1 ORDER BY rowid",
-        )?;
-        let rows = stmt
-            .query_map([seen], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<f64>>(3)?,
-                    r.get::<_, Option<f64>>(4)?,
-                    r.get::<_, Option<f64>>(5)?,
-                    r.get::<_, Option<i64>>(6)?,
-                ))
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (rowid, step, kind, loss, acc, pps, used) in rows {
-            seen = rowid;
-            let step = step.max(0) as u64;
-            let e = match (kind.as_str(), loss, acc) {
+        for m in store.metrics_since(seen)? {
+            seen = m.rowid;
+            let step = m.step.max(0) as u64;
+            let e = match (m.kind.as_str(), m.loss, m.accuracy) {
                 ("train", Some(loss), Some(accuracy)) => Event::Step {
                     step,
                     loss,
                     accuracy,
-                    pairs_per_s: pps.unwrap_or(0.0),
-                    labels_used: used.unwrap_or(0).max(0) as usize,
+                    pairs_per_s: m.pairs_per_s.unwrap_or(0.0),
+                    labels_used: m.labels_used.unwrap_or(0).max(0) as usize,
                 },
                 ("eval", Some(loss), Some(accuracy)) => Event::Eval {
                     step,
                     accuracy,
                     loss,
-                    pairs: used.unwrap_or(0).max(0) as usize,
+                    pairs: m.labels_used.unwrap_or(0).max(0) as usize,
                 },
                 _ => continue,
             };
@@ -435,12 +395,7 @@ impl Worker {
     }
 
     fn load_examples(&self) -> Result<Vec<Example>, Stop> {
-        let conn = rusqlite::Connection::open_with_flags(
-            &self.cfg.db,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let store = crate::store::Store::from_readonly(conn, self.cfg.db.clone());
+        let store = Store::open_readonly(&self.cfg.db)?;
         Ok(super::examples_from_store(&store)?)
     }
 
@@ -571,30 +526,12 @@ impl Worker {
         if self.cfg.score_queue == 0 {
             return Ok(());
         }
-        let conn = rusqlite::Connection::open(&self.cfg.db)?;
-        conn.busy_timeout(Duration::from_secs(10))?;
-        let rows: Vec<(i64, String, String, String)> = {
-            let mut stmt = conn.prepare(
-                "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
-                 JOIN prompts pr ON pr.id = p.prompt_id
-                 JOIN responses ra ON ra.id = p.response_a
-                 JOIN responses rb ON rb.id = p.response_b
-                 LEFT JOIN pair_scores s ON s.pair_id = p.id
-                 WHERE coalesce(s.step, -1) < ?2 AND p.gold IS NULL
-                 ORDER BY EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL),
-                          coalesce(s.step, -1), p.id
-                 LIMIT ?1",
-            )?;
-            stmt.query_map(
-                rusqlite::params![self.cfg.score_queue as i64, step as i64],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-            )?
-            .collect::<Result<_, _>>()?
-        };
+        let store = Store::open_plain(&self.cfg.db)?;
+        let rows = store.pairs_to_score(self.cfg.score_queue, step)?;
         if rows.is_empty() {
             return Ok(());
         }
-        crate::train::score_pairs_into(trainer, &conn, &rows, step)
+        crate::train::score_pairs_into(trainer, &store, &rows, step)
             .map_err(|e| Stop::Failed(e.to_string()))?;
         self.emit(Event::Scored {
             step,

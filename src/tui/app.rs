@@ -348,30 +348,11 @@ impl App {
     /// restart.
     pub fn attach_trainer(&mut self, commands: Sender<Command>) {
         self.trainer = Some(commands);
-        let earlier = self
-            .store
-            .conn()
-            .prepare(
-                "SELECT step, kind, loss, accuracy FROM train_metrics
-                 WHERE run_id IN (SELECT id FROM train_runs ORDER BY id DESC LIMIT 20)
-                 ORDER BY run_id, step",
-            )
-            .and_then(|mut st| {
-                st.query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<f64>>(2)?,
-                        r.get::<_, Option<f64>>(3)?,
-                    ))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            });
-        if let Ok(rows) = earlier {
-            for (step, kind, loss, acc) in rows {
-                match (kind.as_str(), loss, acc) {
-                    ("train", Some(l), _) => self.train.losses.push((step as f64, l)),
-                    ("eval", _, Some(a)) => self.train.accuracy.push((step as f64, a)),
+        if let Ok(rows) = self.store.recent_metrics() {
+            for m in rows {
+                match (m.kind.as_str(), m.loss, m.accuracy) {
+                    ("train", Some(l), _) => self.train.losses.push((m.step as f64, l)),
+                    ("eval", _, Some(a)) => self.train.accuracy.push((m.step as f64, a)),
                     _ => {}
                 }
             }
@@ -843,11 +824,7 @@ impl App {
                     self.notify_trainer(Command::LabelsChanged);
                     self.session_labels = self.session_labels.saturating_sub(1);
                     // The undone judgement's note comes back with its pair.
-                    if let Ok(Some(note)) = self.store.conn().query_row(
-                        "SELECT note FROM labels WHERE id = ?1",
-                        [label_id],
-                        |r| r.get::<_, Option<String>>(0),
-                    ) {
+                    if let Ok(Some(note)) = self.store.label_note(label_id) {
                         self.notes.insert(pair_id, note);
                     }
                     self.show(Some(pair_id));

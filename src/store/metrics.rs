@@ -1,0 +1,325 @@
+//! Training runs, their metrics and checkpoints, and the model's scores of pairs.
+
+use super::{Result, Store};
+use rusqlite::{OptionalExtension, params};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A training step as `train_metrics` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    /// Share of the batch's pairs where the chosen response scored higher.
+    pub accuracy: f64,
+    pub pairs_per_s: f64,
+    pub labels_used: usize,
+}
+
+/// An evaluation on held-out pairs as `train_metrics` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub labels_used: usize,
+}
+
+/// One row of `train_metrics`, as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricRow {
+    pub rowid: i64,
+    pub step: i64,
+    /// `train` or `eval`.
+    pub kind: String,
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub pairs_per_s: Option<f64>,
+    pub labels_used: Option<i64>,
+}
+
+/// A training step's or an evaluation's loss and accuracy, for a chart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    pub step: i64,
+    /// `train` or `eval`.
+    pub kind: String,
+    pub loss: Option<f64>,
+    pub accuracy: Option<f64>,
+}
+
+/// Which rows of a run's metrics a series is drawn from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Train,
+    Eval,
+}
+
+impl MetricKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Train => "train",
+            MetricKind::Eval => "eval",
+        }
+    }
+}
+
+/// Which value of a run's metrics a series shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricValue {
+    Loss,
+    Accuracy,
+}
+
+impl MetricValue {
+    fn column(self) -> &'static str {
+        match self {
+            MetricValue::Loss => "loss",
+            MetricValue::Accuracy => "accuracy",
+        }
+    }
+}
+
+/// How far a run has come.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RunProgress {
+    /// Its last step, train or eval.
+    pub last_step: Option<i64>,
+    /// Its latest held-out accuracy, and the step it was measured at.
+    pub accuracy: Option<f64>,
+    pub accuracy_step: Option<i64>,
+}
+
+/// A pair's texts, for the model to score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PairText {
+    pub pair_id: i64,
+    pub prompt: String,
+    pub response_a: String,
+    pub response_b: String,
+}
+
+fn pair_text(r: &rusqlite::Row<'_>) -> rusqlite::Result<PairText> {
+    Ok(PairText {
+        pair_id: r.get(0)?,
+        prompt: r.get(1)?,
+        response_a: r.get(2)?,
+        response_b: r.get(3)?,
+    })
+}
+
+fn metric_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MetricRow> {
+    Ok(MetricRow {
+        rowid: r.get(0)?,
+        step: r.get(1)?,
+        kind: r.get(2)?,
+        loss: r.get(3)?,
+        accuracy: r.get(4)?,
+        pairs_per_s: r.get(5)?,
+        labels_used: r.get(6)?,
+    })
+}
+
+impl Store {
+    /// Records a new training run with its `config` (JSON) and returns its id.
+    pub fn start_train_run(&self, config: &str) -> Result<i64> {
+        self.conn
+            .execute("INSERT INTO train_runs (config) VALUES (?1)", [config])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Records a training step of `run`, replacing one recorded at the same step.
+    pub fn record_train_step(&self, run: i64, m: &StepMetrics) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO train_metrics
+             (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
+             VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
+            params![
+                run,
+                m.step as i64,
+                m.loss,
+                m.accuracy,
+                m.pairs_per_s,
+                m.labels_used as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records an evaluation of `run`, replacing one recorded at the same step.
+    pub fn record_eval(&self, run: i64, m: &EvalMetrics) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO train_metrics
+             (run_id, step, kind, loss, accuracy, labels_used)
+             VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
+            params![run, m.step as i64, m.loss, m.accuracy, m.labels_used as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Records a checkpoint of `run` written to `path` at `step`.
+    pub fn record_checkpoint(
+        &self,
+        run: i64,
+        step: u64,
+        path: &Path,
+        val_accuracy: Option<f64>,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
+            params![run, step as i64, path.display().to_string(), val_accuracy],
+        )?;
+        Ok(())
+    }
+
+    /// The last row of `train_metrics` written so far (0 for none).
+    pub fn last_metric_rowid(&self) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT coalesce(max(rowid), 0) FROM train_metrics",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The metrics written after row `rowid`, in the order written.
+    pub fn metrics_since(&self, rowid: i64) -> Result<Vec<MetricRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rowid, step, kind, loss, accuracy, pairs_per_s, labels_used
+             FROM train_metrics WHERE rowid > ?1 ORDER BY rowid",
+        )?;
+        let rows = stmt.query_map([rowid], metric_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The metrics of the latest 20 runs, run by run, each in step order.
+    pub fn recent_metrics(&self) -> Result<Vec<MetricPoint>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT step, kind, loss, accuracy FROM train_metrics
+             WHERE run_id IN (SELECT id FROM train_runs ORDER BY id DESC LIMIT 20)
+             ORDER BY run_id, step",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(MetricPoint {
+                step: r.get(0)?,
+                kind: r.get(1)?,
+                loss: r.get(2)?,
+                accuracy: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The latest run that recorded a metric.
+    pub fn latest_metric_run(&self) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row("SELECT max(run_id) FROM train_metrics", [], |r| r.get(0))?)
+    }
+
+    /// How far `run` has come by its metrics.
+    pub fn run_progress(&self, run: i64) -> Result<RunProgress> {
+        let last_step = self.conn.query_row(
+            "SELECT max(step) FROM train_metrics WHERE run_id = ?1",
+            [run],
+            |r| r.get(0),
+        )?;
+        let eval = self
+            .conn
+            .query_row(
+                "SELECT step, accuracy FROM train_metrics
+                 WHERE run_id = ?1 AND kind = 'eval' ORDER BY step DESC LIMIT 1",
+                [run],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?)),
+            )
+            .optional()?;
+        Ok(RunProgress {
+            last_step,
+            accuracy: eval.and_then(|(_, acc)| acc),
+            accuracy_step: eval.map(|(step, _)| step),
+        })
+    }
+
+    /// `(step, value)` of `run`'s `kind` rows that have the value, in step order
+    /// (none without a run).
+    pub fn metric_series(
+        &self,
+        run: Option<i64>,
+        kind: MetricKind,
+        value: MetricValue,
+    ) -> Result<Vec<(i64, f64)>> {
+        let col = value.column();
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT step, {col} FROM train_metrics WHERE run_id = ?1 AND kind = ?2 AND {col} IS NOT NULL ORDER BY step"
+        ))?;
+        let rows = stmt.query_map(params![run, kind.as_str()], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Stores the model's probability that A is better, `(pair_id, p_a)`, for each
+    /// pair of `scores`, marked with `step`, in one transaction.
+    pub fn record_pair_scores(
+        &self,
+        scores: impl IntoIterator<Item = (i64, f64)>,
+        step: u64,
+    ) -> Result<()> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT OR REPLACE INTO pair_scores (pair_id, p_a, step) VALUES (?1, ?2, ?3)",
+            )?;
+            for (id, p_a) in scores {
+                ins.execute(params![id, p_a, step as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The model's latest probability that A is better, by pair.
+    pub fn pair_scores(&self) -> Result<HashMap<i64, f64>> {
+        let mut scores = HashMap::new();
+        let mut stmt = self.conn.prepare("SELECT pair_id, p_a FROM pair_scores")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            scores.insert(r.get(0)?, r.get(1)?);
+        }
+        Ok(scores)
+    }
+
+    /// Up to `limit` non-gold pairs not yet scored at `step` or later: unjudged
+    /// pairs before judged ones, never-scored before long-ago-scored, then by id.
+    pub fn pairs_to_score(&self, limit: usize, step: u64) -> Result<Vec<PairText>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
+             JOIN prompts pr ON pr.id = p.prompt_id
+             JOIN responses ra ON ra.id = p.response_a
+             JOIN responses rb ON rb.id = p.response_b
+             LEFT JOIN pair_scores s ON s.pair_id = p.id
+             WHERE coalesce(s.step, -1) < ?2 AND p.gold IS NULL
+             ORDER BY EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL),
+                      coalesce(s.step, -1), p.id
+             LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit as i64, step as i64], pair_text)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The pairs with a standing judgement for A or for B.
+    pub fn decisively_judged_pairs(&self) -> Result<Vec<PairText>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
+             JOIN prompts pr ON pr.id = p.prompt_id
+             JOIN responses ra ON ra.id = p.response_a
+             JOIN responses rb ON rb.id = p.response_b
+             WHERE EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL
+                           AND l.choice IN ('a', 'b'))",
+        )?;
+        let rows = stmt.query_map([], pair_text)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
