@@ -381,7 +381,7 @@ fn the_real_minilm_loads_trains_and_separates_a_batch() {
     let mut tr = Trainer::load(
         &encoder_dir(),
         TrainConfig {
-            lr: 5e-5,
+            lr: 1e-4,
             max_length: 64,
             warmup_ratio: 0.0,
             ..Default::default()
@@ -393,9 +393,12 @@ fn the_real_minilm_loads_trains_and_separates_a_batch() {
     let data = tr.encode(&rule_examples(8)).expect("encode");
     let batch: Vec<&Encoded> = data.iter().collect();
     let start = snapshot(&tr);
+    let before = tr
+        .evaluate(&tr.encode(&reworded_examples()).expect("encode"), 8)
+        .expect("eval");
     let first = tr.step(&batch).expect("step");
     let mut last = first;
-    for _ in 0..5 {
+    for _ in 0..9 {
         last = tr.step(&batch).expect("step");
     }
     assert!(
@@ -410,12 +413,77 @@ fn the_real_minilm_loads_trains_and_separates_a_batch() {
             assert!(a != b, "{name} did not change");
         }
     }
-    let eval = tr.evaluate(&data, 8).expect("eval");
-    assert!(
-        eval.accuracy >= 0.75,
-        "accuracy on the batch it trained on: {}",
-        eval.accuracy
+    // Pairs it never saw, the same rule in other words and on other topics: the
+    // model learned politeness, not the eight pairs.
+    let unseen = tr.encode(&reworded_examples()).expect("encode");
+    let after = tr.evaluate(&unseen, 8).expect("eval");
+    eprintln!(
+        "unseen pairs: loss {} -> {}, accuracy {} -> {}",
+        before.loss, after.loss, before.accuracy, after.accuracy
     );
+    assert!(
+        after.loss < before.loss && after.accuracy >= 0.75,
+        "on unseen pairs: loss {} -> {}, accuracy {} -> {}",
+        before.loss,
+        after.loss,
+        before.accuracy,
+        after.accuracy
+    );
+}
+
+/// The rule of `rule_examples`, other topics and other words.
+fn reworded_examples() -> Vec<Example> {
+    let cases = [
+        (
+            "a holiday",
+            "Of course! Happy to help you plan a holiday.",
+            "Plan your own holiday, moron.",
+        ),
+        (
+            "my car",
+            "Sure, I would be glad to look at your car with you.",
+            "Your car is not my problem, stupid.",
+        ),
+        (
+            "a speech",
+            "Gladly, thank you for trusting me with your speech.",
+            "Write the speech yourself, fool.",
+        ),
+        (
+            "the budget",
+            "Happy to help with the budget, let us go through it.",
+            "Shut up about the budget, idiot.",
+        ),
+        (
+            "a cover letter",
+            "Certainly, I would love to help with your cover letter.",
+            "Nobody cares about your letter, loser.",
+        ),
+        (
+            "the dishes",
+            "Thanks for asking, here is how I would do the dishes.",
+            "Do the dishes yourself, lazy idiot.",
+        ),
+        (
+            "a birthday",
+            "What a nice idea, I am glad to help plan the birthday.",
+            "I won't help, a birthday is stupid.",
+        ),
+        (
+            "my thesis",
+            "Thank you, I would be delighted to help with your thesis.",
+            "Your thesis is garbage, go away.",
+        ),
+    ];
+    cases
+        .iter()
+        .map(|(topic, chosen, rejected)| Example {
+            prompt: format!("Could you help me with {topic}?"),
+            chosen: (*chosen).into(),
+            rejected: (*rejected).into(),
+            margin: None,
+        })
+        .collect()
 }
 
 /// The Python with `transformers` and `torch`, made by `scripts/pyenv.sh` (which
@@ -428,49 +496,54 @@ fn python() -> PathBuf {
     p
 }
 
+/// A model trained from the real MiniLM, exported, loads in `transformers` as
+/// `AutoModelForSequenceClassification` and gives the rewards `duel score` gives, on
+/// inputs long enough to be cut: the Python side cuts them by the documented rule
+/// (the response first, then the end of the prompt), so a difference in truncation,
+/// tokenization, pooling or the head fails it.
 #[test]
 fn an_exported_model_loads_in_transformers_and_scores_the_same() {
     let dir = tempfile::tempdir().expect("tmp");
-    let base = dir.path().join("base");
-    duel::model::bert::write_tiny_model(&base, &encoder_dir().join("tokenizer.json"), 11)
-        .expect("tiny");
-    // The tokenizer's companions, so AutoTokenizer finds a complete set.
-    for f in [
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "vocab.txt",
-    ] {
-        std::fs::copy(encoder_dir().join(f), base.join(f)).expect("copy");
-    }
+    let max_length = 64;
     let mut tr = Trainer::load(
-        &base,
+        &encoder_dir(),
         TrainConfig {
-            lr: 1e-3,
+            lr: 1e-4,
+            max_length,
+            warmup_ratio: 0.0,
             ..Default::default()
         },
     )
-    .expect("load");
+    .expect("load MiniLM");
     let data = tr.encode(&rule_examples(8)).expect("encode");
     let batch: Vec<&Encoded> = data.iter().collect();
-    for _ in 0..3 {
+    for _ in 0..2 {
         tr.step(&batch).expect("step");
     }
     let out = dir.path().join("exported");
-    checkpoint::save(&tr.model, &base, &out, &serde_json::json!({})).expect("save");
+    checkpoint::save(&tr.model, &encoder_dir(), &out, &serde_json::json!({})).expect("save");
 
+    let long_prompt = "Earlier in this conversation we talked about many things. ".repeat(12)
+        + "Now: what is the capital of France?";
+    let long_answer = "Paris is the capital, and it has been for a very long time; ".repeat(8);
     let input = dir.path().join("score.jsonl");
-    std::fs::write(
-        &input,
-        "{\"prompt\":\"What is the capital of France?\",\"response\":\"Paris.\"}\n\
-         {\"prompt\":\"Be kind.\",\"chosen\":\"Thank you, glad to help!\",\"rejected\":\"No, idiot.\"}\n",
-    )
-    .expect("write");
+    let lines = [
+        serde_json::json!({"prompt": "What is the capital of France?", "response": "Paris."}),
+        serde_json::json!({"prompt": long_prompt, "response": "Paris."}),
+        serde_json::json!({"prompt": "Tell me about Paris.", "response": long_answer}),
+        serde_json::json!({"prompt": long_prompt, "chosen": "Thank you, glad to help! It is Paris.",
+                           "rejected": "No, idiot."}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&input, text).expect("write");
     let ours = std::process::Command::new(common::bin())
         .args([
             "score",
             input.to_str().expect("utf8"),
             "--model",
             out.to_str().expect("utf8"),
+            "--max-length",
+            &max_length.to_string(),
         ])
         .output()
         .expect("duel score");
@@ -493,18 +566,23 @@ fn an_exported_model_loads_in_transformers_and_scores_the_same() {
     let script = r#"
 import json, sys, torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-d, path = sys.argv[1], sys.argv[2]
+d, path, max_len = sys.argv[1], sys.argv[2], int(sys.argv[3])
 m = AutoModelForSequenceClassification.from_pretrained(d).eval()
 tok = AutoTokenizer.from_pretrained(d)
-out = []
+out, lengths = [], []
 for line in open(path):
     r = json.loads(line)
     for k in ("response", "chosen", "rejected"):
         if k in r:
-            enc = tok(r["prompt"] + " " + r[k], return_tensors="pt")
+            room = max_len - 2
+            resp = tok(r[k], add_special_tokens=False)["input_ids"][:room]
+            prompt = tok(r["prompt"], add_special_tokens=False)["input_ids"]
+            prompt = prompt[max(0, len(prompt) - (room - len(resp))):]
+            ids = [tok.cls_token_id] + prompt + resp + [tok.sep_token_id]
             with torch.no_grad():
-                out.append(m(**enc).logits.item())
-print(json.dumps(out))
+                out.append(m(input_ids=torch.tensor([ids])).logits.item())
+            lengths.append(len(tok(r["prompt"] + " " + r[k])["input_ids"]))
+print(json.dumps({"rewards": out, "untruncated_lengths": lengths}))
 "#;
     let theirs = std::process::Command::new(python())
         .args([
@@ -512,6 +590,7 @@ print(json.dumps(out))
             script,
             out.to_str().expect("utf8"),
             input.to_str().expect("utf8"),
+            &max_length.to_string(),
         ])
         .env("HF_HUB_OFFLINE", "1")
         .env("TRANSFORMERS_OFFLINE", "1")
@@ -524,9 +603,26 @@ print(json.dumps(out))
         String::from_utf8_lossy(&theirs.stderr)
     );
     let line = String::from_utf8(theirs.stdout).expect("utf8");
-    let theirs: Vec<f64> =
+    let theirs: serde_json::Value =
         serde_json::from_str(line.lines().last().expect("output")).expect("json");
-    assert_eq!(ours.len(), 3);
+    let lengths: Vec<u64> = theirs["untruncated_lengths"]
+        .as_array()
+        .expect("lengths")
+        .iter()
+        .map(|v| v.as_u64().expect("length"))
+        .collect();
+    // The inputs do exercise the cut: the prompt alone, the response alone.
+    assert!(
+        lengths[1] > 2 * max_length as u64 && lengths[2] > max_length as u64,
+        "{lengths:?}"
+    );
+    let theirs: Vec<f64> = theirs["rewards"]
+        .as_array()
+        .expect("rewards")
+        .iter()
+        .map(|v| v.as_f64().expect("reward"))
+        .collect();
+    assert_eq!(ours.len(), 5);
     assert_eq!(ours.len(), theirs.len());
     for (a, b) in ours.iter().zip(&theirs) {
         assert!(
@@ -534,8 +630,8 @@ print(json.dumps(out))
             "duel {ours:?} vs transformers {theirs:?}"
         );
     }
-    // The rewards are not all equal (the head was trained).
-    assert!((ours[1] - ours[2]).abs() > 1e-6);
+    // The rewards differ between inputs (the head was trained, the cut kept content).
+    assert!((ours[3] - ours[4]).abs() > 1e-6 && (ours[0] - ours[1]).abs() > 1e-6);
 }
 
 #[test]
@@ -589,7 +685,7 @@ fn truncation_keeps_the_response_and_the_end_of_the_prompt() {
 /// (`score_pairs_into`), the model a tiny random BERT with MiniLM's vocabulary.
 mod active {
     use duel::domain::{Choice, NewLabel, Prompt};
-    use duel::store::{NewPair, QueueOrder, QueueWalk, Store};
+    use duel::store::{NewPair, PairText, QueueOrder, QueueWalk, Store};
     use duel::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches, score_pairs_into};
     use rand::{RngExt, SeedableRng, rngs::StdRng};
     use std::collections::{HashMap, HashSet};
@@ -761,7 +857,7 @@ mod active {
                 return labeled.len();
             }
             // The trainer scores the unjudged pairs for the next round.
-            let rows: Vec<(i64, String, String, String)> = by_id
+            let rows: Vec<PairText> = by_id
                 .iter()
                 .filter(|(id, _)| {
                     !store
@@ -773,9 +869,14 @@ mod active {
                         )
                         .expect("query")
                 })
-                .map(|(id, e)| (*id, e.prompt.clone(), e.chosen.clone(), e.rejected.clone()))
+                .map(|(id, e)| PairText {
+                    pair_id: *id,
+                    prompt: e.prompt.clone(),
+                    response_a: e.chosen.clone(),
+                    response_b: e.rejected.clone(),
+                })
                 .collect();
-            score_pairs_into(&tr, store.conn(), &rows, step).expect("score");
+            score_pairs_into(&tr, &store, &rows, step).expect("score");
         }
         labeled.len()
     }
