@@ -38,8 +38,8 @@ fn rows(app: &App, include_undone: bool) -> Vec<LabelRow> {
 #[test]
 fn main_screen_80x24() {
     let dir = tempfile::tempdir().expect("tmp");
-    let app = App::new(demo_store(&dir.path().join("d.db")), config("alice")).expect("app");
-    let (t, _) = render(&app, 80, 24);
+    let mut app = App::new(demo_store(&dir.path().join("d.db")), config("alice")).expect("app");
+    let (t, _) = render(&mut app, 80, 24);
     insta::assert_snapshot!(t.backend());
 }
 
@@ -56,7 +56,7 @@ fn main_screen_120x40_with_a_conversation() {
         width: 120,
         height: 40,
     });
-    let (t, text) = render(&app, 120, 40);
+    let (t, text) = render(&mut app, 120, 40);
     assert!(text.contains("Conversation ("), "{text}");
     insta::assert_snapshot!(t.backend());
 }
@@ -75,7 +75,7 @@ fn one_key_commits_the_judgement_of_the_response_on_that_side() {
     let cur = app.current.clone().expect("a pair");
     let left = cur.left;
     // What the left pane shows is the stored response on the left side.
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     let left_text = cur.pair.response(left);
     let right_text = cur.pair.response(left.other());
     let column = |needle: &str| {
@@ -105,7 +105,7 @@ fn one_key_commits_the_judgement_of_the_response_on_that_side() {
     press(&mut app, KeyCode::Char('0'));
     assert_eq!(rows(&app, false)[2].choice, Choice::Tie);
     assert!(app.current.is_none(), "all three judged");
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("Nothing left to judge"));
 }
 
@@ -136,7 +136,7 @@ fn shift_asks_for_strength_and_one_key_still_suffices_without() {
         rows(&app, false).is_empty(),
         "nothing written before the grade"
     );
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("how much?"));
     press(&mut app, KeyCode::Char('3'));
     let r = &rows(&app, false)[0];
@@ -258,7 +258,7 @@ fn scrolling_moves_the_focused_pane_and_stops_at_the_end() {
         config("a"),
     )
     .expect("app");
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     let word = app
         .current
         .as_ref()
@@ -277,7 +277,7 @@ fn scrolling_moves_the_focused_pane_and_stops_at_the_end() {
         press(&mut app, KeyCode::Char('j'));
     }
     press(&mut app, KeyCode::PageDown);
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(app.scroll_of(Pane::Left) > 5);
     // The focused (left) pane no longer shows its first line.
     let word = app
@@ -294,7 +294,7 @@ fn scrolling_moves_the_focused_pane_and_stops_at_the_end() {
     for _ in 0..100 {
         press(&mut app, KeyCode::PageDown);
     }
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("200"), "the end is reachable");
     assert!(text.contains("/201"), "position shown: {text}");
     // Mouse wheel over the right pane scrolls that pane, not the focused one.
@@ -304,7 +304,7 @@ fn scrolling_moves_the_focused_pane_and_stops_at_the_end() {
         row: 10,
         lines: 3,
     });
-    render(&app, 80, 24);
+    render(&mut app, 80, 24);
     assert_eq!(app.scroll_of(Pane::Right), before + 3);
     press(&mut app, KeyCode::Tab);
     assert_eq!(app.focus, Pane::Right);
@@ -318,7 +318,7 @@ fn diff_highlights_only_the_differing_words() {
     )
     .expect("app");
     press(&mut app, KeyCode::Char('d'));
-    let (t, _) = render(&app, 80, 24);
+    let (t, _) = render(&mut app, 80, 24);
     let buf = t.backend().buffer();
     let mut highlighted = String::new();
     for y in 0..buf.area.height - 2 {
@@ -349,7 +349,7 @@ fn hostile_text_is_drawn_inert() {
         width: 80,
         height: 24,
     });
-    let (t, text) = render(&app, 80, 24);
+    let (t, text) = render(&mut app, 80, 24);
     let buf = t.backend().buffer();
     for cell in buf.content() {
         assert!(
@@ -371,7 +371,7 @@ fn wide_characters_and_long_lines_keep_the_layout() {
             width: w,
             height: h,
         });
-        let (t, _) = render(&app, w, h);
+        let (t, _) = render(&mut app, w, h);
         let buf = t.backend().buffer();
         // Every row still ends with the right border of the B pane where panes are.
         let mid = h / 2;
@@ -379,7 +379,7 @@ fn wide_characters_and_long_lines_keep_the_layout() {
         assert_eq!(last, "│", "row {mid} at width {w}");
     }
     press(&mut app, KeyCode::Char('v'));
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains(" B [2/→]"), "stacked shows both panes");
 }
 
@@ -387,14 +387,14 @@ fn wide_characters_and_long_lines_keep_the_layout() {
 fn help_shows_keys_and_guidelines() {
     let mut app = App::new(store_with(&[("q", "a", "b")]), config("a")).expect("app");
     press(&mut app, KeyCode::Char('?'));
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("Help"));
     assert!(text.contains("A is better"));
     // Guidelines are below the keys: scroll to them.
     for _ in 0..30 {
         press(&mut app, KeyCode::Char('j'));
     }
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("Prefer correct answers."), "{text}");
     // Keys do not judge while help is open.
     press(&mut app, KeyCode::Esc);
@@ -412,7 +412,7 @@ fn a_failed_write_keeps_the_pair_on_screen_and_says_so() {
     let id = app.current.as_ref().expect("p").pair.id;
     press(&mut app, KeyCode::Char('1'));
     assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(id));
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("NOT SAVED"), "{text}");
     assert_eq!(app.session_labels, 0);
 }
@@ -453,7 +453,7 @@ fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
         app.update(Action::Trainer(e));
     }
     // The compact sparkline shows while labeling.
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("acc ") && text.contains("64%"), "{text}");
     // A judgement tells the trainer that the labels changed.
     press(&mut app, KeyCode::Char('1'));
@@ -465,12 +465,12 @@ fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
     assert_eq!(rx.try_recv().ok(), Some(Command::Resume));
 
     press(&mut app, KeyCode::Char('m'));
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("training loss"), "{text}");
     assert!(text.contains("held-out accuracy"), "{text}");
     assert!(text.contains("64.0% on 11 held-out pairs"), "{text}");
     assert!(text.contains("6.0 pairs/s"), "{text}");
-    let (t, _) = render(&app, 120, 40);
+    let (t, _) = render(&mut app, 120, 40);
     insta::assert_snapshot!(t.backend());
     // The trainer stores its metrics (tests/worker.rs); a labeler that starts
     // loads them, so the charts survive a restart.
@@ -503,7 +503,7 @@ fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
 fn without_a_trainer_p_says_so_and_labeling_works() {
     let mut app = App::new(store_with(&[("q", "a", "b")]), config("a")).expect("app");
     press(&mut app, KeyCode::Char('p'));
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("no trainer"), "{text}");
     press(&mut app, KeyCode::Char('1'));
     assert_eq!(rows(&app, false).len(), 1);
@@ -553,7 +553,7 @@ fn the_top_line_keeps_progress_readable_next_to_the_model_state() {
         need: 16,
     })));
     for w in [80u16, 100, 120] {
-        let (_, text) = render(&app, w, 24);
+        let (_, text) = render(&mut app, w, 24);
         let top = text.lines().next().expect("line");
         assert!(top.contains("model: waiting 0/16"), "{top}");
         assert!(top.contains("judged 0/1"), "{top}");
@@ -574,7 +574,7 @@ fn pairs_from_the_generator_feed_show_up_as_they_are_stored() {
     let (tx, rx) = crossbeam_channel::unbounded();
     app.attach_feed(tx);
     assert_eq!(rx.try_recv(), Ok(FeedCommand::Remaining(0)));
-    let (_, screen) = render(&app, 80, 24);
+    let (_, screen) = render(&mut app, 80, 24);
     assert!(screen.contains("More are on the way"), "{screen}");
 
     // The feed thread stores a pair through its own connection, then says so.
@@ -592,7 +592,7 @@ fn pairs_from_the_generator_feed_show_up_as_they_are_stored() {
     }));
     assert!(app.current.is_some(), "the new pair is shown");
     assert_eq!(app.progress.pairs, 1);
-    let (_, screen) = render(&app, 80, 24);
+    let (_, screen) = render(&mut app, 80, 24);
     assert!(screen.contains("Name a bird."), "{screen}");
     assert!(
         screen.contains("generating: 1/3 prompts · 42 tokens/s"),
@@ -652,7 +652,10 @@ fn bytes_written_to_the_terminal_hold_no_control_from_the_data() {
                 },
             )
             .expect("terminal");
-            t.draw(|f| duel::tui::view::draw(&app, f)).expect("draw");
+            t.draw(|f| {
+                duel::tui::view::draw(&app, f, &mut duel::tui::view::Cache::default());
+            })
+            .expect("draw");
             let bytes = sink.0.borrow().clone();
             let text = String::from_utf8(bytes.clone()).expect("UTF-8 out");
             for forbidden in [
@@ -704,7 +707,7 @@ fn a_failed_trainer_leaves_labeling_working() {
     app.update(Action::Trainer(duel::train::messages::Event::Failed(
         "cannot load the model from assets/models/x: no such file".into(),
     )));
-    let (_, screen) = render(&app, 120, 40);
+    let (_, screen) = render(&mut app, 120, 40);
     assert!(screen.contains("cannot load the model"), "{screen}");
     press(&mut app, KeyCode::Char('1'));
     assert_eq!(rows(&app, false).len(), 1);
@@ -752,7 +755,7 @@ fn a_full_disk_or_a_read_only_database_loses_nothing_committed() {
         saved += 1;
     }
     assert!(full, "the page limit was never reached");
-    let (_, text) = render(&app, 120, 40);
+    let (_, text) = render(&mut app, 120, 40);
     assert!(text.contains("NOT SAVED"), "{text}");
     let count = |p: &std::path::Path| -> i64 {
         let c = rusqlite::Connection::open(p).expect("open");
@@ -780,7 +783,7 @@ fn a_full_disk_or_a_read_only_database_loses_nothing_committed() {
     let id = app.current.as_ref().expect("pair").pair.id;
     press(&mut app, KeyCode::Char('2'));
     assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(id));
-    let (_, text) = render(&app, 120, 40);
+    let (_, text) = render(&mut app, 120, 40);
     assert!(text.contains("NOT SAVED"), "{text}");
     assert_eq!(count(&path), saved + 1);
     app.store
@@ -808,7 +811,7 @@ fn a_read_only_database_still_shows_pairs() {
     let mut app = App::new(store, config("a")).expect("app");
     assert_eq!(app.current.as_ref().map(|c| c.pair.id), Some(1));
     press(&mut app, KeyCode::Char('1'));
-    let (_, text) = render(&app, 80, 24);
+    let (_, text) = render(&mut app, 80, 24);
     assert!(text.contains("NOT SAVED"), "{text}");
 }
 
@@ -1001,7 +1004,7 @@ fn review_lists_contradicted_judgements_and_relabels_from_the_list() {
 
     // The list: both judgements, the most confident first, with their prompts.
     assert!(app.current.is_none());
-    let (_, screen) = render(&app, 120, 30);
+    let (_, screen) = render(&mut app, 120, 30);
     assert!(
         screen.contains("Judgements the model disagrees with (2)"),
         "{screen}"
@@ -1023,8 +1026,9 @@ fn review_lists_contradicted_judgements_and_relabels_from_the_list() {
     press(&mut app, KeyCode::Enter);
     let cur = app.current.as_ref().expect("pair 1");
     assert_eq!(cur.pair.id, 1);
-    let a_side = if cur.left == Side::A { "left" } else { "right" };
-    let (_, screen) = render(&app, 120, 40);
+    let left = cur.left;
+    let a_side = if left == Side::A { "left" } else { "right" };
+    let (_, screen) = render(&mut app, 120, 40);
     assert!(
         screen.contains(&format!(
             "review 1/2: x chose {a_side}; the model is 90% sure"
@@ -1033,7 +1037,7 @@ fn review_lists_contradicted_judgements_and_relabels_from_the_list() {
     );
     // Judge B better: the judgement is replaced, and the list is back with pair 3
     // selected and pair 1 marked.
-    let b_key = if cur.left == Side::B { '1' } else { '2' };
+    let b_key = if left == Side::B { '1' } else { '2' };
     press(&mut app, KeyCode::Char(b_key));
     let standing = |app: &App, pair: i64| -> Vec<(String, String)> {
         let mut stmt = app
@@ -1062,7 +1066,7 @@ fn review_lists_contradicted_judgements_and_relabels_from_the_list() {
     assert_eq!(all, 2, "the earlier judgement stays in the history");
     assert!(app.current.is_none());
     assert_eq!(app.review.as_ref().map(|r| r.selected), Some(1));
-    let (_, screen) = render(&app, 120, 30);
+    let (_, screen) = render(&mut app, 120, 30);
     assert!(row(&screen, "1").contains("relabeled"), "{screen}");
 
     // Undo from the list: pair 1 is back on screen with x's judgement restored.
@@ -1090,7 +1094,7 @@ fn review_lists_contradicted_judgements_and_relabels_from_the_list() {
     press(&mut app, KeyCode::Char('s'));
     assert!(app.current.is_none());
     assert_eq!(standing(&app, 3), [("x".to_string(), "a".to_string())]);
-    let (_, screen) = render(&app, 120, 30);
+    let (_, screen) = render(&mut app, 120, 30);
     assert!(row(&screen, "3").contains("kept"), "{screen}");
     assert!(
         screen.contains("2 judgements: 1 relabeled, 1 kept"),
@@ -1117,7 +1121,7 @@ fn a_labeler_that_does_not_train_says_who_does() {
         holder: "ann".into(),
         host: Some("box".into()),
     })));
-    let (_, text) = render(&app, 100, 24);
+    let (_, text) = render(&mut app, 100, 24);
     assert!(text.contains("ann trains"), "{text}");
     app.update(Action::Trainer(Event::Eval {
         step: 25,
@@ -1125,9 +1129,9 @@ fn a_labeler_that_does_not_train_says_who_does() {
         loss: 0.66,
         pairs: 30,
     }));
-    let (_, text) = render(&app, 100, 24);
+    let (_, text) = render(&mut app, 100, 24);
     assert!(text.contains("61% (ann trains)"), "{text}");
     press(&mut app, KeyCode::Char('m'));
-    let (_, text) = render(&app, 120, 40);
+    let (_, text) = render(&mut app, 120, 40);
     assert!(text.contains("ann trains the model on box"), "{text}");
 }

@@ -10,7 +10,6 @@ use crossbeam_channel::Sender;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use ratatui::layout::Rect;
-use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -91,7 +90,7 @@ pub enum Pane {
 
 impl Pane {
     pub const ALL: [Pane; 3] = [Pane::Prompt, Pane::Left, Pane::Right];
-    fn index(self) -> usize {
+    pub fn index(self) -> usize {
         match self {
             Pane::Prompt => 0,
             Pane::Left => 1,
@@ -165,9 +164,38 @@ pub struct Flash {
     pub until: Instant,
 }
 
-/// Wrapped lines of the current pair, by pane, width and diff mode.
-pub(crate) type WrapCache =
-    HashMap<(Pane, u16, bool), std::rc::Rc<Vec<ratatui::text::Line<'static>>>>;
+/// What the last frame drew that the app needs between frames: where the panes are
+/// (for the mouse and page sizes) and how far each can scroll. `view::draw` returns
+/// it and the loop hands it to `App::drawn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drawn {
+    /// The prompt, left and right panes, in `Pane::index` order.
+    pub panes: [Rect; 3],
+    /// Largest useful scroll of each pane (`usize::MAX` until a frame says).
+    pub max_scroll: [usize; 3],
+    pub help_max_scroll: usize,
+}
+
+impl Default for Drawn {
+    fn default() -> Drawn {
+        Drawn {
+            panes: [Rect::default(); 3],
+            max_scroll: [usize::MAX; 3],
+            help_max_scroll: usize::MAX,
+        }
+    }
+}
+
+/// What an update did that a caller may act on (the script driver writes it out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Outcome {
+    #[default]
+    Nothing,
+    /// A judgement was committed.
+    Saved { label_id: i64, pair_id: i64 },
+    /// A judgement was taken back.
+    Undone { label_id: i64 },
+}
 
 pub struct App {
     pub store: Store,
@@ -196,11 +224,10 @@ pub struct App {
     /// Notes written this session, by pair, kept across skip and undo.
     notes: HashMap<i64, String>,
     scroll: [usize; 3],
-    /// Largest useful scroll per pane, written by `draw` (it knows the wrapped sizes).
-    pub(crate) max_scroll: Cell<[usize; 3]>,
-    pub(crate) help_max_scroll: Cell<usize>,
-    /// Wrapped lines of the current pair, per pane, width and diff mode.
-    pub(crate) wrap_cache: RefCell<WrapCache>,
+    /// What the last frame drew (see `Drawn`).
+    drawn: Drawn,
+    /// What the update being run did.
+    outcome: Outcome,
     rng: StdRng,
     /// This labeler's name in the claims table.
     pub session: String,
@@ -327,9 +354,8 @@ impl App {
             left_of: HashMap::new(),
             notes: HashMap::new(),
             scroll: [0; 3],
-            max_scroll: Cell::new([usize::MAX; 3]),
-            help_max_scroll: Cell::new(usize::MAX),
-            wrap_cache: RefCell::new(HashMap::new()),
+            drawn: Drawn::default(),
+            outcome: Outcome::Nothing,
             session: String::new(),
             walk: crate::store::QueueWalk::new(0),
             served: HashMap::new(),
@@ -436,7 +462,7 @@ impl App {
     }
 
     pub fn scroll_of(&self, pane: Pane) -> usize {
-        self.scroll[pane.index()].min(self.max_scroll.get()[pane.index()])
+        self.scroll[pane.index()].min(self.drawn.max_scroll[pane.index()])
     }
 
     /// Judgements per hour this session, after its first minute (a rate over a few
@@ -445,20 +471,6 @@ impl App {
         let secs = self.session_started.elapsed().as_secs_f64();
         (self.session_labels > 0 && secs >= 60.0)
             .then(|| self.session_labels as f64 * 3600.0 / secs)
-    }
-
-    /// The session's last action when it was a judgement: `(label_id, pair_id)`.
-    pub fn last_label(&self) -> Option<(i64, i64)> {
-        match self.history.last() {
-            Some(Done::Label {
-                label_id, pair_id, ..
-            }) => Some((*label_id, *pair_id)),
-            _ => None,
-        }
-    }
-
-    pub fn history_len(&self) -> usize {
-        self.history.len()
     }
 
     fn say(&mut self, text: impl Into<String>, error: bool) {
@@ -582,7 +594,6 @@ impl App {
         {
             self.notes.insert(cur.pair.id, note);
         }
-        self.wrap_cache.borrow_mut().clear();
     }
 
     /// Opens the item selected in the review list.
@@ -647,7 +658,7 @@ impl App {
         }
         self.claim_renewed = Instant::now();
         self.scroll = [0; 3];
-        self.max_scroll.set([usize::MAX; 3]);
+        self.drawn.max_scroll = [usize::MAX; 3];
         let Some(id) = id else { return };
         let pair = match self.store.pair(id) {
             Ok(Some(p)) => p,
@@ -751,6 +762,10 @@ impl App {
                     pair_id: label.pair_id,
                     replaced,
                 });
+                self.outcome = Outcome::Saved {
+                    label_id,
+                    pair_id: label.pair_id,
+                };
                 if let Some(r) = &mut self.review {
                     r.done.insert(label.pair_id);
                 }
@@ -818,6 +833,7 @@ impl App {
                 None => self.store.undo_label(label_id).map(|_| ()),
             } {
                 Ok(()) => {
+                    self.outcome = Outcome::Undone { label_id };
                     if let Some(r) = &mut self.review {
                         r.done.remove(&pair_id);
                     }
@@ -858,22 +874,29 @@ impl App {
 
     fn scroll_by(&mut self, pane: Pane, lines: i64) {
         let i = pane.index();
-        let max = self.max_scroll.get()[i];
+        let max = self.drawn.max_scroll[i];
         let now = self.scroll[i].min(max) as i64;
         self.scroll[i] = (now + lines).clamp(0, max.min(i64::MAX as usize) as i64) as usize;
     }
 
     fn page_height(&self, pane: Pane) -> i64 {
-        let rects = super::view::layout(self.size, self);
-        let r = match pane {
-            Pane::Prompt => rects.prompt,
-            Pane::Left => rects.left,
-            Pane::Right => rects.right,
-        };
+        let r = self.drawn.panes[pane.index()];
         i64::from(r.height.saturating_sub(3)).max(1)
     }
 
-    pub fn update(&mut self, action: Action) {
+    /// Takes in what the last frame drew (`view::draw` returns it).
+    pub fn drawn(&mut self, drawn: Drawn) {
+        self.drawn = drawn;
+    }
+
+    /// Runs an action and says what it did.
+    pub fn update(&mut self, action: Action) -> Outcome {
+        self.outcome = Outcome::Nothing;
+        self.apply(action);
+        std::mem::take(&mut self.outcome)
+    }
+
+    fn apply(&mut self, action: Action) {
         if let Some(f) = &self.flash
             && Instant::now() >= f.until
         {
@@ -904,11 +927,11 @@ impl App {
                 }
             }
             (Mode::Help, Action::Scroll(n)) => {
-                let max = self.help_max_scroll.get() as i64;
+                let max = self.drawn.help_max_scroll as i64;
                 self.help_scroll = (self.help_scroll as i64 + i64::from(n)).clamp(0, max) as usize;
             }
             (Mode::Help, Action::Page(n)) => {
-                let max = self.help_max_scroll.get() as i64;
+                let max = self.drawn.help_max_scroll as i64;
                 let h = i64::from(self.size.height.saturating_sub(6)).max(1);
                 self.help_scroll =
                     (self.help_scroll as i64 + i64::from(n) * h).clamp(0, max) as usize;
@@ -1005,14 +1028,10 @@ impl App {
                 self.scroll_by(self.focus, i64::from(n) * h);
             }
             (Mode::Label, Action::ScrollAt { column, row, lines }) => {
-                let rects = super::view::layout(self.size, self);
-                let hit = [
-                    (Pane::Prompt, rects.prompt),
-                    (Pane::Left, rects.left),
-                    (Pane::Right, rects.right),
-                ]
-                .into_iter()
-                .find(|(_, r)| r.contains(ratatui::layout::Position::new(column, row)));
+                let hit = [Pane::Prompt, Pane::Left, Pane::Right]
+                    .into_iter()
+                    .map(|p| (p, self.drawn.panes[p.index()]))
+                    .find(|(_, r)| r.contains(ratatui::layout::Position::new(column, row)));
                 if let Some((pane, _)) = hit {
                     self.scroll_by(pane, i64::from(lines));
                 }
@@ -1036,7 +1055,6 @@ impl App {
                     Arrangement::SideBySide => Arrangement::Stacked,
                     Arrangement::Stacked => Arrangement::SideBySide,
                 };
-                self.wrap_cache.borrow_mut().clear();
             }
             (Mode::Label, Action::ToggleDiff) => self.diff = !self.diff,
             (Mode::Label, Action::ToggleTraining) => self.show_training = !self.show_training,

@@ -70,24 +70,20 @@ pub fn run_script(
         let Some(action) = keys::key(k, &app.mode) else {
             continue;
         };
-        let (n0, last0) = (app.history_len(), app.last_label());
-        app.update(action);
-        let (n1, last1) = (app.history_len(), app.last_label());
-        if n1 > n0
-            && let Some((label_id, pair_id)) = last1
-            && last1 != last0
-        {
-            writeln!(
-                out,
-                "{}",
-                serde_json::json!({"label_id": label_id, "pair_id": pair_id})
-            )?;
-            out.flush()?;
-        } else if n1 < n0
-            && let Some((label_id, _)) = last0
-        {
-            writeln!(out, "{}", serde_json::json!({"undone": label_id}))?;
-            out.flush()?;
+        match app.update(action) {
+            app::Outcome::Saved { label_id, pair_id } => {
+                writeln!(
+                    out,
+                    "{}",
+                    serde_json::json!({"label_id": label_id, "pair_id": pair_id})
+                )?;
+                out.flush()?;
+            }
+            app::Outcome::Undone { label_id } => {
+                writeln!(out, "{}", serde_json::json!({"undone": label_id}))?;
+                out.flush()?;
+            }
+            app::Outcome::Nothing => {}
         }
         if app.should_quit {
             break;
@@ -125,8 +121,11 @@ pub fn run(
     let ticker = tick(Duration::from_millis(500));
     let mut trainer = trainer.unwrap_or_else(crossbeam_channel::never);
     let mut feed = feed.unwrap_or_else(crossbeam_channel::never);
+    let mut cache = view::Cache::default();
     loop {
-        terminal.draw(|f| view::draw(app, f))?;
+        let mut drawn = app::Drawn::default();
+        terminal.draw(|f| drawn = view::draw(app, f, &mut cache))?;
+        app.drawn(drawn);
         crate::contain::fault_point("ui");
         let ev = select! {
             recv(input) -> ev => match ev {
@@ -156,9 +155,15 @@ pub fn run(
                     app.update(action);
                 }
             }
-            AppEvent::Trainer(ev) => app.update(Action::Trainer(ev)),
-            AppEvent::Feed(ev) => app.update(Action::Feed(ev)),
-            AppEvent::Tick => app.update(Action::Tick),
+            AppEvent::Trainer(ev) => {
+                app.update(Action::Trainer(ev));
+            }
+            AppEvent::Feed(ev) => {
+                app.update(Action::Feed(ev));
+            }
+            AppEvent::Tick => {
+                app.update(Action::Tick);
+            }
         }
         if app.should_quit {
             break;

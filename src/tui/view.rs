@@ -1,7 +1,7 @@
 //! Drawing: reads the `App`, writes the frame, nothing else (the only writes are the
 //! wrap cache and the scroll limits, which depend on the frame's size).
 
-use super::app::{App, Arrangement, Mode, Pane, Pick};
+use super::app::{App, Arrangement, Drawn, Mode, Pane, Pick};
 use super::diff::word_diff;
 use super::sanitize::sanitize;
 use super::text::{wrap, wrap_segments};
@@ -10,9 +10,10 @@ use ratatui::layout::{Constraint, Direction, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Table, TableState};
+use std::collections::HashMap;
 use std::rc::Rc;
 
-/// The screen's regions; the same function serves drawing and mouse hit-testing.
+/// The screen's regions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Regions {
     pub header: Rect,
@@ -25,7 +26,7 @@ pub struct Regions {
 
 const HIGHLIGHT: Style = Style::new().fg(Color::Black).bg(Color::Yellow);
 
-pub fn layout(area: Rect, app: &App) -> Regions {
+fn layout(area: Rect, app: &App, ctx: &mut Ctx<'_>) -> Regions {
     let rows = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(0),
@@ -35,7 +36,7 @@ pub fn layout(area: Rect, app: &App) -> Regions {
     .split(area);
     let body = rows[1];
     // The prompt takes what it needs, between 3 rows and 40% of the body.
-    let want = (prompt_lines(app, body.width.saturating_sub(2)).len() + 2)
+    let want = (prompt_lines(app, ctx, body.width.saturating_sub(2)).len() + 2)
         .min(usize::from(u16::MAX)) as u16;
     let cap = ((u32::from(body.height) * 2 / 5) as u16).max(3);
     let prompt_h = want.clamp(3, cap).min(body.height);
@@ -58,23 +59,44 @@ pub fn layout(area: Rect, app: &App) -> Regions {
     }
 }
 
+/// Wrapped lines of the pair on screen, by pane, width and diff mode: wrapping long
+/// responses again for every frame would cost more than drawing them. Kept by the
+/// loop between frames; a new pair empties it.
+#[derive(Default)]
+pub struct Cache {
+    pair: Option<i64>,
+    lines: HashMap<(Pane, u16, bool), Rc<Vec<Line<'static>>>>,
+}
+
+/// What a frame needs besides the app: the cache it reads and fills, and what it
+/// learns for the app (`Drawn`).
+struct Ctx<'c> {
+    cache: &'c mut Cache,
+    drawn: Drawn,
+}
+
 fn cached(
     app: &App,
+    ctx: &mut Ctx<'_>,
     pane: Pane,
     width: u16,
     make: impl FnOnce() -> Vec<Line<'static>>,
 ) -> Rc<Vec<Line<'static>>> {
-    let key = (pane, width, app.diff && pane != Pane::Prompt);
-    if let Some(v) = app.wrap_cache.borrow().get(&key) {
-        return v.clone();
+    let pair = app.current.as_ref().map(|c| c.pair.id);
+    if ctx.cache.pair != pair {
+        ctx.cache.pair = pair;
+        ctx.cache.lines.clear();
     }
-    let v = Rc::new(make());
-    app.wrap_cache.borrow_mut().insert(key, v.clone());
-    v
+    let key = (pane, width, app.diff && pane != Pane::Prompt);
+    ctx.cache
+        .lines
+        .entry(key)
+        .or_insert_with(|| Rc::new(make()))
+        .clone()
 }
 
-fn prompt_lines(app: &App, width: u16) -> Rc<Vec<Line<'static>>> {
-    cached(app, Pane::Prompt, width, || {
+fn prompt_lines(app: &App, ctx: &mut Ctx<'_>, width: u16) -> Rc<Vec<Line<'static>>> {
+    cached(app, ctx, Pane::Prompt, width, || {
         let Some(cur) = &app.current else {
             return Vec::new();
         };
@@ -96,8 +118,8 @@ fn prompt_lines(app: &App, width: u16) -> Rc<Vec<Line<'static>>> {
     })
 }
 
-fn response_lines(app: &App, pane: Pane, width: u16) -> Rc<Vec<Line<'static>>> {
-    cached(app, pane, width, || {
+fn response_lines(app: &App, ctx: &mut Ctx<'_>, pane: Pane, width: u16) -> Rc<Vec<Line<'static>>> {
+    cached(app, ctx, pane, width, || {
         let Some(cur) = &app.current else {
             return Vec::new();
         };
@@ -150,6 +172,7 @@ fn pane_block(app: &App, pane: Pane, title: Line<'static>) -> Block<'static> {
 fn draw_scrolled(
     f: &mut Frame,
     app: &App,
+    drawn: &mut Drawn,
     pane: Pane,
     area: Rect,
     block: Block<'static>,
@@ -158,13 +181,7 @@ fn draw_scrolled(
     let inner = block.inner(area);
     let height = usize::from(inner.height);
     let max = lines.len().saturating_sub(height);
-    let mut limits = app.max_scroll.get();
-    limits[match pane {
-        Pane::Prompt => 0,
-        Pane::Left => 1,
-        Pane::Right => 2,
-    }] = max;
-    app.max_scroll.set(limits);
+    drawn.max_scroll[pane.index()] = max;
     let top = app.scroll_of(pane).min(max);
     let visible: Vec<Line<'static>> = lines.iter().skip(top).take(height).cloned().collect();
     let block = if max > 0 {
@@ -181,9 +198,20 @@ fn draw_scrolled(
     f.render_widget(Paragraph::new(visible).block(block), area);
 }
 
-pub fn draw(app: &App, f: &mut Frame) {
+/// Draws the app and returns what the app needs to know of the frame.
+pub fn draw(app: &App, f: &mut Frame, cache: &mut Cache) -> Drawn {
     let area = f.area();
-    let r = layout(area, app);
+    let mut ctx = Ctx {
+        cache,
+        drawn: Drawn::default(),
+    };
+    let r = layout(area, app, &mut ctx);
+    ctx.drawn.panes = [r.prompt, r.left, r.right];
+    draw_frame(app, f, &mut ctx, area, &r);
+    ctx.drawn
+}
+
+fn draw_frame(app: &App, f: &mut Frame, ctx: &mut Ctx<'_>, area: Rect, r: &Regions) {
     draw_header(app, f, r.header);
 
     if app.show_training {
@@ -208,7 +236,7 @@ pub fn draw(app: &App, f: &mut Frame) {
         draw_status(app, f, r.status);
         draw_hints(app, f, r.hints);
         if app.mode == Mode::Help {
-            draw_help(app, f, area);
+            draw_help(app, f, &mut ctx.drawn, area);
         }
         return;
     }
@@ -221,21 +249,29 @@ pub fn draw(app: &App, f: &mut Frame) {
             } else {
                 " Prompt ".to_owned()
             };
-            let lines = prompt_lines(app, r.prompt.width.saturating_sub(2));
+            let lines = prompt_lines(app, ctx, r.prompt.width.saturating_sub(2));
             let block = pane_block(app, Pane::Prompt, Line::from(title).bold());
-            draw_scrolled(f, app, Pane::Prompt, r.prompt, block, &lines);
+            draw_scrolled(
+                f,
+                app,
+                &mut ctx.drawn,
+                Pane::Prompt,
+                r.prompt,
+                block,
+                &lines,
+            );
             for (pane, rect, name, key) in [
                 (Pane::Left, r.left, "A", "1/←"),
                 (Pane::Right, r.right, "B", "2/→"),
             ] {
-                let lines = response_lines(app, pane, rect.width.saturating_sub(2));
+                let lines = response_lines(app, ctx, pane, rect.width.saturating_sub(2));
                 let title = Line::from(vec![
                     Span::raw(" "),
                     Span::styled(name, Style::new().bold()),
                     Span::styled(format!(" [{key}] "), Style::new().dark_gray()),
                 ]);
                 let block = pane_block(app, pane, title);
-                draw_scrolled(f, app, pane, rect, block, &lines);
+                draw_scrolled(f, app, &mut ctx.drawn, pane, rect, block, &lines);
             }
         }
         None => {
@@ -271,7 +307,7 @@ pub fn draw(app: &App, f: &mut Frame) {
     draw_status(app, f, r.status);
     draw_hints(app, f, r.hints);
     if app.mode == Mode::Help {
-        draw_help(app, f, area);
+        draw_help(app, f, &mut ctx.drawn, area);
     }
 }
 
@@ -477,7 +513,7 @@ fn draw_hints(app: &App, f: &mut Frame, area: Rect) {
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-fn draw_help(app: &App, f: &mut Frame, area: Rect) {
+fn draw_help(app: &App, f: &mut Frame, drawn: &mut Drawn, area: Rect) {
     let w = area.width.saturating_sub(4).min(100);
     let h = area.height.saturating_sub(2);
     let rect = Rect {
@@ -504,7 +540,7 @@ fn draw_help(app: &App, f: &mut Frame, area: Rect) {
     ));
     let height = usize::from(inner.height);
     let max = lines.len().saturating_sub(height);
-    app.help_max_scroll.set(max);
+    drawn.help_max_scroll = max;
     let top = app.help_scroll.min(max);
     let visible: Vec<Line<'static>> = lines.into_iter().skip(top).take(height).collect();
     f.render_widget(Paragraph::new(visible).block(block), rect);

@@ -59,10 +59,15 @@ pub fn demo_store(path: &Path) -> Store {
     s
 }
 
-/// Draws the app on a test terminal and returns the screen as text lines.
-pub fn render(app: &App, w: u16, h: u16) -> (Terminal<TestBackend>, String) {
+/// Draws the app on a test terminal, as the event loop does (what the frame learned
+/// goes back to the app), and returns the screen as text lines.
+pub fn render(app: &mut App, w: u16, h: u16) -> (Terminal<TestBackend>, String) {
     let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
-    t.draw(|f| duel::tui::view::draw(app, f)).expect("draw");
+    let mut cache = duel::tui::view::Cache::default();
+    let mut drawn = duel::tui::app::Drawn::default();
+    t.draw(|f| drawn = duel::tui::view::draw(app, f, &mut cache))
+        .expect("draw");
+    app.drawn(drawn);
     let text = screen_text(&t);
     (t, text)
 }
