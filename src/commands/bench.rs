@@ -1,0 +1,123 @@
+//! `duel bench import`: import speed and the next-pair time at scale.
+
+use crate::io::import::{ImportOptions, import_file};
+use crate::store::{QueueOrder, QueueWalk, Store};
+use anyhow::Result;
+use std::io::Write;
+use std::process::ExitCode;
+
+pub(super) fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+pub(super) fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("pairs.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for i in 0..pairs {
+            // Realistic shapes: a prompt shared by a few pairs, responses of a few
+            // hundred bytes with escapes and non-ASCII text.
+            let rec = serde_json::json!({
+                "id": format!("bench-{i}"),
+                "prompt": format!("Question {}: explain how a heat pump moves heat from a cold place to a warm one, in plain words.", i / 4),
+                "response_a": format!("Answer {i}. A heat pump uses a refrigerant that evaporates at low temperature, absorbing heat outside; a compressor raises its pressure and temperature, and it releases that heat indoors as it condenses. \"Efficiency\" is measured as COP — often 3 or more.\n"),
+                "response_b": format!("Reply {i}: it works like a fridge in reverse. It pulls warmth from outdoor air (even at −10 °C) and pumps it inside; the electricity runs the compressor, not a heater.\n"),
+            });
+            serde_json::to_writer(&mut w, &rec)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    let bytes = std::fs::metadata(&file)?.len();
+    // Parsing alone (one thread), to see how the time splits.
+    let parse_start = std::time::Instant::now();
+    {
+        use std::io::BufRead;
+        let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
+        for line in r.split(b'\n') {
+            let p =
+                crate::io::import::parse_json_line(&line?).map_err(|e| anyhow::anyhow!("{e}"))?;
+            std::hint::black_box(crate::store::PairDigests::of(&p));
+        }
+    }
+    let parse_secs = parse_start.elapsed().as_secs_f64();
+    let mut store = Store::open(&dir.path().join("bench.db"))?;
+    let start = std::time::Instant::now();
+    let report = import_file(&mut store, &file, &ImportOptions::default())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    // What a labeler waits for between two pairs at this size: a claim in each order.
+    let mut claim_ms = serde_json::Map::new();
+    for order in [
+        QueueOrder::Sequential,
+        QueueOrder::Random,
+        QueueOrder::Uncertain,
+        QueueOrder::Disagreement,
+    ] {
+        let ms = median_claim_ms(&mut store, &format!("bench-{}", order.as_str()), 1, order)?;
+        claim_ms.insert(order.as_str().into(), serde_json::json!(ms));
+    }
+    // The disagreement order goes over judged pairs: judge up to 100,000 (once each,
+    // half A and half B), then claim with overlap 2 as a second annotator would.
+    let judged = store.judge_for_bench()?;
+    let ms = median_claim_ms(&mut store, "bench-second", 2, QueueOrder::Disagreement)?;
+    claim_ms.insert(
+        format!("disagreement, {judged} judged, overlap 2"),
+        serde_json::json!(ms),
+    );
+    let result = serde_json::json!({
+        "pairs": report.inserted,
+        "claim_ms": claim_ms,
+        "file_mb": bytes as f64 / 1e6,
+        "seconds": secs,
+        "import_pairs_per_s": report.inserted as f64 / secs,
+        "peak_rss_mb": peak_rss_mb(),
+        "parse_only_pairs_per_s": pairs as f64 / parse_secs,
+    });
+    if json {
+        println!("{result}");
+    } else {
+        println!(
+            "imported {} pairs ({:.0} MB) in {:.2} s: {:.0} pairs/s, peak RSS {:.0} MB",
+            report.inserted,
+            bytes as f64 / 1e6,
+            secs,
+            report.inserted as f64 / secs,
+            peak_rss_mb().unwrap_or(f64::NAN)
+        );
+        println!("next pair (median ms a claim): {}", result["claim_ms"]);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The median of 9 claims by `annotator` in `order`, in milliseconds, each one
+/// judging the pair before (as a labeler does) so that the walk goes on.
+pub(super) fn median_claim_ms(
+    store: &mut Store,
+    annotator: &str,
+    overlap: u32,
+    order: QueueOrder,
+) -> Result<f64> {
+    let none = std::collections::HashSet::new();
+    let mut times = Vec::new();
+    let mut walk = QueueWalk::new(7);
+    for _ in 0..9 {
+        let t = std::time::Instant::now();
+        let id =
+            store.claim_next_in_order(annotator, annotator, overlap, &none, order, &mut walk)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        let Some(id) = id else { break };
+        store.record_label(&crate::domain::NewLabel::plain(
+            id,
+            annotator,
+            crate::domain::Choice::A,
+            "bench",
+        ))?;
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}

@@ -1,0 +1,137 @@
+//! `duel label`: the labeler, in a terminal or driven by a key script, with its trainer and generator feed.
+
+use super::{BadInput, DEFAULT_GUIDELINES, generate, open_existing};
+use crate::cli::LabelArgs;
+use crate::tui;
+use anyhow::{Result, bail};
+use std::path::Path;
+use std::process::ExitCode;
+
+pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
+    let guidelines = match &args.guidelines {
+        Some(p) => {
+            std::fs::read_to_string(p).map_err(|e| BadInput(format!("{}: {e}", p.display())))?
+        }
+        None => DEFAULT_GUIDELINES.to_owned(),
+    };
+    if args.annotator.trim().is_empty() {
+        bail!(BadInput("--annotator must not be empty".into()));
+    }
+    let store = open_existing(db)?;
+    let app = tui::App::new(
+        store,
+        tui::Config {
+            annotator: args.annotator.clone(),
+            overlap: args.overlap,
+            always_strength: args.strength,
+            guidelines,
+            seed: args.order_seed,
+            order: args.order,
+            random_share: args.random_share.clamp(0.0, 1.0),
+            show_model: args.show_model,
+            gold_rate: args.gold_rate.clamp(0.0, 1.0),
+        },
+    )?;
+    tracing::info!(annotator = %app.config.annotator, "labeling started");
+    let mut app = app;
+    if let Some(script) = &args.script {
+        let text = match script.strip_prefix('@') {
+            Some(path) => {
+                std::fs::read_to_string(path).map_err(|e| BadInput(format!("{path}: {e}")))?
+            }
+            None => script.clone(),
+        };
+        let keys =
+            tui::keys::parse_script(text.trim_end_matches(['\n', '\r'])).map_err(BadInput)?;
+        let result = tui::run_script(&mut app, &keys, std::io::stdout().lock());
+        app.release();
+        result?;
+        eprintln!(
+            "{} judgements this session, all saved in {}",
+            app.session_labels,
+            db.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let trainer = if args.no_train {
+        None
+    } else {
+        let cfg = crate::train::worker::WorkerConfig {
+            db: db.to_owned(),
+            base_dir: args
+                .model_dir
+                .clone()
+                .unwrap_or_else(|| crate::model::DEFAULT_ENCODER_DIR.into()),
+            // The checkpoint folder belongs to the database: whichever process
+            // holds the training lease writes it, and the next resumes from it.
+            out_dir: db.with_extension("model"),
+            train: crate::train::TrainConfig {
+                lr: args.lr,
+                max_length: args.max_length,
+                ..Default::default()
+            },
+            min_labels: args.min_labels as usize,
+            holdout: 0.15,
+            eval_every: 25,
+            checkpoint_every: 100,
+            // One trainer serves every labeler on the database: it scores the queue
+            // for the orders and `--show-model` of any of them.
+            score_queue: 128,
+            passes: args.passes,
+            holder: args.annotator.clone(),
+        };
+        let h = crate::train::worker::spawn(cfg);
+        app.attach_trainer(h.commands.clone());
+        Some(h)
+    };
+    let feed = match &args.prompts {
+        Some(path) => {
+            let plan = args.sampling.plan();
+            plan.validate().map_err(BadInput)?;
+            let prompts = crate::generator::pairs::read_prompts(path).map_err(BadInput)?;
+            let generator = generate::generator_path(args.sampling.generator.as_deref());
+            if !generator.exists() {
+                bail!(BadInput(format!(
+                    "{}: no such generator model",
+                    generator.display()
+                )));
+            }
+            let h = crate::generator::feed::spawn(crate::generator::feed::FeedConfig {
+                db: db.to_owned(),
+                generator,
+                prompts,
+                plan,
+                low_water: args.low_water,
+            });
+            app.attach_feed(h.commands.clone());
+            Some(h)
+        }
+        None => None,
+    };
+    let result = tui::run(
+        &mut app,
+        !args.no_mouse,
+        trainer.as_ref().map(|h| h.events.clone()),
+        feed.as_ref().map(|h| h.events.clone()),
+    );
+    if let Some(h) = feed {
+        h.stop();
+    }
+    app.release();
+    if let Some(h) = trainer {
+        eprintln!("stopping the trainer (it saves the model)...");
+        let events = h.events.clone();
+        h.stop();
+        // Record what it said while stopping (its last checkpoint).
+        for e in events.try_iter() {
+            app.update(tui::Action::Trainer(e));
+        }
+    }
+    result?;
+    let judged = app.session_labels;
+    eprintln!(
+        "{judged} judgements this session, all saved in {}",
+        db.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
