@@ -2,7 +2,7 @@
 DB  ?= duel.db
 BIN := target/release/duel
 
-.PHONY: run build models test lint fuzz bench-import bench-train
+.PHONY: run build models test lint fuzz bench bench-import bench-train
 
 run: build models
 	@test -f "$(DB)" || $(BIN) --db "$(DB)" import data/demo_pairs.jsonl
@@ -31,6 +31,11 @@ fuzz:
 	  cargo fuzz run --sanitizer none --debug-assertions $$t corpus/$$t seeds/$$t -- \
 	    -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 || exit 1; \
 	done
+
+# Every speed benchmark and its baseline (PYTHON=... for the baselines), as the table
+# of docs/PERFORMANCE.md.
+bench:
+	scripts/bench.sh
 
 bench-import: build
 	$(BIN) bench import --pairs 1000000
