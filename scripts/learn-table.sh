@@ -10,10 +10,12 @@ seeds=${2:-0}
 out=learn-results
 mkdir -p "$out"
 cargo build --release --locked
+# The defaults first: every other option is compared with them.
 options=(
   --option "defaults="
-  --option "no-length=--length-aux 0"
-  --option "lr5-no-length=--lr 5e-5 --length-aux 0"
+  --option "old-defaults=--lr 1e-4 --length-aux 1"
+  --option "length=--length-aux 1"
+  --option "no-warmup=--warmup 0"
 )
 run() { # name file epochs
   target/release/duel bench learn "$data/$2" --folds 2 --seeds "$seeds" --epochs "$3" \
