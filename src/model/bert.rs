@@ -100,41 +100,34 @@ impl BertConfig {
     /// `bert.`). The classifier is optional (a base encoder has none).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let (h, f) = (self.hidden_size, self.intermediate_size);
-        let mut v = vec![
-            (
-                "embeddings.word_embeddings.weight".into(),
-                vec![self.vocab_size, h],
-            ),
-            (
-                "embeddings.position_embeddings.weight".into(),
-                vec![self.max_position_embeddings, h],
-            ),
-            (
-                "embeddings.token_type_embeddings.weight".into(),
-                vec![self.type_vocab_size, h],
-            ),
+        let embedding = [
+            vec![self.vocab_size, h],
+            vec![self.max_position_embeddings, h],
+            vec![self.type_vocab_size, h],
+            vec![h],
+            vec![h],
         ];
-        let norm = |v: &mut Vec<(String, Vec<usize>)>, p: &str| {
-            v.push((format!("{p}.weight"), vec![h]));
-            v.push((format!("{p}.bias"), vec![h]));
-        };
-        let linear = |v: &mut Vec<(String, Vec<usize>)>, p: &str, out: usize, inp: usize| {
-            v.push((format!("{p}.weight"), vec![out, inp]));
-            v.push((format!("{p}.bias"), vec![out]));
-        };
-        norm(&mut v, "embeddings.LayerNorm");
-        for i in 0..self.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            for name in ["query", "key", "value"] {
-                linear(&mut v, &format!("{p}.attention.self.{name}"), h, h);
+        let mut v: Vec<(String, Vec<usize>)> = EMBEDDING_TENSORS
+            .iter()
+            .zip(embedding)
+            .map(|(n, shape)| ((*n).to_owned(), shape))
+            .collect();
+        let layer_shape = |name: &str| -> Vec<usize> {
+            match name {
+                "intermediate.dense.weight" => vec![f, h],
+                "intermediate.dense.bias" => vec![f],
+                "output.dense.weight" => vec![h, f],
+                n if n.ends_with(".bias") || n.contains("LayerNorm") => vec![h],
+                _ => vec![h, h],
             }
-            linear(&mut v, &format!("{p}.attention.output.dense"), h, h);
-            norm(&mut v, &format!("{p}.attention.output.LayerNorm"));
-            linear(&mut v, &format!("{p}.intermediate.dense"), f, h);
-            linear(&mut v, &format!("{p}.output.dense"), h, f);
-            norm(&mut v, &format!("{p}.output.LayerNorm"));
+        };
+        for i in 0..self.num_hidden_layers {
+            for n in LAYER_TENSORS {
+                v.push((format!("encoder.layer.{i}.{n}"), layer_shape(n)));
+            }
         }
-        linear(&mut v, "pooler.dense", h, h);
+        v.push((POOLER_TENSORS[0].to_owned(), vec![h, h]));
+        v.push((POOLER_TENSORS[1].to_owned(), vec![h]));
         v
     }
 }
@@ -363,6 +356,44 @@ pub struct Norm {
     pub bias: Var,
 }
 
+/// The embeddings' tensors, by their names in a bare `BertModel` file (a
+/// sequence-classification checkpoint adds `bert.`), in `named_vars` order. Loading,
+/// saving and the engine's indices all read these tables.
+pub const EMBEDDING_TENSORS: [&str; 5] = [
+    "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight",
+    "embeddings.LayerNorm.weight",
+    "embeddings.LayerNorm.bias",
+];
+
+/// One encoder layer's tensors, under `encoder.layer.{i}.`, in `named_vars` order
+/// (`Layer::vars`).
+pub const LAYER_TENSORS: [&str; 16] = [
+    "attention.self.query.weight",
+    "attention.self.query.bias",
+    "attention.self.key.weight",
+    "attention.self.key.bias",
+    "attention.self.value.weight",
+    "attention.self.value.bias",
+    "attention.output.dense.weight",
+    "attention.output.dense.bias",
+    "intermediate.dense.weight",
+    "intermediate.dense.bias",
+    "output.dense.weight",
+    "output.dense.bias",
+    "attention.output.LayerNorm.weight",
+    "attention.output.LayerNorm.bias",
+    "output.LayerNorm.weight",
+    "output.LayerNorm.bias",
+];
+
+/// The pooler's tensors (part of the encoder: `bert.` in a checkpoint).
+pub const POOLER_TENSORS: [&str; 2] = ["pooler.dense.weight", "pooler.dense.bias"];
+
+/// The reward head's tensors (no `bert.` prefix in a checkpoint).
+pub const CLASSIFIER_TENSORS: [&str; 2] = ["classifier.weight", "classifier.bias"];
+
 pub struct Layer {
     pub query: Linear,
     pub key: Linear,
@@ -372,6 +403,64 @@ pub struct Layer {
     pub intermediate: Linear,
     pub output: Linear,
     pub out_norm: Norm,
+}
+
+impl Layer {
+    /// Its tensors, in `LAYER_TENSORS` order.
+    pub fn vars(&self) -> [&Var; 16] {
+        [
+            &self.query.weight,
+            &self.query.bias,
+            &self.key.weight,
+            &self.key.bias,
+            &self.value.weight,
+            &self.value.bias,
+            &self.attn_out.weight,
+            &self.attn_out.bias,
+            &self.intermediate.weight,
+            &self.intermediate.bias,
+            &self.output.weight,
+            &self.output.bias,
+            &self.attn_norm.weight,
+            &self.attn_norm.bias,
+            &self.out_norm.weight,
+            &self.out_norm.bias,
+        ]
+    }
+
+    /// A layer from its tensors, in `LAYER_TENSORS` order.
+    fn from_vars(v: [Var; 16]) -> Layer {
+        let [
+            wq,
+            bq,
+            wk,
+            bk,
+            wv,
+            bv,
+            wo,
+            bo,
+            wi,
+            bi,
+            wout,
+            bout,
+            g1,
+            b1,
+            g2,
+            b2,
+        ] = v;
+        let lin = |weight, bias| Linear { weight, bias };
+        let norm = |weight, bias| Norm { weight, bias };
+        Layer {
+            query: lin(wq, bq),
+            key: lin(wk, bk),
+            value: lin(wv, bv),
+            attn_out: lin(wo, bo),
+            intermediate: lin(wi, bi),
+            output: lin(wout, bout),
+            attn_norm: norm(g1, b1),
+            out_norm: norm(g2, b2),
+        }
+    }
 }
 
 pub struct RewardModel {
@@ -440,36 +529,21 @@ impl RewardModel {
                 .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{name}`")))?;
             Var::from_tensor(&t.to_dtype(DType::F32)?.contiguous()?)
         };
-        let linear = |p: &str| -> Result<Linear> {
-            Ok(Linear {
-                weight: get(&format!("{p}.weight"))?,
-                bias: get(&format!("{p}.bias"))?,
-            })
-        };
-        let norm = |p: &str| -> Result<Norm> {
-            Ok(Norm {
-                weight: get(&format!("{p}.weight"))?,
-                bias: get(&format!("{p}.bias"))?,
-            })
-        };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let p = format!("encoder.layer.{i}");
-            layers.push(Layer {
-                query: linear(&format!("{p}.attention.self.query"))?,
-                key: linear(&format!("{p}.attention.self.key"))?,
-                value: linear(&format!("{p}.attention.self.value"))?,
-                attn_out: linear(&format!("{p}.attention.output.dense"))?,
-                attn_norm: norm(&format!("{p}.attention.output.LayerNorm"))?,
-                intermediate: linear(&format!("{p}.intermediate.dense"))?,
-                output: linear(&format!("{p}.output.dense"))?,
-                out_norm: norm(&format!("{p}.output.LayerNorm"))?,
-            });
+            let vars = LAYER_TENSORS
+                .iter()
+                .map(|n| get(&format!("encoder.layer.{i}.{n}")))
+                .collect::<Result<Vec<Var>>>()?;
+            let vars: [Var; 16] = vars
+                .try_into()
+                .map_err(|_| candle_core::Error::Msg("a layer has 16 tensors".into()))?;
+            layers.push(Layer::from_vars(vars));
         }
         let h = config.hidden_size;
         let classifier = match (
-            weights.get("classifier.weight"),
-            weights.get("classifier.bias"),
+            weights.get(CLASSIFIER_TENSORS[0]),
+            weights.get(CLASSIFIER_TENSORS[1]),
         ) {
             (Some(w), Some(b)) => Linear {
                 weight: Var::from_tensor(&w.to_dtype(DType::F32)?)?,
@@ -480,13 +554,21 @@ impl RewardModel {
                 bias: Var::zeros(1, DType::F32, &Device::Cpu)?,
             },
         };
+        let [word, position, token_type, g, b] = EMBEDDING_TENSORS;
+        let [pw, pb] = POOLER_TENSORS;
         Ok(RewardModel {
-            word: get("embeddings.word_embeddings.weight")?,
-            position: get("embeddings.position_embeddings.weight")?,
-            token_type: get("embeddings.token_type_embeddings.weight")?,
-            emb_norm: norm("embeddings.LayerNorm")?,
+            word: get(word)?,
+            position: get(position)?,
+            token_type: get(token_type)?,
+            emb_norm: Norm {
+                weight: get(g)?,
+                bias: get(b)?,
+            },
             layers,
-            pooler: linear("pooler.dense")?,
+            pooler: Linear {
+                weight: get(pw)?,
+                bias: get(pb)?,
+            },
             classifier,
             config,
         })
@@ -507,47 +589,35 @@ impl RewardModel {
 
     /// Every parameter with its Hugging Face name, in a fixed order.
     pub fn named_vars(&self) -> Vec<(String, &Var)> {
-        let mut v: Vec<(String, &Var)> = vec![
-            ("bert.embeddings.word_embeddings.weight".into(), &self.word),
-            (
-                "bert.embeddings.position_embeddings.weight".into(),
-                &self.position,
-            ),
-            (
-                "bert.embeddings.token_type_embeddings.weight".into(),
-                &self.token_type,
-            ),
-            (
-                "bert.embeddings.LayerNorm.weight".into(),
-                &self.emb_norm.weight,
-            ),
-            ("bert.embeddings.LayerNorm.bias".into(), &self.emb_norm.bias),
+        let embeddings = [
+            &self.word,
+            &self.position,
+            &self.token_type,
+            &self.emb_norm.weight,
+            &self.emb_norm.bias,
         ];
+        let mut v: Vec<(String, &Var)> = EMBEDDING_TENSORS
+            .iter()
+            .zip(embeddings)
+            .map(|(n, var)| (format!("bert.{n}"), var))
+            .collect();
         for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("bert.encoder.layer.{i}");
-            for (name, lin) in [
-                ("attention.self.query", &l.query),
-                ("attention.self.key", &l.key),
-                ("attention.self.value", &l.value),
-                ("attention.output.dense", &l.attn_out),
-                ("intermediate.dense", &l.intermediate),
-                ("output.dense", &l.output),
-            ] {
-                v.push((format!("{p}.{name}.weight"), &lin.weight));
-                v.push((format!("{p}.{name}.bias"), &lin.bias));
-            }
-            for (name, n) in [
-                ("attention.output.LayerNorm", &l.attn_norm),
-                ("output.LayerNorm", &l.out_norm),
-            ] {
-                v.push((format!("{p}.{name}.weight"), &n.weight));
-                v.push((format!("{p}.{name}.bias"), &n.bias));
+            for (n, var) in LAYER_TENSORS.iter().zip(l.vars()) {
+                v.push((format!("bert.encoder.layer.{i}.{n}"), var));
             }
         }
-        v.push(("bert.pooler.dense.weight".into(), &self.pooler.weight));
-        v.push(("bert.pooler.dense.bias".into(), &self.pooler.bias));
-        v.push(("classifier.weight".into(), &self.classifier.weight));
-        v.push(("classifier.bias".into(), &self.classifier.bias));
+        for (n, var) in POOLER_TENSORS
+            .iter()
+            .zip([&self.pooler.weight, &self.pooler.bias])
+        {
+            v.push((format!("bert.{n}"), var));
+        }
+        for (n, var) in CLASSIFIER_TENSORS
+            .iter()
+            .zip([&self.classifier.weight, &self.classifier.bias])
+        {
+            v.push(((*n).to_owned(), var));
+        }
         v
     }
 

@@ -9,7 +9,7 @@
 //! the same rewards and the same gradients, dropout masks included (the same
 //! counter-based masks, drawn in the same order).
 
-use super::bert::{DropoutRng, RewardModel, draw, dropout_mask};
+use super::bert::{DropoutRng, EMBEDDING_TENSORS, LAYER_TENSORS, RewardModel, draw, dropout_mask};
 use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp, row_stats};
 use super::sgemm::{Par, View, ViewMut, matmul};
 use candle_core::{Result, Storage, Tensor, bail};
@@ -162,27 +162,47 @@ struct Params<'a> {
     all: Vec<&'a [f32]>,
 }
 
-const PER_LAYER: usize = 16;
-const EMB: usize = 5;
+const PER_LAYER: usize = LAYER_TENSORS.len();
+const EMB: usize = EMBEDDING_TENSORS.len();
 
-/// Indexes into a layer's 16 parameters, in `named_vars` order.
+/// The index of a layer tensor in `LAYER_TENSORS` (a name not there fails the build).
+const fn at(name: &str) -> usize {
+    let mut i = 0;
+    while i < LAYER_TENSORS.len() {
+        let (a, b) = (LAYER_TENSORS[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return i;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a layer tensor")
+}
+
+/// Indexes into a layer's parameters, by their names in `LAYER_TENSORS`.
 mod p {
-    pub const WQ: usize = 0;
-    pub const BQ: usize = 1;
-    pub const WK: usize = 2;
-    pub const BK: usize = 3;
-    pub const WV: usize = 4;
-    pub const BV: usize = 5;
-    pub const WO: usize = 6;
-    pub const BO: usize = 7;
-    pub const WI: usize = 8;
-    pub const BI: usize = 9;
-    pub const WOUT: usize = 10;
-    pub const BOUT: usize = 11;
-    pub const G1: usize = 12;
-    pub const B1: usize = 13;
-    pub const G2: usize = 14;
-    pub const B2: usize = 15;
+    use super::at;
+    pub const WQ: usize = at("attention.self.query.weight");
+    pub const BQ: usize = at("attention.self.query.bias");
+    pub const WK: usize = at("attention.self.key.weight");
+    pub const BK: usize = at("attention.self.key.bias");
+    pub const WV: usize = at("attention.self.value.weight");
+    pub const BV: usize = at("attention.self.value.bias");
+    pub const WO: usize = at("attention.output.dense.weight");
+    pub const BO: usize = at("attention.output.dense.bias");
+    pub const WI: usize = at("intermediate.dense.weight");
+    pub const BI: usize = at("intermediate.dense.bias");
+    pub const WOUT: usize = at("output.dense.weight");
+    pub const BOUT: usize = at("output.dense.bias");
+    pub const G1: usize = at("attention.output.LayerNorm.weight");
+    pub const B1: usize = at("attention.output.LayerNorm.bias");
+    pub const G2: usize = at("output.LayerNorm.weight");
+    pub const B2: usize = at("output.LayerNorm.bias");
 }
 
 impl<'a> Params<'a> {
