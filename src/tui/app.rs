@@ -320,7 +320,7 @@ impl App {
             Ok(p) => self.progress = p,
             Err(e) => self.say(format!("cannot read progress: {e}"), true),
         }
-        self.tell_feed();
+        self.notify_feed();
     }
 
     /// Takes the pair off the screen (its unsaved note kept for later).

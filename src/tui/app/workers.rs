@@ -26,10 +26,12 @@ impl App {
     pub fn attach_feed(&mut self, commands: Sender<crate::generator::feed::FeedCommand>) {
         self.feed = Some(commands);
         self.feed_status = Some("generator: loading".into());
-        self.tell_feed();
+        self.notify_feed();
     }
 
-    pub(super) fn tell_feed(&mut self) {
+    /// Tells the feed how many pairs are left to judge (it generates when they run
+    /// low), as `notify_trainer` tells the trainer what changed.
+    pub(super) fn notify_feed(&mut self) {
         let left = self.progress.pairs - self.progress.mine - self.skipped.len() as i64;
         if let Some(f) = &self.feed
             && f.send(crate::generator::feed::FeedCommand::Remaining(left.max(0)))
