@@ -344,7 +344,7 @@ fn a_checkpoint_round_trips_bit_for_bit() {
             .expect("json");
     assert_eq!(cfg["architectures"][0], "BertForSequenceClassification");
     assert_eq!(cfg["num_labels"], 1);
-    let loaded = RewardModel::load(&out, 99).expect("load");
+    let loaded = checkpoint::load(&out, 99).expect("load");
     for ((n1, a), (n2, b)) in tr.model.named_vars().iter().zip(loaded.named_vars()) {
         assert_eq!(n1, &n2);
         assert_eq!(a.dtype(), DType::F32);

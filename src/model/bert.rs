@@ -487,6 +487,12 @@ pub enum ModelError {
         path: std::path::PathBuf,
         msg: String,
     },
+    /// A config that contradicts itself, given in code rather than read from a file.
+    #[error("config: {0}")]
+    Config(String),
+    /// Tensors that do not fit the config, given in code.
+    #[error(transparent)]
+    Weights(#[from] WeightError),
     #[error(transparent)]
     Compute(#[from] candle_core::Error),
 }
@@ -505,39 +511,33 @@ impl ModelError {
     }
 }
 
-/// `config.json` of a model folder, checked against itself.
-pub fn load_config(dir: &Path) -> std::result::Result<BertConfig, ModelError> {
-    let path = dir.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| ModelError::file(&path, e))?;
-    let config: BertConfig =
-        serde_json::from_slice(&bytes).map_err(|e| ModelError::file(&path, e))?;
-    config.check().map_err(|e| ModelError::file(&path, e))?;
-    Ok(config)
-}
-
 impl RewardModel {
     /// Builds the model from named tensors. Names may carry the `bert.` prefix (a
     /// sequence-classification checkpoint) or not (a bare `BertModel` file). A
     /// missing classifier is initialised from `seed` (normal, std 0.02; bias 0).
-    pub fn from_weights(config: BertConfig, weights: &Weights, seed: u64) -> Result<RewardModel> {
-        config.check().map_err(candle_core::Error::Msg)?;
-        check_weights(&config, weights).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-        let get = |name: &str| -> Result<Var> {
+    pub fn from_weights(
+        config: BertConfig,
+        weights: &Weights,
+        seed: u64,
+    ) -> std::result::Result<RewardModel, ModelError> {
+        config.check().map_err(ModelError::Config)?;
+        check_weights(&config, weights)?;
+        let get = |name: &str| -> std::result::Result<Var, ModelError> {
             let t = weights
                 .get(&format!("bert.{name}"))
                 .or_else(|| weights.get(name))
-                .ok_or_else(|| candle_core::Error::Msg(format!("weights lack `{name}`")))?;
-            Var::from_tensor(&t.to_dtype(DType::F32)?.contiguous()?)
+                .ok_or_else(|| WeightError::Missing { name: name.into() })?;
+            Ok(Var::from_tensor(&t.to_dtype(DType::F32)?.contiguous()?)?)
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let vars = LAYER_TENSORS
                 .iter()
                 .map(|n| get(&format!("encoder.layer.{i}.{n}")))
-                .collect::<Result<Vec<Var>>>()?;
-            let vars: [Var; 16] = vars
-                .try_into()
-                .map_err(|_| candle_core::Error::Msg("a layer has 16 tensors".into()))?;
+                .collect::<std::result::Result<Vec<Var>, ModelError>>()?;
+            let Ok(vars) = <[Var; 16]>::try_from(vars) else {
+                unreachable!("one tensor for each name of LAYER_TENSORS")
+            };
             layers.push(Layer::from_vars(vars));
         }
         let h = config.hidden_size;
@@ -572,19 +572,6 @@ impl RewardModel {
             classifier,
             config,
         })
-    }
-
-    /// Loads `config.json` and `model.safetensors` from a folder, checking the
-    /// config against itself and every tensor against the config first.
-    pub fn load(dir: &Path, seed: u64) -> std::result::Result<RewardModel, ModelError> {
-        let config = load_config(dir)?;
-        let st = dir.join("model.safetensors");
-        let bytes = std::fs::read(&st).map_err(|e| ModelError::file(&st, e))?;
-        let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-            .map_err(|e| ModelError::file(&st, format!("not a readable safetensors file: {e}")))?;
-        drop(bytes);
-        check_weights(&config, &weights).map_err(|e| ModelError::file(&st, e))?;
-        Ok(Self::from_weights(config, &weights, seed)?)
     }
 
     /// Every parameter with its Hugging Face name, in a fixed order.

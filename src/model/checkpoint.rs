@@ -1,15 +1,41 @@
-//! Checkpoints in the Hugging Face layout, written atomically.
+//! Model folders in the Hugging Face layout: loaded (checked against their config
+//! first) and written (atomically, as checkpoints).
 //!
 //! A checkpoint folder holds `model.safetensors` (`bert.*` + `classifier.*`),
 //! `config.json` (`BertForSequenceClassification`, one label), the tokenizer files,
 //! and `duel.json` (how it was trained). It loads unchanged with
 //! `transformers.AutoModelForSequenceClassification.from_pretrained(dir)`.
 
-use super::bert::RewardModel;
+use super::bert::{BertConfig, ModelError, RewardModel, check_weights};
+use candle_core::Device;
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// `config.json` of a model folder, checked against itself.
+pub fn load_config(dir: &Path) -> Result<BertConfig, ModelError> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| ModelError::file(&path, e))?;
+    let config: BertConfig =
+        serde_json::from_slice(&bytes).map_err(|e| ModelError::file(&path, e))?;
+    config.check().map_err(|e| ModelError::file(&path, e))?;
+    Ok(config)
+}
+
+/// Loads `config.json` and `model.safetensors` from a folder (a base encoder or a
+/// checkpoint of ours), checking the config against itself and every tensor against
+/// the config first. A missing classifier is initialised from `seed`.
+pub fn load(dir: &Path, seed: u64) -> Result<RewardModel, ModelError> {
+    let config = load_config(dir)?;
+    let st = dir.join("model.safetensors");
+    let bytes = std::fs::read(&st).map_err(|e| ModelError::file(&st, e))?;
+    let weights = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| ModelError::file(&st, format!("not a readable safetensors file: {e}")))?;
+    drop(bytes);
+    check_weights(&config, &weights).map_err(|e| ModelError::file(&st, e))?;
+    RewardModel::from_weights(config, &weights, seed)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

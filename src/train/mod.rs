@@ -168,7 +168,7 @@ impl Trainer {
     /// checked against each other: every id the tokenizer gives has an embedding
     /// row, and `max_length` fits the position embeddings.
     pub fn load(dir: &Path, config: TrainConfig) -> std::result::Result<Trainer, ModelError> {
-        let model = RewardModel::load(dir, config.seed)?;
+        let model = crate::model::checkpoint::load(dir, config.seed)?;
         let tok = dir.join("tokenizer.json");
         let encoder = TextEncoder::load(&tok).map_err(|e| ModelError::file(&tok, e))?;
         let cfg = &model.config;
