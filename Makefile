@@ -26,6 +26,7 @@ lint:
 # sanitizer): FUZZ_TIME seconds each. Needs `cargo install cargo-fuzz` once.
 FUZZ_TIME ?= 60
 fuzz:
+	cargo test --test fuzz -- --ignored write_seeds
 	cd fuzz && for t in $$(cargo fuzz list); do \
 	  mkdir -p corpus/$$t; \
 	  cargo fuzz run --sanitizer none --debug-assertions $$t corpus/$$t seeds/$$t -- \

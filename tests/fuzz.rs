@@ -32,6 +32,48 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// A target's seeds: the files in `fuzz/seeds/<target>/` and, for the GGUF and
+/// model targets, the tiny model files written here (model files are made, never
+/// committed).
+fn seeds(name: &str) -> Vec<(String, Vec<u8>)> {
+    let mut out = inputs(&repo().join("fuzz/seeds").join(name));
+    out.extend(
+        model_seeds()
+            .into_iter()
+            .filter(|(target, _, _)| *target == name)
+            .map(|(_, file, bytes)| (format!("generated {file}"), bytes)),
+    );
+    out
+}
+
+/// The seeds that are model files, as (target, file name, bytes): a tiny llama GGUF
+/// that passes every check, and a BERT small enough for the fuzzer to mutate (width
+/// 8, one layer; its config, a zero byte, its safetensors). The same bytes every time.
+fn model_seeds() -> Vec<(&'static str, &'static str, Vec<u8>)> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let g = dir.path().join("tiny.gguf");
+    write_tiny_gguf(&g, |_, _| {});
+    let cfg = duel::model::bert::BertConfig {
+        vocab_size: 6,
+        hidden_size: 8,
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 8,
+        max_position_embeddings: 4,
+        ..duel::model::bert::tiny_config()
+    };
+    let w = duel::model::bert::random_weights(&cfg, 1).expect("weights");
+    let st = dir.path().join("m.safetensors");
+    candle_core::safetensors::save(&w, &st).expect("save");
+    let mut model = serde_json::to_vec(&cfg).expect("json");
+    model.push(0);
+    model.extend(std::fs::read(&st).expect("read"));
+    vec![
+        ("gguf_file", "tiny.gguf", std::fs::read(&g).expect("read")),
+        ("model_files", "tiny", model),
+    ]
+}
+
 fn panic_text(e: &(dyn std::any::Any + Send)) -> String {
     e.downcast_ref::<String>()
         .cloned()
@@ -182,10 +224,7 @@ fn a_bounded_seeded_fuzz_pass_finds_nothing() {
     let seed = seed();
     let mut failures = Vec::new();
     for (t, (name, target)) in duel::fuzzing::TARGETS.iter().enumerate() {
-        let seeds: Vec<Vec<u8>> = inputs(&repo().join("fuzz/seeds").join(name))
-            .into_iter()
-            .map(|(_, b)| b)
-            .collect();
+        let seeds: Vec<Vec<u8>> = seeds(name).into_iter().map(|(_, b)| b).collect();
         assert!(!seeds.is_empty(), "{name}: no seeds");
         let mut rng = StdRng::seed_from_u64(seed ^ (t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         for case in 0..cases() / weight(name) {
@@ -218,7 +257,7 @@ fn a_bounded_seeded_fuzz_pass_finds_nothing() {
 #[test]
 fn every_fuzz_target_holds_on_its_seeds_and_past_findings() {
     for (name, target) in duel::fuzzing::TARGETS {
-        let seeds = inputs(&repo().join("fuzz/seeds").join(name));
+        let seeds = seeds(name);
         assert!(!seeds.is_empty(), "{name}: no seeds in fuzz/seeds/{name}");
         let found = inputs(&repo().join("tests/fixtures/fuzz-regressions").join(name));
         for (path, bytes) in seeds.iter().chain(&found) {
@@ -233,12 +272,11 @@ fn every_fuzz_target_holds_on_its_seeds_and_past_findings() {
 /// that reach deep: the GGUF and model seeds pass every check.
 #[test]
 fn the_gguf_and_model_seeds_are_accepted_files() {
-    let gguf = std::fs::read(repo().join("fuzz/seeds/gguf_file/tiny.gguf")).expect("seed");
+    let [(_, _, gguf), (_, _, model)] = <[_; 2]>::try_from(model_seeds()).expect("two seeds");
     assert!(
         duel::generator::llama::Llama::check_from(std::io::Cursor::new(&gguf), gguf.len() as u64)
             .is_ok()
     );
-    let model = std::fs::read(repo().join("fuzz/seeds/model_files/tiny")).expect("seed");
     let at = model.iter().position(|&b| b == 0).expect("two parts");
     let cfg: duel::model::bert::BertConfig = serde_json::from_slice(&model[..at]).expect("config");
     let w = candle_core::safetensors::load_buffer(&model[at + 1..], &candle_core::Device::Cpu)
@@ -246,7 +284,7 @@ fn the_gguf_and_model_seeds_are_accepted_files() {
     duel::model::bert::check_weights(&cfg, &w).expect("fits");
 }
 
-/// Writes the seed files (run once when a target is added:
+/// Writes the seed files for libFuzzer (`make fuzz` runs it first:
 /// `cargo test --test fuzz -- --ignored write_seeds`).
 #[test]
 #[ignore]
@@ -295,27 +333,10 @@ fn write_seeds() {
         "labeled.csv",
         b"prompt,chosen,rejected\nq,good,bad\nq2,,only one\n",
     );
-    let dir = tempfile::tempdir().expect("tmp");
-    let g = dir.path().join("tiny.gguf");
-    write_tiny_gguf(&g, |_, _| {});
-    put("gguf_file", "tiny.gguf", &std::fs::read(&g).expect("read"));
-    // A BERT small enough for the fuzzer to mutate: width 8, one layer.
-    let cfg = duel::model::bert::BertConfig {
-        vocab_size: 6,
-        hidden_size: 8,
-        num_hidden_layers: 1,
-        num_attention_heads: 2,
-        intermediate_size: 8,
-        max_position_embeddings: 4,
-        ..duel::model::bert::tiny_config()
-    };
-    let w = duel::model::bert::random_weights(&cfg, 1).expect("weights");
-    let st = dir.path().join("m.safetensors");
-    candle_core::safetensors::save(&w, &st).expect("save");
-    let mut bytes = serde_json::to_vec(&cfg).expect("json");
-    bytes.push(0);
-    bytes.extend(std::fs::read(&st).expect("read"));
-    put("model_files", "tiny", &bytes);
+    // Model files too, for libFuzzer (`make fuzz` writes them; git ignores them).
+    for (target, name, bytes) in model_seeds() {
+        put(target, name, &bytes);
+    }
     put(
         "sanitize",
         "escapes.txt",
