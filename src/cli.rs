@@ -379,6 +379,14 @@ pub struct LearnArgs {
     /// Use only the first N pairs of the file.
     #[arg(long, value_name = "N")]
     pub pairs: Option<usize>,
+    #[command(flatten)]
+    pub measure: MeasureArgs,
+}
+
+/// What `duel bench learn` and `duel bench live` share: the model, the intervals
+/// and the output.
+#[derive(Debug, Args)]
+pub struct MeasureArgs {
     /// Bootstrap resamples (of prompts) for the 95% intervals.
     #[arg(long, default_value_t = 2000)]
     pub resamples: usize,
@@ -430,17 +438,8 @@ pub struct LiveArgs {
     /// Seeds, comma-separated.
     #[arg(long, default_value = "0", value_delimiter = ',', num_args = 1..)]
     pub seeds: Vec<u64>,
-    /// Bootstrap resamples (of prompts) for the 95% intervals.
-    #[arg(long, default_value_t = 2000)]
-    pub resamples: usize,
-    /// The model to start from (default: the bundled encoder).
-    #[arg(long)]
-    pub model_dir: Option<PathBuf>,
     #[command(flatten)]
-    pub model: ModelArgs,
-    /// Print a JSON summary instead of the table.
-    #[arg(long)]
-    pub json: bool,
+    pub measure: MeasureArgs,
 }
 
 #[derive(Debug, Args)]

@@ -221,12 +221,7 @@ fn one_trainer_per_database_and_the_lease_passes_on() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("team.db");
     let base = dir.path().join("base");
-    duel::model::bert::write_tiny_model(
-        &base,
-        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
-        5,
-    )
-    .expect("tiny model");
+    write_tiny_model(&base, 5);
     {
         let mut s = duel::store::Store::open(&db).expect("store");
         let pairs: Vec<_> = (0..60)

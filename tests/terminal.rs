@@ -195,8 +195,7 @@ fn a_model_folder_that_does_not_fit_says_why_training_is_off() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = demo_db(dir.path());
     let model = dir.path().join("model");
-    let tokenizer = repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json");
-    duel::model::bert::write_tiny_model(&model, &tokenizer, 3).expect("tiny model");
+    write_tiny_model(&model, 3);
     let config = model.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&config).expect("read")).expect("json");
@@ -262,8 +261,7 @@ fn three_labelers_with_training_on_train_one_model() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = demo_db(dir.path());
     let model = dir.path().join("model");
-    let tokenizer = repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json");
-    duel::model::bert::write_tiny_model(&model, &tokenizer, 3).expect("tiny model");
+    write_tiny_model(&model, 3);
     let holder = || {
         let out = duel(&db, &["stats", "--json"]);
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");

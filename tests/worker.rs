@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::repo;
+use common::{repo, write_tiny_model};
 use crossbeam_channel::Receiver;
 use duel::domain::{Choice, Prompt};
 use duel::store::{NewPair, Store};
@@ -88,12 +88,7 @@ fn trains_live_as_labels_arrive_and_stops_cleanly() {
     let db = dir.path().join("d.db");
     let base = dir.path().join("base");
     let out = dir.path().join("model");
-    duel::model::bert::write_tiny_model(
-        &base,
-        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
-        5,
-    )
-    .expect("tiny model");
+    write_tiny_model(&base, 5);
     let mut store = Store::open(&db).expect("store");
     add_labeled(&mut store, 0, 6);
 
@@ -277,12 +272,7 @@ fn kill_9_during_training_resumes_from_the_last_complete_checkpoint() {
     let dir = tempfile::tempdir().expect("tmp");
     let base = dir.path().join("base");
     let out = dir.path().join("model");
-    duel::model::bert::write_tiny_model(
-        &base,
-        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
-        5,
-    )
-    .expect("tiny model");
+    write_tiny_model(&base, 5);
     let mut store = Store::open(&dir.path().join("d.db")).expect("store");
     add_labeled(&mut store, 0, 60);
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -355,12 +345,7 @@ fn the_trainer_scores_unjudged_pairs_for_the_queue() {
     let dir = tempfile::tempdir().expect("tmp");
     let db = dir.path().join("d.db");
     let base = dir.path().join("base");
-    duel::model::bert::write_tiny_model(
-        &base,
-        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
-        5,
-    )
-    .expect("tiny model");
+    write_tiny_model(&base, 5);
     let mut store = Store::open(&db).expect("store");
     add_labeled(&mut store, 0, 30);
     let unjudged: Vec<NewPair> = (0..5)
@@ -403,12 +388,7 @@ fn catches_up_then_waits_for_labels_and_remembers_what_it_trained_on() {
     let db = dir.path().join("d.db");
     let base = dir.path().join("base");
     let out = dir.path().join("model");
-    duel::model::bert::write_tiny_model(
-        &base,
-        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
-        5,
-    )
-    .expect("tiny model");
+    write_tiny_model(&base, 5);
     let mut store = Store::open(&db).expect("store");
     add_labeled(&mut store, 0, 40);
     let cfg = WorkerConfig {

@@ -97,8 +97,8 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
             warmup_ratio,
             center_coef,
             dropout: v.dropout.unwrap_or(defaults.dropout),
-            batch_pairs: args.model.batch as usize,
-            max_length: args.model.max_length,
+            batch_pairs: args.measure.model.batch as usize,
+            max_length: args.measure.model.max_length,
             ..defaults
         },
         schedule,
@@ -169,6 +169,23 @@ struct Outcome {
 }
 
 /// Pairs grouped by prompt and prompts into folds.
+/// Every pair encoded once, for all folds and seeds (the model is loaded for its
+/// tokenizer, which also checks the folder before anything long starts).
+pub(super) fn encode_all(
+    base: &Path,
+    max_length: usize,
+    examples: &[Example],
+) -> anyhow::Result<Vec<Encoded>> {
+    let model = load_model(
+        base,
+        TrainConfig {
+            max_length,
+            ..Default::default()
+        },
+    )?;
+    model.encode(examples)
+}
+
 pub(super) struct Split {
     /// Each pair's prompt, numbered in the file's order.
     pub prompt_of: Vec<usize>,
@@ -228,7 +245,7 @@ fn spread(v: &[f64]) -> f64 {
 }
 
 pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
-    let base = model_dir(args.model_dir.as_deref())?;
+    let base = model_dir(args.measure.model_dir.as_deref())?;
     let specs = if args.options.is_empty() {
         vec!["defaults=".to_owned()]
     } else {
@@ -241,7 +258,7 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
     if args.seeds.is_empty() {
         return Err(BadInput("--seeds: give at least one".into()).into());
     }
-    if args.resamples == 0 {
+    if args.measure.resamples == 0 {
         return Err(BadInput("--resamples: at least 1".into()).into());
     }
     let mut examples = examples_from_file(&args.file)?;
@@ -254,21 +271,13 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         prompts,
         fold_of,
     } = split(&examples, folds, &args.file)?;
-    let encoder = load_model(
-        &base,
-        TrainConfig {
-            max_length: args.model.max_length,
-            ..Default::default()
-        },
-    )?;
-    let data = encoder.encode(&examples)?;
-    drop(encoder);
+    let data = encode_all(&base, args.measure.model.max_length, &examples)?;
     let longer_wins = examples
         .iter()
         .filter(|e| e.chosen.chars().count() > e.rejected.chars().count())
         .count() as f64
         / examples.len() as f64;
-    if !args.json {
+    if !args.measure.json {
         eprintln!(
             "{}: {} pairs, {prompts} prompts, {folds} folds by prompt, seeds {:?}",
             args.file.display(),
@@ -318,7 +327,7 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         seconds.push(start.elapsed().as_secs_f64());
     }
 
-    let summaries = summarize(&right, &prompt_of, prompts, args.resamples);
+    let summaries = summarize(&right, &prompt_of, prompts, args.measure.resamples);
     let outcomes: Vec<Outcome> = candidates
         .iter()
         .zip(summaries)
@@ -336,7 +345,7 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         })
         .collect();
 
-    if args.json {
+    if args.measure.json {
         println!(
             "{}",
             serde_json::json!({
@@ -345,8 +354,8 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
                 "prompts": prompts,
                 "folds": folds,
                 "seeds": args.seeds,
-                "max_length": args.model.max_length,
-                "resamples": args.resamples,
+                "max_length": args.measure.model.max_length,
+                "resamples": args.measure.resamples,
                 "longer_wins": longer_wins,
                 "options": outcomes,
             })

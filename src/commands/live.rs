@@ -13,7 +13,7 @@
 //! the trainer, which is the case for a person reading two responses.
 
 use super::BadInput;
-use super::learn::{Split, Summary, split, summarize};
+use super::learn::{Split, Summary, encode_all, split, summarize};
 use super::model::{examples_from_file, load_model, model_dir};
 use crate::cli::{LiveArgs, SimOrder};
 use crate::train::live::{self, Exposure};
@@ -53,8 +53,8 @@ impl Sim<'_> {
     fn config(&self, seed: u64) -> TrainConfig {
         TrainConfig {
             seed,
-            batch_pairs: self.args.model.batch as usize,
-            max_length: self.args.model.max_length,
+            batch_pairs: self.args.measure.model.batch as usize,
+            max_length: self.args.measure.model.max_length,
             ..Default::default()
         }
     }
@@ -220,7 +220,7 @@ struct Point {
 }
 
 pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
-    let base = model_dir(args.model_dir.as_deref())?;
+    let base = model_dir(args.measure.model_dir.as_deref())?;
     let mut args = args;
     if args.passes.is_empty() {
         args.passes = vec![live::DEFAULT_PASSES];
@@ -238,15 +238,7 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
         prompts,
         fold_of,
     } = split(&examples, folds, &args.file)?;
-    let encoder = load_model(
-        &base,
-        TrainConfig {
-            max_length: args.model.max_length,
-            ..Default::default()
-        },
-    )?;
-    let data = encoder.encode(&examples)?;
-    drop(encoder);
+    let data = encode_all(&base, args.measure.model.max_length, &examples)?;
     let keys: Vec<u64> = examples.iter().map(live::key).collect();
     let heldout: Vec<bool> = examples
         .iter()
@@ -332,7 +324,8 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
                 if args.compare {
                     right.push(std::mem::take(&mut batch[c]));
                 }
-                let s: Vec<Summary> = summarize(&right, &prompt_of, prompts, args.resamples);
+                let s: Vec<Summary> =
+                    summarize(&right, &prompt_of, prompts, args.measure.resamples);
                 let b = s.get(1);
                 points.push(Point {
                     labels: n,
@@ -351,7 +344,7 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
             }
         }
     }
-    if args.json {
+    if args.measure.json {
         println!(
             "{}",
             serde_json::json!({

@@ -115,6 +115,21 @@ const fn hint(on: &'static [Screen], rank: u8, keys: &'static str, what: &'stati
     }
 }
 
+/// A binding with no help line and no hint.
+const fn plain(keys: &'static [Key], action: fn() -> Action) -> Binding {
+    hinted(keys, action, &[])
+}
+
+/// A binding with hints but no help line (the help describes the labeling screen).
+const fn hinted(keys: &'static [Key], action: fn() -> Action, hints: &'static [Hint]) -> Binding {
+    Binding {
+        keys,
+        action,
+        help: None,
+        hints,
+    }
+}
+
 use Screen::{LabelTrainer as LT, Review as RV, Training as TR};
 const LABELING: &[Screen] = &[Screen::Label, LT];
 const JUDGING: &[Screen] = &[Screen::Label, LT, RV];
@@ -207,36 +222,23 @@ pub const LABEL: &[Binding] = &[
         help: Some(("j/k ↓/↑", "scroll the focused pane (or the mouse wheel)")),
         hints: &[hint(LABELING, 15, "j/k", "scroll")],
     },
-    Binding {
-        keys: &[Key::Char('k'), Key::Any(KeyCode::Up)],
-        action: || Action::Scroll(-1),
-        help: None,
-        hints: &[],
-    },
+    plain(&[Key::Char('k'), Key::Any(KeyCode::Up)], || {
+        Action::Scroll(-1)
+    }),
     Binding {
         keys: &[Key::Any(KeyCode::PageDown)],
         action: || Action::Page(1),
         help: Some(("PgUp/PgDn", "scroll a page")),
         hints: &[],
     },
-    Binding {
-        keys: &[Key::Any(KeyCode::PageUp)],
-        action: || Action::Page(-1),
-        help: None,
-        hints: &[],
-    },
+    plain(&[Key::Any(KeyCode::PageUp)], || Action::Page(-1)),
     Binding {
         keys: &[Key::Any(KeyCode::Tab)],
         action: || Action::FocusNext,
         help: Some(("Tab", "focus the next pane")),
         hints: &[hint(LABELING, 14, "Tab", "focus")],
     },
-    Binding {
-        keys: &[Key::Any(KeyCode::BackTab)],
-        action: || Action::FocusPrev,
-        help: None,
-        hints: &[],
-    },
+    plain(&[Key::Any(KeyCode::BackTab)], || Action::FocusPrev),
     Binding {
         keys: &[Key::Char('v')],
         action: || Action::ToggleLayout,
@@ -280,163 +282,101 @@ pub const LABEL: &[Binding] = &[
             hint(&[TR], 2, "q", "quit"),
         ],
     },
-    Binding {
-        keys: &[Key::Any(KeyCode::Esc)],
-        action: || Action::Cancel,
-        help: None,
-        hints: &[hint(&[RV], 5, "Esc", "list")],
-    },
+    hinted(
+        &[Key::Any(KeyCode::Esc)],
+        || Action::Cancel,
+        &[hint(&[RV], 5, "Esc", "list")],
+    ),
 ];
 
 const STRENGTH: &[Binding] = &[
-    Binding {
-        keys: &[Key::Char('0')],
-        action: || Action::Strength(0),
-        help: None,
-        hints: &[hint(&[Screen::Strength], 0, "0-3", "strength")],
-    },
-    Binding {
-        keys: &[Key::Char('1')],
-        action: || Action::Strength(1),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Char('2')],
-        action: || Action::Strength(2),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Char('3')],
-        action: || Action::Strength(3),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::Enter)],
-        action: || Action::Confirm,
-        help: None,
-        hints: &[hint(&[Screen::Strength], 1, "Enter", "no strength")],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::Esc), Key::Any(KeyCode::Backspace)],
-        action: || Action::Cancel,
-        help: None,
-        hints: &[hint(&[Screen::Strength], 2, "Esc", "back")],
-    },
-    Binding {
-        keys: &[Key::Char('q')],
-        action: || Action::Quit,
-        help: None,
-        hints: &[],
-    },
+    hinted(
+        &[Key::Char('0')],
+        || Action::Strength(0),
+        &[hint(&[Screen::Strength], 0, "0-3", "strength")],
+    ),
+    plain(&[Key::Char('1')], || Action::Strength(1)),
+    plain(&[Key::Char('2')], || Action::Strength(2)),
+    plain(&[Key::Char('3')], || Action::Strength(3)),
+    hinted(
+        &[Key::Any(KeyCode::Enter)],
+        || Action::Confirm,
+        &[hint(&[Screen::Strength], 1, "Enter", "no strength")],
+    ),
+    hinted(
+        &[Key::Any(KeyCode::Esc), Key::Any(KeyCode::Backspace)],
+        || Action::Cancel,
+        &[hint(&[Screen::Strength], 2, "Esc", "back")],
+    ),
+    plain(&[Key::Char('q')], || Action::Quit),
 ];
 
 /// Characters typed into a note are text, whatever the table says (see [`key`]).
 const NOTE: &[Binding] = &[
-    Binding {
-        keys: &[Key::Any(KeyCode::Enter)],
-        action: || Action::Confirm,
-        help: None,
-        hints: &[hint(&[Screen::Note], 0, "Enter", "keep note")],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::Esc)],
-        action: || Action::Cancel,
-        help: None,
-        hints: &[hint(&[Screen::Note], 1, "Esc", "cancel")],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::Backspace)],
-        action: || Action::NoteBackspace,
-        help: None,
-        hints: &[],
-    },
+    hinted(
+        &[Key::Any(KeyCode::Enter)],
+        || Action::Confirm,
+        &[hint(&[Screen::Note], 0, "Enter", "keep note")],
+    ),
+    hinted(
+        &[Key::Any(KeyCode::Esc)],
+        || Action::Cancel,
+        &[hint(&[Screen::Note], 1, "Esc", "cancel")],
+    ),
+    plain(&[Key::Any(KeyCode::Backspace)], || Action::NoteBackspace),
 ];
 
 const HELP: &[Binding] = &[
-    Binding {
-        keys: &[Key::Char('?'), Key::Any(KeyCode::Esc), Key::Char('q')],
-        action: || Action::Cancel,
-        help: None,
-        hints: &[hint(&[Screen::Help], 1, "?/Esc", "close")],
-    },
-    Binding {
-        keys: &[Key::Char('j'), Key::Any(KeyCode::Down)],
-        action: || Action::Scroll(1),
-        help: None,
-        hints: &[hint(&[Screen::Help], 0, "j/k", "scroll")],
-    },
-    Binding {
-        keys: &[Key::Char('k'), Key::Any(KeyCode::Up)],
-        action: || Action::Scroll(-1),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::PageDown), Key::Char(' ')],
-        action: || Action::Page(1),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::PageUp)],
-        action: || Action::Page(-1),
-        help: None,
-        hints: &[],
-    },
+    hinted(
+        &[Key::Char('?'), Key::Any(KeyCode::Esc), Key::Char('q')],
+        || Action::Cancel,
+        &[hint(&[Screen::Help], 1, "?/Esc", "close")],
+    ),
+    hinted(
+        &[Key::Char('j'), Key::Any(KeyCode::Down)],
+        || Action::Scroll(1),
+        &[hint(&[Screen::Help], 0, "j/k", "scroll")],
+    ),
+    plain(&[Key::Char('k'), Key::Any(KeyCode::Up)], || {
+        Action::Scroll(-1)
+    }),
+    plain(&[Key::Any(KeyCode::PageDown), Key::Char(' ')], || {
+        Action::Page(1)
+    }),
+    plain(&[Key::Any(KeyCode::PageUp)], || Action::Page(-1)),
 ];
 
 const REVIEW_LIST: &[Binding] = &[
-    Binding {
-        keys: &[Key::Char('j'), Key::Any(KeyCode::Down)],
-        action: || Action::Scroll(1),
-        help: None,
-        hints: &[hint(&[Screen::ReviewList], 0, "j/k", "move")],
-    },
-    Binding {
-        keys: &[Key::Char('k'), Key::Any(KeyCode::Up)],
-        action: || Action::Scroll(-1),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::PageDown)],
-        action: || Action::Page(1),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::PageUp)],
-        action: || Action::Page(-1),
-        help: None,
-        hints: &[],
-    },
-    Binding {
-        keys: &[Key::Any(KeyCode::Enter)],
-        action: || Action::Confirm,
-        help: None,
-        hints: &[hint(&[Screen::ReviewList], 1, "Enter", "open")],
-    },
-    Binding {
-        keys: &[Key::Char('u'), Key::Any(KeyCode::Backspace)],
-        action: || Action::Undo,
-        help: None,
-        hints: &[hint(&[Screen::ReviewList], 2, "u", "undo")],
-    },
-    Binding {
-        keys: &[Key::Char('?')],
-        action: || Action::ToggleHelp,
-        help: None,
-        hints: &[hint(&[Screen::ReviewList], 3, "?", "help")],
-    },
-    Binding {
-        keys: &[Key::Char('q'), Key::Any(KeyCode::Esc)],
-        action: || Action::Quit,
-        help: None,
-        hints: &[hint(&[Screen::ReviewList], 4, "q", "quit")],
-    },
+    hinted(
+        &[Key::Char('j'), Key::Any(KeyCode::Down)],
+        || Action::Scroll(1),
+        &[hint(&[Screen::ReviewList], 0, "j/k", "move")],
+    ),
+    plain(&[Key::Char('k'), Key::Any(KeyCode::Up)], || {
+        Action::Scroll(-1)
+    }),
+    plain(&[Key::Any(KeyCode::PageDown)], || Action::Page(1)),
+    plain(&[Key::Any(KeyCode::PageUp)], || Action::Page(-1)),
+    hinted(
+        &[Key::Any(KeyCode::Enter)],
+        || Action::Confirm,
+        &[hint(&[Screen::ReviewList], 1, "Enter", "open")],
+    ),
+    hinted(
+        &[Key::Char('u'), Key::Any(KeyCode::Backspace)],
+        || Action::Undo,
+        &[hint(&[Screen::ReviewList], 2, "u", "undo")],
+    ),
+    hinted(
+        &[Key::Char('?')],
+        || Action::ToggleHelp,
+        &[hint(&[Screen::ReviewList], 3, "?", "help")],
+    ),
+    hinted(
+        &[Key::Char('q'), Key::Any(KeyCode::Esc)],
+        || Action::Quit,
+        &[hint(&[Screen::ReviewList], 4, "q", "quit")],
+    ),
 ];
 
 /// The bindings of a mode.

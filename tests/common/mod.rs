@@ -11,6 +11,17 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A tiny random BERT reward model (MiniLM's tokenizer) written to `dir`, for
+/// tests that need a model to train but not the real one's weights.
+pub fn write_tiny_model(dir: &Path, seed: u64) {
+    duel::model::bert::write_tiny_model(
+        dir,
+        &repo().join("assets/models/all-MiniLM-L6-v2/tokenizer.json"),
+        seed,
+    )
+    .expect("tiny model");
+}
+
 pub fn demo() -> PathBuf {
     repo().join("data/demo_pairs.jsonl")
 }
