@@ -8,7 +8,9 @@ use crossbeam_channel::Receiver;
 use duel::domain::{Choice, Prompt};
 use duel::store::{NewPair, Store};
 use duel::train::TrainConfig;
-use duel::train::worker::{Command, Event, TrainerState, WorkerConfig, has_checkpoint, spawn};
+use duel::train::worker::{
+    TrainerCommand, TrainerConfig, TrainerEvent, TrainerState, has_checkpoint, spawn,
+};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -32,12 +34,16 @@ fn add_labeled(store: &mut Store, from: usize, n: usize) {
 }
 
 /// Collects events until `pred` holds for one, or panics after `secs`.
-fn wait_for(rx: &Receiver<Event>, secs: u64, mut pred: impl FnMut(&Event) -> bool) -> Vec<Event> {
+fn wait_for(
+    rx: &Receiver<TrainerEvent>,
+    secs: u64,
+    mut pred: impl FnMut(&TrainerEvent) -> bool,
+) -> Vec<TrainerEvent> {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut seen = Vec::new();
     while Instant::now() < end {
         if let Ok(e) = rx.recv_timeout(Duration::from_millis(100)) {
-            if let Event::Failed(msg) = &e {
+            if let TrainerEvent::Failed(msg) = &e {
                 panic!("trainer failed: {msg}");
             }
             let hit = pred(&e);
@@ -51,18 +57,18 @@ fn wait_for(rx: &Receiver<Event>, secs: u64, mut pred: impl FnMut(&Event) -> boo
 }
 
 /// The trainer's failure message, within 30 s.
-fn failure(h: &duel::train::worker::Handle) -> String {
+fn failure(h: &duel::train::worker::TrainerHandle) -> String {
     let end = Instant::now() + Duration::from_secs(30);
     while Instant::now() < end {
-        if let Ok(Event::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
+        if let Ok(TrainerEvent::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
             return m;
         }
     }
     panic!("no failure event");
 }
 
-fn config(db: &Path, base: &Path, out: &Path) -> WorkerConfig {
-    WorkerConfig {
+fn config(db: &Path, base: &Path, out: &Path) -> TrainerConfig {
+    TrainerConfig {
         db: db.to_owned(),
         base_dir: base.to_owned(),
         out_dir: out.to_owned(),
@@ -97,16 +103,16 @@ fn trains_live_as_labels_arrive_and_stops_cleanly() {
     wait_for(
         &h.events,
         60,
-        |e| matches!(e, Event::State(TrainerState::Waiting { have, need: 16 }) if *have < 16),
+        |e| matches!(e, TrainerEvent::State(TrainerState::Waiting { have, need: 16 }) if *have < 16),
     );
     // Labels arrive; the UI says so; training starts without a restart.
     add_labeled(&mut store, 6, 40);
-    h.send(Command::LabelsChanged);
-    let seen = wait_for(&h.events, 120, |e| matches!(e, Event::Eval { .. }));
+    h.send(TrainerCommand::LabelsChanged);
+    let seen = wait_for(&h.events, 120, |e| matches!(e, TrainerEvent::Eval { .. }));
     let steps: Vec<(u64, f64, usize)> = seen
         .iter()
         .filter_map(|e| match e {
-            Event::Step {
+            TrainerEvent::Step {
                 step,
                 loss,
                 labels_used,
@@ -122,30 +128,30 @@ fn trains_live_as_labels_arrive_and_stops_cleanly() {
 
     // More labels: the next steps use them.
     add_labeled(&mut store, 46, 20);
-    h.send(Command::LabelsChanged);
+    h.send(TrainerCommand::LabelsChanged);
     wait_for(
         &h.events,
         120,
-        |e| matches!(e, Event::Step { labels_used, .. } if *labels_used > used),
+        |e| matches!(e, TrainerEvent::Step { labels_used, .. } if *labels_used > used),
     );
 
     // Pause: no steps until resumed.
-    h.send(Command::Pause);
+    h.send(TrainerCommand::Pause);
     wait_for(&h.events, 60, |e| {
-        matches!(e, Event::State(TrainerState::Paused))
+        matches!(e, TrainerEvent::State(TrainerState::Paused))
     });
     let quiet = h.events.recv_timeout(Duration::from_millis(700));
     assert!(
-        !matches!(quiet, Ok(Event::Step { .. })),
+        !matches!(quiet, Ok(TrainerEvent::Step { .. })),
         "stepped while paused: {quiet:?}"
     );
-    h.send(Command::Resume);
-    let seen = wait_for(&h.events, 60, |e| matches!(e, Event::Step { .. }));
+    h.send(TrainerCommand::Resume);
+    let seen = wait_for(&h.events, 60, |e| matches!(e, TrainerEvent::Step { .. }));
     let last_step = seen
         .iter()
         .rev()
         .find_map(|e| match e {
-            Event::Step { step, .. } => Some(*step),
+            TrainerEvent::Step { step, .. } => Some(*step),
             _ => None,
         })
         .expect("a step");
@@ -159,18 +165,19 @@ fn trains_live_as_labels_arrive_and_stops_cleanly() {
         "stop took {:?}",
         t.elapsed()
     );
-    let rest: Vec<Event> = events.try_iter().collect();
+    let rest: Vec<TrainerEvent> = events.try_iter().collect();
     assert!(
-        rest.iter().any(|e| matches!(e, Event::Checkpointed { .. })),
+        rest.iter()
+            .any(|e| matches!(e, TrainerEvent::Checkpointed { .. })),
         "{rest:?}"
     );
     assert!(has_checkpoint(&out));
 
     // Starting again resumes from the checkpoint's step.
     let h = spawn(config(&db, &base, &out));
-    let seen = wait_for(&h.events, 60, |e| matches!(e, Event::Started { .. }));
+    let seen = wait_for(&h.events, 60, |e| matches!(e, TrainerEvent::Started { .. }));
     match seen.last() {
-        Some(Event::Started {
+        Some(TrainerEvent::Started {
             step,
             resumed_from: Some(p),
         }) => {
@@ -223,7 +230,7 @@ fn corrupt_model_files_fail_with_a_clear_message() {
     let end = Instant::now() + Duration::from_secs(30);
     let mut msg = None;
     while Instant::now() < end && msg.is_none() {
-        if let Ok(Event::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
+        if let Ok(TrainerEvent::Failed(m)) = h.events.recv_timeout(Duration::from_millis(100)) {
             msg = Some(m);
         }
     }
@@ -252,11 +259,11 @@ fn trainer_child() {
     use std::io::Write;
     while let Ok(e) = h.events.recv() {
         match e {
-            Event::Checkpointed { step, .. } => {
+            TrainerEvent::Checkpointed { step, .. } => {
                 println!("checkpointed {step}");
                 std::io::stdout().flush().expect("flush");
             }
-            Event::Failed(m) => panic!("{m}"),
+            TrainerEvent::Failed(m) => panic!("{m}"),
             _ => {}
         }
     }
@@ -319,9 +326,9 @@ fn kill_9_during_training_resumes_from_the_last_complete_checkpoint() {
         }
         let saved = saved.unwrap_or_else(|| panic!("round {round}: the child saved no checkpoint"));
         let h = spawn(config(&dir.path().join("d.db"), &base, &out));
-        let seen = wait_for(&h.events, 60, |e| matches!(e, Event::Started { .. }));
+        let seen = wait_for(&h.events, 60, |e| matches!(e, TrainerEvent::Started { .. }));
         match seen.last() {
-            Some(Event::Started {
+            Some(TrainerEvent::Started {
                 step,
                 resumed_from: Some(p),
             }) => {
@@ -361,9 +368,9 @@ fn the_trainer_scores_unjudged_pairs_for_the_queue() {
     let mut cfg = config(&db, &base, &dir.path().join("out"));
     cfg.score_queue = 8;
     let h = spawn(cfg);
-    let seen = wait_for(&h.events, 120, |e| matches!(e, Event::Scored { .. }));
+    let seen = wait_for(&h.events, 120, |e| matches!(e, TrainerEvent::Scored { .. }));
     assert!(
-        matches!(seen.last(), Some(Event::Scored { pairs: 8, .. })),
+        matches!(seen.last(), Some(TrainerEvent::Scored { pairs: 8, .. })),
         "{seen:?}"
     );
     h.stop();
@@ -391,19 +398,20 @@ fn catches_up_then_waits_for_labels_and_remembers_what_it_trained_on() {
     write_tiny_model(&base, 5);
     let mut store = Store::open(&db).expect("store");
     add_labeled(&mut store, 0, 40);
-    let cfg = WorkerConfig {
+    let cfg = TrainerConfig {
         passes: 2,
         ..config(&db, &base, &out)
     };
-    let caught_up = |e: &Event| matches!(e, Event::State(TrainerState::CaughtUp { .. }));
-    let steps_in = |seen: &[Event]| {
+    let caught_up =
+        |e: &TrainerEvent| matches!(e, TrainerEvent::State(TrainerState::CaughtUp { .. }));
+    let steps_in = |seen: &[TrainerEvent]| {
         seen.iter()
-            .filter(|e| matches!(e, Event::Step { .. }))
+            .filter(|e| matches!(e, TrainerEvent::Step { .. }))
             .count()
     };
     let h = spawn(cfg.clone());
     let seen = wait_for(&h.events, 120, caught_up);
-    let Some(Event::State(TrainerState::CaughtUp { labels })) = seen.last() else {
+    let Some(TrainerEvent::State(TrainerState::CaughtUp { labels })) = seen.last() else {
         unreachable!()
     };
     let labels = *labels;
@@ -420,9 +428,9 @@ fn catches_up_then_waits_for_labels_and_remembers_what_it_trained_on() {
 
     // Twenty new pairs: about their passes' worth of steps, then waiting again.
     add_labeled(&mut store, 40, 20);
-    h.send(Command::LabelsChanged);
+    h.send(TrainerCommand::LabelsChanged);
     let seen = wait_for(&h.events, 120, caught_up);
-    let Some(Event::State(TrainerState::CaughtUp { labels: now })) = seen.last() else {
+    let Some(TrainerEvent::State(TrainerState::CaughtUp { labels: now })) = seen.last() else {
         unreachable!()
     };
     let new = now - labels;

@@ -56,7 +56,7 @@ pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     let trainer = if args.no_train {
         None
     } else {
-        let cfg = crate::train::worker::WorkerConfig {
+        let cfg = crate::train::worker::TrainerConfig {
             db: db.to_owned(),
             base_dir: args
                 .model_dir

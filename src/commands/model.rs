@@ -574,12 +574,12 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
 
 /// `duel train --follow`: the live trainer without a terminal, for a team server.
 fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
-    use crate::train::worker::{Command, Event, TrainerState, WorkerConfig, spawn};
+    use crate::train::worker::{TrainerCommand, TrainerConfig, TrainerEvent, TrainerState, spawn};
     let base = model_dir(args.model_dir.as_deref())?;
     drop(open_existing(db)?);
     let user = std::env::var("USER").unwrap_or_else(|_| "duel".into());
     let out_dir = db.with_extension("model");
-    let h = spawn(WorkerConfig {
+    let h = spawn(TrainerConfig {
         db: db.to_owned(),
         base_dir: base,
         out_dir: out_dir.clone(),
@@ -617,12 +617,12 @@ fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
         crossbeam_channel::select! {
             recv(stop_rx) -> _ => {
                 say("stopping: writing the checkpoint and handing the lease back".into());
-                h.send(Command::Stop);
+                h.send(TrainerCommand::Stop);
                 break;
             }
             recv(h.events) -> e => match e {
-                Ok(Event::State(TrainerState::Stopped)) | Err(_) => break,
-                Ok(Event::State(s)) => say(match s {
+                Ok(TrainerEvent::State(TrainerState::Stopped)) | Err(_) => break,
+                Ok(TrainerEvent::State(s)) => say(match s {
                     TrainerState::Following { holder, host } => format!(
                         "waiting: {holder}{} holds the training lease",
                         host.map_or(String::new(), |h| format!(" on {h}"))
@@ -635,19 +635,19 @@ fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
                     }
                     other => format!("{other:?}").to_lowercase(),
                 }),
-                Ok(Event::Started { step, resumed_from }) => say(match resumed_from {
+                Ok(TrainerEvent::Started { step, resumed_from }) => say(match resumed_from {
                     Some(p) => format!("training: resumed at step {step} from {}", p.display()),
                     None => "training from the base model".into(),
                 }),
-                Ok(Event::Step { step, loss, labels_used, .. }) if step % 25 == 0 => say(
+                Ok(TrainerEvent::Step { step, loss, labels_used, .. }) if step % 25 == 0 => say(
                     format!("step {step}: loss {loss:.4}, {labels_used} labels")
                 ),
-                Ok(Event::Eval { step, accuracy, pairs, .. }) => say(format!(
+                Ok(TrainerEvent::Eval { step, accuracy, pairs, .. }) => say(format!(
                     "step {step}: held-out accuracy {:.1}% on {pairs} pairs",
                     100.0 * accuracy
                 )),
-                Ok(Event::Checkpointed { step, .. }) => say(format!("checkpoint at step {step}")),
-                Ok(Event::Failed(msg)) => failed = Some(msg),
+                Ok(TrainerEvent::Checkpointed { step, .. }) => say(format!("checkpoint at step {step}")),
+                Ok(TrainerEvent::Failed(msg)) => failed = Some(msg),
                 Ok(_) => {}
             },
         }
@@ -656,7 +656,7 @@ fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
     let events = h.events.clone();
     h.stop();
     for e in events.try_iter() {
-        if let Event::Checkpointed { step, .. } = e {
+        if let TrainerEvent::Checkpointed { step, .. } = e {
             say(format!("checkpoint at step {step}"));
         }
     }

@@ -708,56 +708,21 @@ pub fn seeded_normal(seed: u64, n: usize, std: f32) -> Result<Tensor> {
 /// matrices, ones and zeros for norms and biases): tiny models for tests and benches.
 pub fn random_weights(cfg: &BertConfig, seed: u64) -> Result<Weights> {
     let mut w = Weights::new();
+    // Each matrix draws from its own stream, numbered in `tensor_shapes` order (the
+    // PyTorch gradient fixture is drawn the same way).
     let mut n = 0u64;
-    let h = cfg.hidden_size;
-    let mut normal = |w: &mut Weights, name: String, shape: &[usize]| -> Result<()> {
-        n += 1;
-        let count: usize = shape.iter().product();
-        w.insert(
-            name,
-            seeded_normal(splitmix(seed ^ n), count, 0.02)?.reshape(shape)?,
-        );
-        Ok(())
-    };
-    let ones = |s: usize| Tensor::ones(s, DType::F32, &Device::Cpu);
-    let zeros = |s: usize| Tensor::zeros(s, DType::F32, &Device::Cpu);
-    normal(
-        &mut w,
-        "embeddings.word_embeddings.weight".into(),
-        &[cfg.vocab_size, h],
-    )?;
-    normal(
-        &mut w,
-        "embeddings.position_embeddings.weight".into(),
-        &[cfg.max_position_embeddings, h],
-    )?;
-    normal(
-        &mut w,
-        "embeddings.token_type_embeddings.weight".into(),
-        &[cfg.type_vocab_size, h],
-    )?;
-    w.insert("embeddings.LayerNorm.weight".into(), ones(h)?);
-    w.insert("embeddings.LayerNorm.bias".into(), zeros(h)?);
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("encoder.layer.{i}");
-        for (name, o, inn) in [
-            ("attention.self.query", h, h),
-            ("attention.self.key", h, h),
-            ("attention.self.value", h, h),
-            ("attention.output.dense", h, h),
-            ("intermediate.dense", cfg.intermediate_size, h),
-            ("output.dense", h, cfg.intermediate_size),
-        ] {
-            normal(&mut w, format!("{p}.{name}.weight"), &[o, inn])?;
-            w.insert(format!("{p}.{name}.bias"), zeros(o)?);
-        }
-        for name in ["attention.output.LayerNorm", "output.LayerNorm"] {
-            w.insert(format!("{p}.{name}.weight"), ones(h)?);
-            w.insert(format!("{p}.{name}.bias"), zeros(h)?);
-        }
+    for (name, shape) in cfg.tensor_shapes() {
+        let t = if name.contains("LayerNorm.weight") {
+            Tensor::ones(shape.as_slice(), DType::F32, &Device::Cpu)?
+        } else if name.ends_with(".bias") {
+            Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu)?
+        } else {
+            n += 1;
+            let count: usize = shape.iter().product();
+            seeded_normal(splitmix(seed ^ n), count, 0.02)?.reshape(shape.as_slice())?
+        };
+        w.insert(name, t);
     }
-    normal(&mut w, "pooler.dense.weight".into(), &[h, h])?;
-    w.insert("pooler.dense.bias".into(), zeros(h)?);
     Ok(w)
 }
 

@@ -191,18 +191,6 @@ impl Store {
         })
     }
 
-    /// Opens (creating if needed) the database at `path` as it is (the live trainer's
-    /// scoring): no check, no migration, no pragmas; waits up to `BUSY_TIMEOUT` for a
-    /// lock.
-    pub fn open_plain(path: &Path) -> Result<Store> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        Ok(Store {
-            conn,
-            path: path.to_owned(),
-        })
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub enum TrainerCommand {
     LabelsChanged,
     Pause,
     Resume,
@@ -35,7 +35,7 @@ pub enum TrainerState {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum TrainerEvent {
     State(TrainerState),
     /// The step count the run starts from (a resumed checkpoint's).
     Started {

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-pub use super::messages::{Command, Event, TrainerState};
+pub use super::messages::{TrainerCommand, TrainerEvent, TrainerState};
 
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
+pub struct TrainerConfig {
     pub db: PathBuf,
     /// The base encoder folder (config, safetensors, tokenizer).
     pub base_dir: PathBuf,
@@ -44,28 +44,28 @@ pub struct WorkerConfig {
     pub holder: String,
 }
 
-pub struct Handle {
-    pub commands: Sender<Command>,
-    pub events: Receiver<Event>,
+pub struct TrainerHandle {
+    pub commands: Sender<TrainerCommand>,
+    pub events: Receiver<TrainerEvent>,
     thread: Option<JoinHandle<()>>,
 }
 
-impl Handle {
-    pub fn send(&self, c: Command) {
+impl TrainerHandle {
+    pub fn send(&self, c: TrainerCommand) {
         let _ = self.commands.send(c);
     }
 
     /// Asks the thread to stop and waits for it (it finishes its current step and
     /// writes a checkpoint if it trained since the last one).
     pub fn stop(mut self) {
-        let _ = self.commands.send(Command::Stop);
+        let _ = self.commands.send(TrainerCommand::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-pub fn spawn(cfg: WorkerConfig) -> Handle {
+pub fn spawn(cfg: TrainerConfig) -> TrainerHandle {
     let (ctx, crx) = unbounded();
     // Bounded: if the UI stops reading, the trainer waits rather than piling up.
     let (etx, erx) = bounded(1024);
@@ -94,12 +94,12 @@ pub fn spawn(cfg: WorkerConfig) -> Handle {
             if let Some(msg) = failed {
                 tracing::error!("trainer failed: {msg}");
                 // Never block on a full channel while stopping.
-                let _ = events.try_send(Event::Failed(msg));
+                let _ = events.try_send(TrainerEvent::Failed(msg));
             }
-            let _ = events.try_send(Event::State(TrainerState::Stopped));
+            let _ = events.try_send(TrainerEvent::State(TrainerState::Stopped));
         })
         .ok();
-    Handle {
+    TrainerHandle {
         commands: ctx,
         events: erx,
         thread,
@@ -119,9 +119,9 @@ impl<E: std::fmt::Display> From<E> for Stop {
 }
 
 struct Worker {
-    cfg: WorkerConfig,
-    commands: Receiver<Command>,
-    events: Sender<Event>,
+    cfg: TrainerConfig,
+    commands: Receiver<TrainerCommand>,
+    events: Sender<TrainerEvent>,
     /// This process's name for the lease.
     session: String,
     /// Renews the lease while this worker trains.
@@ -230,9 +230,9 @@ struct Sink {
 }
 
 impl Sink {
-    fn record(&self, e: &Event) {
+    fn record(&self, e: &TrainerEvent) {
         let r = match *e {
-            Event::Step {
+            TrainerEvent::Step {
                 step,
                 loss,
                 accuracy,
@@ -248,7 +248,7 @@ impl Sink {
                     labels_used,
                 },
             ),
-            Event::Eval {
+            TrainerEvent::Eval {
                 step,
                 accuracy,
                 loss,
@@ -265,7 +265,7 @@ impl Sink {
                     },
                 )
             }
-            Event::Checkpointed { step, ref path } => {
+            TrainerEvent::Checkpointed { step, ref path } => {
                 self.store
                     .record_checkpoint(self.run, step, path, self.last_accuracy.get())
             }
@@ -293,7 +293,7 @@ enum Next {
 }
 
 impl Worker {
-    fn emit(&self, e: Event) -> Result<(), Stop> {
+    fn emit(&self, e: TrainerEvent) -> Result<(), Stop> {
         if let Some(sink) = &self.sink {
             sink.record(&e);
         }
@@ -336,7 +336,7 @@ impl Worker {
                 TakeLease::Taken => break,
                 TakeLease::HeldBy(l) => {
                     if following.as_deref() != Some(l.session.as_str()) {
-                        self.emit(Event::State(TrainerState::Following {
+                        self.emit(TrainerEvent::State(TrainerState::Following {
                             holder: l.holder.clone(),
                             host: l.host.clone(),
                         }))?;
@@ -346,7 +346,8 @@ impl Worker {
                 }
             }
             match self.commands.recv_timeout(LEASE_HEARTBEAT) {
-                Ok(Command::Stop) | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                Ok(TrainerCommand::Stop)
+                | Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                     return Err(Stop::Gone);
                 }
                 _ => {}
@@ -374,14 +375,14 @@ impl Worker {
             seen = m.rowid;
             let step = m.step.max(0) as u64;
             let e = match (m.kind.as_str(), m.loss, m.accuracy) {
-                ("train", Some(loss), Some(accuracy)) => Event::Step {
+                ("train", Some(loss), Some(accuracy)) => TrainerEvent::Step {
                     step,
                     loss,
                     accuracy,
                     pairs_per_s: m.pairs_per_s.unwrap_or(0.0),
                     labels_used: m.labels_used.unwrap_or(0).max(0) as usize,
                 },
-                ("eval", Some(loss), Some(accuracy)) => Event::Eval {
+                ("eval", Some(loss), Some(accuracy)) => TrainerEvent::Eval {
                     step,
                     accuracy,
                     loss,
@@ -426,28 +427,28 @@ impl Worker {
         }
         loop {
             match self.commands.try_recv() {
-                Ok(Command::LabelsChanged) => next = Next::Reload,
-                Ok(Command::Checkpoint) => self.checkpoint(t, dirty)?,
-                Ok(Command::Stop) | Err(TryRecvError::Disconnected) => {
+                Ok(TrainerCommand::LabelsChanged) => next = Next::Reload,
+                Ok(TrainerCommand::Checkpoint) => self.checkpoint(t, dirty)?,
+                Ok(TrainerCommand::Stop) | Err(TryRecvError::Disconnected) => {
                     self.checkpoint(t, dirty)?;
                     return Err(Stop::Gone);
                 }
-                Ok(Command::Resume) => {}
-                Ok(Command::Pause) => {
-                    self.emit(Event::State(TrainerState::Paused))?;
+                Ok(TrainerCommand::Resume) => {}
+                Ok(TrainerCommand::Pause) => {
+                    self.emit(TrainerEvent::State(TrainerState::Paused))?;
                     loop {
                         match self.commands.recv() {
-                            Ok(Command::Resume) => break,
-                            Ok(Command::LabelsChanged) => next = Next::Reload,
-                            Ok(Command::Checkpoint) => self.checkpoint(t, dirty)?,
-                            Ok(Command::Pause) => {}
-                            Ok(Command::Stop) | Err(_) => {
+                            Ok(TrainerCommand::Resume) => break,
+                            Ok(TrainerCommand::LabelsChanged) => next = Next::Reload,
+                            Ok(TrainerCommand::Checkpoint) => self.checkpoint(t, dirty)?,
+                            Ok(TrainerCommand::Pause) => {}
+                            Ok(TrainerCommand::Stop) | Err(_) => {
                                 self.checkpoint(t, dirty)?;
                                 return Err(Stop::Gone);
                             }
                         }
                     }
-                    self.emit(Event::State(TrainerState::Training))?;
+                    self.emit(TrainerEvent::State(TrainerState::Training))?;
                 }
                 Err(TryRecvError::Empty) => return Ok(next),
             }
@@ -466,13 +467,13 @@ impl Worker {
             }
             match self.commands.recv_timeout(LEASE_HEARTBEAT) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                Ok(Command::LabelsChanged) => return Ok(Next::Reload),
-                Ok(Command::Stop) | Err(_) => {
+                Ok(TrainerCommand::LabelsChanged) => return Ok(Next::Reload),
+                Ok(TrainerCommand::Stop) | Err(_) => {
                     self.checkpoint(t, dirty)?;
                     return Err(Stop::Gone);
                 }
-                Ok(Command::Checkpoint) => self.checkpoint(t, dirty)?,
-                Ok(Command::Pause | Command::Resume) => {}
+                Ok(TrainerCommand::Checkpoint) => self.checkpoint(t, dirty)?,
+                Ok(TrainerCommand::Pause | TrainerCommand::Resume) => {}
             }
         }
     }
@@ -495,7 +496,7 @@ impl Worker {
             &meta,
         )?;
         *dirty = false;
-        let e = Event::Checkpointed {
+        let e = TrainerEvent::Checkpointed {
             step: t.step,
             path: self.cfg.out_dir.clone(),
         };
@@ -512,7 +513,7 @@ impl Worker {
             return Ok(());
         }
         let e = trainer.evaluate(&data.held, trainer.config.batch_pairs)?;
-        self.emit(Event::Eval {
+        self.emit(TrainerEvent::Eval {
             step,
             accuracy: e.accuracy,
             loss: e.loss,
@@ -526,14 +527,18 @@ impl Worker {
         if self.cfg.score_queue == 0 {
             return Ok(());
         }
-        let store = Store::open_plain(&self.cfg.db)?;
-        let rows = store.pairs_to_score(self.cfg.score_queue, step)?;
+        // Scores are written only while this worker holds the lease, through the
+        // connection its metrics go through.
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let rows = sink.store.pairs_to_score(self.cfg.score_queue, step)?;
         if rows.is_empty() {
             return Ok(());
         }
-        crate::train::score_pairs_into(trainer, &store, &rows, step)
+        crate::train::score_pairs_into(trainer, &sink.store, &rows, step)
             .map_err(|e| Stop::Failed(e.to_string()))?;
-        self.emit(Event::Scored {
+        self.emit(TrainerEvent::Scored {
             step,
             pairs: rows.len(),
         })
@@ -543,7 +548,7 @@ impl Worker {
     /// and follows again if the lease is lost.
     fn run(&mut self) -> Result<(), Stop> {
         loop {
-            self.emit(Event::State(TrainerState::Loading))?;
+            self.emit(TrainerEvent::State(TrainerState::Loading))?;
             self.acquire()?;
             self.train()?;
             // The lease was lost: write nothing more, and follow the new holder.
@@ -580,7 +585,7 @@ impl Worker {
                 t.exposure.restore(saved);
             }
         }
-        self.emit(Event::Started {
+        self.emit(TrainerEvent::Started {
             step: t.step,
             resumed_from: resume.then(|| self.cfg.out_dir.clone()),
         })?;
@@ -589,7 +594,7 @@ impl Worker {
         'reload: loop {
             let data = self.load_data(&t.trainer)?;
             if data.train.len() < self.cfg.min_labels.max(1) {
-                self.emit(Event::State(TrainerState::Waiting {
+                self.emit(TrainerEvent::State(TrainerState::Waiting {
                     have: data.train.len(),
                     need: self.cfg.min_labels,
                 }))?;
@@ -598,7 +603,7 @@ impl Worker {
                 }
                 continue 'reload;
             }
-            self.emit(Event::State(TrainerState::Training))?;
+            self.emit(TrainerEvent::State(TrainerState::Training))?;
             loop {
                 match self.poll(&t, &mut dirty)? {
                     Next::Continue => {}
@@ -615,7 +620,7 @@ impl Worker {
                         last_eval = t.step;
                     }
                     self.checkpoint(&t, &mut dirty)?;
-                    self.emit(Event::State(TrainerState::CaughtUp {
+                    self.emit(TrainerEvent::State(TrainerState::CaughtUp {
                         labels: data.train.len(),
                     }))?;
                     if let Next::Lost = self.wait_for_labels(&t, &mut dirty)? {
@@ -629,11 +634,11 @@ impl Worker {
                 t.step += 1;
                 let step = t.step;
                 if s.skipped {
-                    self.emit(Event::Skipped { step })?;
+                    self.emit(TrainerEvent::Skipped { step })?;
                     continue;
                 }
                 dirty = true;
-                self.emit(Event::Step {
+                self.emit(TrainerEvent::Step {
                     step,
                     loss: s.loss,
                     accuracy: s.accuracy,

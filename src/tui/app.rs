@@ -11,7 +11,7 @@ use super::sanitize::sanitize;
 use super::training::TrainView;
 use crate::domain::{Choice, NewLabel, Pair, Side, Strength};
 use crate::store::{Progress, Store};
-use crate::train::messages::{Command, Event, TrainerState};
+use crate::train::messages::{TrainerCommand, TrainerEvent, TrainerState};
 use crossbeam_channel::Sender;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -71,7 +71,7 @@ pub enum Action {
     /// Pause or resume the trainer.
     TogglePause,
     /// Something the trainer thread reported.
-    Trainer(Event),
+    Trainer(TrainerEvent),
     /// News from the thread generating pairs.
     Feed(crate::generator::feed::FeedEvent),
 }
@@ -220,7 +220,7 @@ pub struct App {
     pub help_scroll: usize,
     pub train: TrainView,
     pub show_training: bool,
-    trainer: Option<Sender<Command>>,
+    trainer: Option<Sender<TrainerCommand>>,
     feed: Option<Sender<crate::generator::feed::FeedCommand>>,
     /// What the generator is doing, for the status line.
     pub feed_status: Option<String>,
@@ -531,8 +531,8 @@ impl App {
                     "no trainer: started with --no-train, or the model is missing",
                     false,
                 ),
-                Some(TrainerState::Paused) => self.notify_trainer(Command::Resume),
-                _ => self.notify_trainer(Command::Pause),
+                Some(TrainerState::Paused) => self.notify_trainer(TrainerCommand::Resume),
+                _ => self.notify_trainer(TrainerCommand::Pause),
             },
             (Mode::Label, Action::ToggleHelp) => {
                 self.help_scroll = 0;

@@ -19,7 +19,7 @@ use std::time::Duration;
 #[derive(Debug)]
 pub enum AppEvent {
     Input(Event),
-    Trainer(crate::train::messages::Event),
+    Trainer(crate::train::messages::TrainerEvent),
     Feed(crate::generator::feed::FeedEvent),
     Tick,
 }
@@ -97,7 +97,7 @@ pub fn run_script(
 pub fn run(
     app: &mut App,
     mouse: bool,
-    trainer: Option<Receiver<crate::train::messages::Event>>,
+    trainer: Option<Receiver<crate::train::messages::TrainerEvent>>,
     feed: Option<Receiver<crate::generator::feed::FeedEvent>>,
 ) -> anyhow::Result<()> {
     // Set up by hand rather than with `ratatui::init`, whose panic hook would

@@ -1,7 +1,7 @@
 //! What the labeler knows of the trainer, and the training view (`m`).
 
 use super::sanitize::sanitize;
-use crate::train::messages::{Event, TrainerState};
+use crate::train::messages::{TrainerEvent, TrainerState};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Style, Stylize};
@@ -29,11 +29,11 @@ pub struct TrainView {
 }
 
 impl TrainView {
-    pub fn apply(&mut self, e: &Event) {
+    pub fn apply(&mut self, e: &TrainerEvent) {
         match e {
-            Event::State(s) => self.state = Some(s.clone()),
-            Event::Started { step, .. } => self.step = *step,
-            Event::Step {
+            TrainerEvent::State(s) => self.state = Some(s.clone()),
+            TrainerEvent::Started { step, .. } => self.step = *step,
+            TrainerEvent::Step {
                 step,
                 loss,
                 pairs_per_s,
@@ -45,11 +45,11 @@ impl TrainView {
                 self.pairs_per_s = Some(*pairs_per_s);
                 self.labels_used = *labels_used;
             }
-            Event::Skipped { step } => {
+            TrainerEvent::Skipped { step } => {
                 self.step = *step;
                 self.skipped += 1;
             }
-            Event::Eval {
+            TrainerEvent::Eval {
                 step,
                 accuracy,
                 pairs,
@@ -58,11 +58,11 @@ impl TrainView {
                 self.accuracy.push((*step as f64, *accuracy));
                 self.heldout_pairs = *pairs;
             }
-            Event::Checkpointed { step, path } => {
+            TrainerEvent::Checkpointed { step, path } => {
                 self.last_checkpoint = Some((*step, path.clone()));
             }
-            Event::Scored { step, pairs } => self.scored = Some((*step, *pairs)),
-            Event::Failed(msg) => self.failed = Some(msg.clone()),
+            TrainerEvent::Scored { step, pairs } => self.scored = Some((*step, *pairs)),
+            TrainerEvent::Failed(msg) => self.failed = Some(msg.clone()),
         }
     }
 

@@ -28,9 +28,11 @@ fn a_failed_trainer_leaves_labeling_working() {
     .expect("app");
     let (tx, _rx) = crossbeam_channel::unbounded();
     app.attach_trainer(tx);
-    app.update(Action::Trainer(duel::train::messages::Event::Failed(
-        "cannot load the model from assets/models/x: no such file".into(),
-    )));
+    app.update(Action::Trainer(
+        duel::train::messages::TrainerEvent::Failed(
+            "cannot load the model from assets/models/x: no such file".into(),
+        ),
+    ));
     let (_, screen) = render(&mut app, 120, 40);
     assert!(screen.contains("cannot load the model"), "{screen}");
     press(&mut app, KeyCode::Char('1'));

@@ -173,11 +173,11 @@ fn help_shows_keys_and_guidelines() {
 
 #[test]
 fn the_top_line_keeps_progress_readable_next_to_the_model_state() {
-    use duel::train::messages::{Event, TrainerState};
+    use duel::train::messages::{TrainerEvent, TrainerState};
     let mut app = App::new(store_with(&[("q1", "a", "b")]), config("annotator")).expect("app");
     let (tx, _rx) = crossbeam_channel::unbounded();
     app.attach_trainer(tx);
-    app.update(Action::Trainer(Event::State(TrainerState::Waiting {
+    app.update(Action::Trainer(TrainerEvent::State(TrainerState::Waiting {
         have: 0,
         need: 16,
     })));

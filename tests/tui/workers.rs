@@ -4,7 +4,7 @@ use super::*;
 
 #[test]
 fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
-    use duel::train::messages::{Command, Event, TrainerState};
+    use duel::train::messages::{TrainerCommand, TrainerEvent, TrainerState};
     let mut app = App::new(
         store_with(&[("q1", "a", "b"), ("q2", "c", "d")]),
         config("a"),
@@ -13,22 +13,22 @@ fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
     let (tx, rx) = crossbeam_channel::unbounded();
     app.attach_trainer(tx);
     for e in [
-        Event::State(TrainerState::Training),
-        Event::Step {
+        TrainerEvent::State(TrainerState::Training),
+        TrainerEvent::Step {
             step: 1,
             loss: 0.69,
             accuracy: 0.5,
             pairs_per_s: 6.5,
             labels_used: 40,
         },
-        Event::Step {
+        TrainerEvent::Step {
             step: 2,
             loss: 0.6,
             accuracy: 0.75,
             pairs_per_s: 6.0,
             labels_used: 40,
         },
-        Event::Eval {
+        TrainerEvent::Eval {
             step: 2,
             accuracy: 0.64,
             loss: 0.66,
@@ -42,12 +42,12 @@ fn the_training_view_charts_loss_and_accuracy_and_stored_metrics_load() {
     assert!(text.contains("acc ") && text.contains("64%"), "{text}");
     // A judgement tells the trainer that the labels changed.
     press(&mut app, KeyCode::Char('1'));
-    assert_eq!(rx.try_recv().ok(), Some(Command::LabelsChanged));
+    assert_eq!(rx.try_recv().ok(), Some(TrainerCommand::LabelsChanged));
     press(&mut app, KeyCode::Char('p'));
-    assert_eq!(rx.try_recv().ok(), Some(Command::Pause));
-    app.update(Action::Trainer(Event::State(TrainerState::Paused)));
+    assert_eq!(rx.try_recv().ok(), Some(TrainerCommand::Pause));
+    app.update(Action::Trainer(TrainerEvent::State(TrainerState::Paused)));
     press(&mut app, KeyCode::Char('p'));
-    assert_eq!(rx.try_recv().ok(), Some(Command::Resume));
+    assert_eq!(rx.try_recv().ok(), Some(TrainerCommand::Resume));
 
     press(&mut app, KeyCode::Char('m'));
     let (_, text) = render(&mut app, 80, 24);
@@ -142,16 +142,18 @@ fn pairs_from_the_generator_feed_show_up_as_they_are_stored() {
 /// accuracy and says who trains it.
 #[test]
 fn a_labeler_that_does_not_train_says_who_does() {
-    use duel::train::messages::{Event, TrainerState};
+    use duel::train::messages::{TrainerEvent, TrainerState};
     let mut app = App::new(store_with(&[("q1", "a", "b")]), config("bob")).expect("app");
     app.attach_trainer(crossbeam_channel::unbounded().0);
-    app.update(Action::Trainer(Event::State(TrainerState::Following {
-        holder: "ann".into(),
-        host: Some("box".into()),
-    })));
+    app.update(Action::Trainer(TrainerEvent::State(
+        TrainerState::Following {
+            holder: "ann".into(),
+            host: Some("box".into()),
+        },
+    )));
     let (_, text) = render(&mut app, 100, 24);
     assert!(text.contains("ann trains"), "{text}");
-    app.update(Action::Trainer(Event::Eval {
+    app.update(Action::Trainer(TrainerEvent::Eval {
         step: 25,
         accuracy: 0.61,
         loss: 0.66,

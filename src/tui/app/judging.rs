@@ -205,7 +205,7 @@ impl App {
                 }
                 self.session_labels += 1;
                 self.mode = Mode::Label;
-                self.notify_trainer(Command::LabelsChanged);
+                self.notify_trainer(TrainerCommand::LabelsChanged);
                 let verdict = self
                     .config
                     .show_model
@@ -271,7 +271,7 @@ impl App {
                     if let Some(r) = &mut self.review {
                         r.done.remove(&pair_id);
                     }
-                    self.notify_trainer(Command::LabelsChanged);
+                    self.notify_trainer(TrainerCommand::LabelsChanged);
                     self.session_labels = self.session_labels.saturating_sub(1);
                     // The undone judgement's note comes back with its pair.
                     if let Ok(Some(note)) = self.store.label_note(label_id) {

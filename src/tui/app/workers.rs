@@ -8,7 +8,7 @@ impl App {
     /// Connects the trainer thread's command channel and loads the metrics stored
     /// by earlier runs (of any process on the database), so the charts survive a
     /// restart.
-    pub fn attach_trainer(&mut self, commands: Sender<Command>) {
+    pub fn attach_trainer(&mut self, commands: Sender<TrainerCommand>) {
         self.trainer = Some(commands);
         if let Ok(rows) = self.store.recent_metrics() {
             for m in rows {
@@ -83,7 +83,7 @@ impl App {
         self.trainer.is_some()
     }
 
-    pub(super) fn notify_trainer(&mut self, c: Command) {
+    pub(super) fn notify_trainer(&mut self, c: TrainerCommand) {
         if let Some(t) = &self.trainer
             && t.send(c).is_err()
         {
@@ -92,8 +92,8 @@ impl App {
     }
 
     /// Shows the trainer's news (the trainer records its metrics itself).
-    pub(super) fn on_trainer(&mut self, e: Event) {
-        if let Event::Failed(msg) = &e {
+    pub(super) fn on_trainer(&mut self, e: TrainerEvent) {
+        if let TrainerEvent::Failed(msg) = &e {
             self.say(format!("training stopped: {msg}"), true);
         }
         self.train.apply(&e);
