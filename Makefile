@@ -14,9 +14,11 @@ build:
 models:
 	scripts/fetch-models.sh
 
+# The tests run beside a throwaway PostgreSQL server (scripts/with-postgres.sh
+# installs Debian's postgresql package when missing).
 test: models lint
 	scripts/pyenv.sh
-	cargo test --locked --all-targets
+	DUEL_REQUIRE_PG=1 scripts/with-postgres.sh cargo test --locked --all-targets
 
 lint:
 	cargo fmt --check

@@ -12,7 +12,8 @@ use std::path::PathBuf;
     about = "A terminal workbench for preference data"
 )]
 pub struct Cli {
-    /// The database file (created when missing).
+    /// The database: a SQLite file (created when missing), or a PostgreSQL server
+    /// as `postgres://user@host:port/dbname` (libpq's URL form).
     #[arg(long, global = true, env = "DUEL_DB", default_value = "duel.db")]
     pub db: PathBuf,
 
@@ -26,6 +27,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create or upgrade the database's schema and print its version (every other
+    /// command does this too when it opens the database).
+    Migrate,
     /// Import pairs from JSON Lines or CSV files.
     Import(ImportArgs),
     /// Judge pairs in the terminal.

@@ -64,7 +64,7 @@ pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| crate::model::DEFAULT_ENCODER_DIR.into()),
             // The checkpoint folder belongs to the database: whichever process
             // holds the training lease writes it, and the next resumes from it.
-            out_dir: db.with_extension("model"),
+            out_dir: crate::store::model_dir_for(db),
             train: crate::train::TrainConfig {
                 lr: args.lr,
                 max_length: args.max_length,

@@ -37,6 +37,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(args) => generate::generate(&cli.db, args),
         Command::Review(args) => review::review(&cli.db, args),
         Command::Report { out } => stats::report_cmd(&cli.db, &out),
+        Command::Migrate => migrate(&cli.db),
         Command::Train(args) => model::train(&cli.db, args),
         Command::Eval(args) => model::eval(args),
         Command::Score(args) => model::score(args),
@@ -66,13 +67,24 @@ pub(crate) fn open(db: &Path) -> Result<Store> {
 /// Opens a database that must exist already: commands that read labels never
 /// create an empty one from a mistyped name.
 pub(crate) fn open_existing(db: &Path) -> Result<Store> {
-    if !db.exists() {
+    if !crate::store::is_postgres_url(db) && !db.exists() {
         bail!(BadInput(format!(
             "{}: no such database (create one with `duel import FILE` or `duel generate PROMPTS`)",
             db.display()
         )));
     }
     open(db)
+}
+
+/// `duel migrate`: creates or upgrades the schema, and says which version it is.
+fn migrate(db: &Path) -> Result<ExitCode> {
+    let store = open(db)?;
+    let (found, known) = store.schema_versions()?;
+    println!(
+        "{}: schema version {found} (this duel writes version {known})",
+        store.path().display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The bundled demo pairs as examples (response A as the chosen one), for benches.

@@ -578,7 +578,7 @@ fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
     let base = model_dir(args.model_dir.as_deref())?;
     drop(open_existing(db)?);
     let user = std::env::var("USER").unwrap_or_else(|_| "duel".into());
-    let out_dir = db.with_extension("model");
+    let out_dir = crate::store::model_dir_for(db);
     let h = spawn(TrainerConfig {
         db: db.to_owned(),
         base_dir: base,

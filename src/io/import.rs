@@ -230,84 +230,82 @@ fn import_in_tx(
         file: path.to_owned(),
         source,
     };
-    let tx = store.begin_import()?;
     let mut report = ImportReport {
         file: path.to_owned(),
         ..Default::default()
     };
-    // Parsing and hashing run on a second thread while this one writes to SQLite.
-    std::thread::scope(|scope| -> Result<(), ImportError> {
-        let (send, recv) = crossbeam_channel::bounded::<Vec<Parsed>>(16);
-        let limit = opts.max_record_bytes;
-        let parser = scope.spawn(move || -> Result<(), ImportError> {
-            let mut batch = Vec::with_capacity(BATCH);
-            let mut sink = |line: u64, parsed: Result<NewPair, RecordError>| {
-                batch.push((
-                    line,
-                    parsed.map(|p| {
-                        let d = PairDigests::of(&p);
-                        (p, d)
-                    }),
-                ));
-                if batch.len() == BATCH
-                    && send
-                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-                        .is_err()
-                {
-                    // The writer stopped (an error): stop reading.
-                    return Err(ImportError::Io {
-                        file: PathBuf::new(),
-                        source: io::Error::other("import stopped"),
-                    });
+    // Parsing and hashing run on a second thread while this one writes.
+    store.import(|writer| {
+        std::thread::scope(|scope| -> Result<(), ImportError> {
+            let (send, recv) = crossbeam_channel::bounded::<Vec<Parsed>>(16);
+            let limit = opts.max_record_bytes;
+            let parser = scope.spawn(move || -> Result<(), ImportError> {
+                let mut batch = Vec::with_capacity(BATCH);
+                let mut sink = |line: u64, parsed: Result<NewPair, RecordError>| {
+                    batch.push((
+                        line,
+                        parsed.map(|p| {
+                            let d = PairDigests::of(&p);
+                            (p, d)
+                        }),
+                    ));
+                    if batch.len() == BATCH
+                        && send
+                            .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                            .is_err()
+                    {
+                        // The writer stopped (an error): stop reading.
+                        return Err(ImportError::Io {
+                            file: PathBuf::new(),
+                            source: io::Error::other("import stopped"),
+                        });
+                    }
+                    Ok(())
+                };
+                read_records(reader, format, limit, &mut sink)?;
+                if !batch.is_empty() {
+                    let _ = send.send(batch);
                 }
                 Ok(())
-            };
-            read_records(reader, format, limit, &mut sink)?;
-            if !batch.is_empty() {
-                let _ = send.send(batch);
-            }
-            Ok(())
-        });
-        let mut writer = tx.writer().map_err(ImportError::Store)?;
-        let mut written = Ok(());
-        let mut decided = false;
-        'outer: for batch in recv.iter() {
-            for (line, parsed) in batch {
-                if let Err(e) =
-                    write_one(&mut writer, &mut report, opts, path, source, line, parsed)
-                {
-                    written = Err(e);
-                    break 'outer;
-                }
-                if !decided && report.inserted >= opts.defer_indexes_after {
-                    decided = true;
-                    if let Err(e) = defer_if_large(&mut writer, &report, bar) {
+            });
+            let mut written = Ok(());
+            let mut decided = false;
+            'outer: for batch in recv.iter() {
+                for (line, parsed) in batch {
+                    if let Err(e) = write_one(writer, &mut report, opts, path, source, line, parsed)
+                    {
                         written = Err(e);
                         break 'outer;
                     }
+                    if !decided && report.inserted >= opts.defer_indexes_after {
+                        decided = true;
+                        if let Err(e) = defer_if_large(writer, &report, bar) {
+                            written = Err(e);
+                            break 'outer;
+                        }
+                    }
                 }
             }
-        }
-        drop(recv);
-        if written.is_ok() {
-            written = writer
-                .finish()
-                .map(|rebuilt| report.rebuilt_indexes = rebuilt)
-                .map_err(ImportError::Store);
-        }
-        let parsed = parser.join().unwrap_or_else(|_| {
-            Err(ImportError::Io {
-                file: PathBuf::new(),
-                source: io::Error::other("the parser thread panicked"),
+            drop(recv);
+            if written.is_ok() {
+                written = writer
+                    .finish()
+                    .map(|rebuilt| report.rebuilt_indexes = rebuilt)
+                    .map_err(ImportError::Store);
+            }
+            let parsed = parser.join().unwrap_or_else(|_| {
+                Err(ImportError::Io {
+                    file: PathBuf::new(),
+                    source: io::Error::other("the parser thread panicked"),
+                })
+            });
+            written?;
+            parsed.map_err(|e| match e {
+                ImportError::Io { source, .. } => io_err(source),
+                other => other,
             })
-        });
-        written?;
-        parsed.map_err(|e| match e {
-            ImportError::Io { source, .. } => io_err(source),
-            other => other,
         })
     })?;
-    tx.commit()?;
     bar.finish_and_clear();
     Ok(report)
 }
@@ -316,7 +314,7 @@ fn import_in_tx(
 /// least a quarter as many new pairs as are stored: building an index once, by
 /// sorting, then costs less than inserting each random key into it.
 fn defer_if_large(
-    writer: &mut PairWriter<'_>,
+    writer: &mut PairWriter<'_, '_, '_>,
     report: &ImportReport,
     // Counts the bytes read from the file, and knows its length.
     bar: &indicatif::ProgressBar,
@@ -333,7 +331,7 @@ fn defer_if_large(
 }
 
 fn write_one(
-    writer: &mut PairWriter<'_>,
+    writer: &mut PairWriter<'_, '_, '_>,
     report: &mut ImportReport,
     opts: &ImportOptions,
     path: &Path,

@@ -1,8 +1,8 @@
 //! Claims: which pair each labeler process has on screen, so that several annotators
 //! on one database are not served the same pair at the same time.
 
+use super::sql::Ex;
 use super::{Result, Store};
-use rusqlite::{OptionalExtension, params};
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,6 +62,11 @@ const SERVABLE: &str = "p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
           WHERE l.pair_id = p.id AND l.undone_at IS NULL)
        + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2";
 
+/// A parameter a query does not use, named so that every query takes the same
+/// four (PostgreSQL needs each parameter's type, hence the cast).
+const UNUSED_2: &str = "CAST(?2 AS BIGINT) IS NOT NULL";
+const UNUSED_4: &str = "CAST(?4 AS BIGINT) IS NOT NULL";
+
 /// The servable pairs at or after (`cmp` ">=") or before ("<") id ?4, by id.
 fn sequential_sql(cmp: &str) -> String {
     format!("SELECT p.id FROM pairs p WHERE p.id {cmp} ?4 AND {SERVABLE} ORDER BY p.id")
@@ -81,7 +86,7 @@ fn shuffled_sql(cmp: &str) -> String {
 fn gold_sql(cmp: &str) -> String {
     format!(
         "SELECT p.id FROM pairs p
-         WHERE p.gold IS NOT NULL AND {SHUFFLE_SQL} {cmp} ?4 AND ?2 = ?2
+         WHERE p.gold IS NOT NULL AND {SHUFFLE_SQL} {cmp} ?4 AND {UNUSED_2}
            AND NOT EXISTS (SELECT 1 FROM labels l
                            WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
            AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3
@@ -90,21 +95,33 @@ fn gold_sql(cmp: &str) -> String {
     )
 }
 
+/// A join that walks the first table's index first: SQLite's `CROSS JOIN` keeps
+/// the tables in the order written; PostgreSQL's planner picks the order itself.
+fn first_table_first(ex: &Ex<'_, '_>) -> &'static str {
+    if ex.is_postgres() {
+        "JOIN"
+    } else {
+        "CROSS JOIN"
+    }
+}
+
 /// The servable scored pairs, the model's least certain first (?4 unused).
-fn uncertain_sql() -> String {
+fn uncertain_sql(ex: &Ex<'_, '_>) -> String {
     format!(
-        "SELECT p.id FROM pair_scores s CROSS JOIN pairs p ON p.id = s.pair_id
-         WHERE ?4 = ?4 AND {SERVABLE} ORDER BY abs(s.p_a - 0.5), s.pair_id"
+        "SELECT p.id FROM pair_scores s {} pairs p ON p.id = s.pair_id
+         WHERE {UNUSED_4} AND {SERVABLE} ORDER BY abs(s.p_a - 0.5), s.pair_id",
+        first_table_first(ex)
     )
 }
 
 /// The servable judged pairs in the `disagreement` order (?4 unused): contested pairs
 /// first, then those whose judgements the model most confidently contradicts, walking
 /// the `pair_verdicts_order` index (see migration 0005).
-fn disagreement_sql() -> String {
+fn disagreement_sql(ex: &Ex<'_, '_>) -> String {
     format!(
-        "SELECT p.id FROM pair_verdicts v CROSS JOIN pairs p ON p.id = v.pair_id
-         WHERE ?4 = ?4 AND {SERVABLE} ORDER BY v.choices DESC, v.against DESC, v.pair_id"
+        "SELECT p.id FROM pair_verdicts v {} pairs p ON p.id = v.pair_id
+         WHERE {UNUSED_4} AND {SERVABLE} ORDER BY v.choices DESC, v.against DESC, v.pair_id",
+        first_table_first(ex)
     )
 }
 
@@ -141,15 +158,22 @@ pub(super) fn unix_now() -> f64 {
 
 /// Claims `pair_id` for `session` until [`CLAIM_TTL`] after `now`.
 fn insert_claim(
-    conn: &rusqlite::Connection,
+    ex: &Ex<'_, '_>,
     pair_id: i64,
     annotator: &str,
     session: &str,
     now: f64,
 ) -> Result<()> {
-    conn.execute(
-        "INSERT OR REPLACE INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![pair_id, annotator, session, now + CLAIM_TTL.as_secs_f64()],
+    ex.execute(
+        "INSERT INTO claims (pair_id, annotator, session, expires_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (pair_id, session) DO UPDATE
+         SET annotator = excluded.annotator, expires_at = excluded.expires_at",
+        &[
+            &pair_id,
+            &annotator,
+            &session,
+            &(now + CLAIM_TTL.as_secs_f64()),
+        ],
     )?;
     Ok(())
 }
@@ -171,64 +195,69 @@ impl Store {
         walk: &mut QueueWalk,
     ) -> Result<Option<i64>> {
         let now = unix_now();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM claims WHERE session = ?1 OR expires_at <= ?2",
-            params![session, now],
-        )?;
-        let first = |sql: &str, from: i64| -> Result<Option<i64>> {
-            let mut stmt = tx.prepare_cached(sql)?;
-            let mut rows = stmt.query(params![annotator, overlap, session, from])?;
-            while let Some(r) = rows.next()? {
-                let id: i64 = r.get(0)?;
-                if !exclude.contains(&id) {
-                    return Ok(Some(id));
+        let overlap = i64::from(overlap);
+        let committed = self.write(|ex| {
+            if ex.is_postgres() {
+                // Claims are taken one labeler at a time, as SQLite's write lock does:
+                // the check of who holds what and the claim are one step.
+                ex.execute("LOCK TABLE claims IN SHARE ROW EXCLUSIVE MODE", &[])?;
+            }
+            ex.execute(
+                "DELETE FROM claims WHERE session = ?1 OR expires_at <= ?2",
+                &[&session, &now],
+            )?;
+            // No more rows than could be excluded, and one more, need reading.
+            let limit = exclude.len() as i64 + 1;
+            let first = |sql: &str, from: i64| -> Result<Option<i64>> {
+                let ids = ex.query_all(
+                    &format!("{sql} LIMIT ?5"),
+                    &[&annotator, &overlap, &session, &from, &limit],
+                    |r| r.get::<i64>(0),
+                )?;
+                Ok(ids.into_iter().find(|id| !exclude.contains(id)))
+            };
+            // The walk moves on only if the claim is committed.
+            let mut next = *walk;
+            // An order from `from` round to where it started: the index from `from` on,
+            // then from its start.
+            let round = |sql: fn(&str) -> String, from: i64| -> Result<Option<i64>> {
+                match first(&sql(">="), from)? {
+                    Some(id) => Ok(Some(id)),
+                    None => first(&sql("<"), from),
                 }
+            };
+            let shuffled = |w: &mut QueueWalk| -> Result<Option<i64>> {
+                Ok(round(shuffled_sql, w.next_shuffle)?
+                    .inspect(|&id| w.next_shuffle = shuffle_position(id) + 1))
+            };
+            let found = match order {
+                QueueOrder::Sequential => {
+                    round(sequential_sql, next.next_id)?.inspect(|&id| next.next_id = id)
+                }
+                QueueOrder::Random => shuffled(&mut next)?,
+                // Scored pairs by how close the model's prediction is to 50%, walking the
+                // `pair_scores_uncertainty` index; when none is left to serve, every pair
+                // still to serve is unscored, and they come in the shuffled order.
+                QueueOrder::Uncertain => match first(&uncertain_sql(ex), 0)? {
+                    Some(id) => Some(id),
+                    None => shuffled(&mut next)?,
+                },
+                // Only judged pairs can come before the rest, which follow by id: sort
+                // the judged ones, then walk the ids.
+                QueueOrder::Disagreement => match first(&disagreement_sql(ex), 0)? {
+                    Some(id) => Some(id),
+                    None => first(&sequential_sql(">="), 0)?,
+                },
+                // From where the shuffled walk stands, so each labeler meets the gold
+                // pairs in its own order; the walk itself does not move.
+                QueueOrder::Gold => round(gold_sql, next.next_shuffle)?,
+            };
+            if let Some(id) = found {
+                insert_claim(ex, id, annotator, session, now)?;
             }
-            Ok(None)
-        };
-        // The walk moves on only if the claim is committed.
-        let mut next = *walk;
-        // An order from `from` round to where it started: the index from `from` on,
-        // then from its start.
-        let round = |sql: fn(&str) -> String, from: i64| -> Result<Option<i64>> {
-            match first(&sql(">="), from)? {
-                Some(id) => Ok(Some(id)),
-                None => first(&sql("<"), from),
-            }
-        };
-        let shuffled = |w: &mut QueueWalk| -> Result<Option<i64>> {
-            Ok(round(shuffled_sql, w.next_shuffle)?
-                .inspect(|&id| w.next_shuffle = shuffle_position(id) + 1))
-        };
-        let found = match order {
-            QueueOrder::Sequential => {
-                round(sequential_sql, next.next_id)?.inspect(|&id| next.next_id = id)
-            }
-            QueueOrder::Random => shuffled(&mut next)?,
-            // Scored pairs by how close the model's prediction is to 50%, walking the
-            // `pair_scores_uncertainty` index; when none is left to serve, every pair
-            // still to serve is unscored, and they come in the shuffled order.
-            QueueOrder::Uncertain => match first(&uncertain_sql(), 0)? {
-                Some(id) => Some(id),
-                None => shuffled(&mut next)?,
-            },
-            // Only judged pairs can come before the rest, which follow by id: sort
-            // the judged ones, then walk the ids.
-            QueueOrder::Disagreement => match first(&disagreement_sql(), 0)? {
-                Some(id) => Some(id),
-                None => first(&sequential_sql(">="), 0)?,
-            },
-            // From where the shuffled walk stands, so each labeler meets the gold
-            // pairs in its own order; the walk itself does not move.
-            QueueOrder::Gold => round(gold_sql, next.next_shuffle)?,
-        };
-        if let Some(id) = found {
-            insert_claim(&tx, id, annotator, session, now)?;
-        }
-        tx.commit()?;
+            Ok((found, next))
+        })?;
+        let (found, next) = committed;
         *walk = next;
         Ok(found)
     }
@@ -236,48 +265,46 @@ impl Store {
     /// Claims a given pair for `session` (the pair an undo goes back to), whoever
     /// else holds it; the session's other claims are released.
     pub fn claim_pair(&mut self, annotator: &str, session: &str, pair_id: i64) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM claims WHERE session = ?1", [session])?;
-        insert_claim(&tx, pair_id, annotator, session, unix_now())?;
-        tx.commit()?;
-        Ok(())
+        self.write(|ex| {
+            ex.execute("DELETE FROM claims WHERE session = ?1", &[&session])?;
+            insert_claim(ex, pair_id, annotator, session, unix_now())
+        })
     }
 
     /// Keeps the session's claims alive for another [`CLAIM_TTL`].
     pub fn renew_claims(&self, session: &str) -> Result<()> {
-        self.conn.execute(
-            "UPDATE claims SET expires_at = ?2 WHERE session = ?1",
-            params![session, unix_now() + CLAIM_TTL.as_secs_f64()],
-        )?;
+        self.write(|ex| {
+            ex.execute(
+                "UPDATE claims SET expires_at = ?2 WHERE session = ?1",
+                &[&session, &(unix_now() + CLAIM_TTL.as_secs_f64())],
+            )
+        })?;
         Ok(())
     }
 
     /// Frees the session's claims (the labeler quits).
     pub fn release_claims(&self, session: &str) -> Result<()> {
-        self.conn
-            .execute("DELETE FROM claims WHERE session = ?1", [session])?;
+        self.write(|ex| ex.execute("DELETE FROM claims WHERE session = ?1", &[&session]))?;
         Ok(())
     }
 
     /// The live model's latest prediction for a pair: the probability that A is
     /// better, and the training step of the model.
     pub fn pair_score(&self, pair_id: i64) -> Result<Option<(f64, i64)>> {
-        Ok(self
-            .conn
-            .query_row(
+        self.read(|ex| {
+            ex.query_opt(
                 "SELECT p_a, step FROM pair_scores WHERE pair_id = ?1",
-                [pair_id],
+                &[&pair_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .optional()?)
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::params;
 
     /// `annotator` judges `pair_id` (A is better) at once, as a labeler would.
     fn judge(store: &mut Store, annotator: &str, pair_id: i64) {
@@ -330,8 +357,8 @@ mod tests {
             ("sequential, before", sequential_sql("<")),
             ("random, after", shuffled_sql(">=")),
             ("random, before", shuffled_sql("<")),
-            ("uncertain", uncertain_sql()),
-            ("disagreement", disagreement_sql()),
+            ("uncertain", uncertain_sql(&Ex::Lite(store.conn()))),
+            ("disagreement", disagreement_sql(&Ex::Lite(store.conn()))),
         ] {
             let plan: Vec<String> = store
                 .conn()

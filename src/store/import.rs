@@ -1,69 +1,58 @@
 //! What an import sets on its connection while it writes, and the transaction it
 //! writes a file in.
 
-use super::{BUSY_TIMEOUT, PairWriter, Result, Store};
-use rusqlite::Transaction;
+use super::{BUSY_TIMEOUT, PairWriter, Result, Store, StoreError};
 use std::time::Duration;
 
-/// The transaction an import writes one file in: nothing of it is stored unless it
-/// commits.
-pub struct ImportTx<'s> {
-    tx: Transaction<'s>,
-}
-
-impl ImportTx<'_> {
-    /// A bulk writer (`PairWriter::bulk`) inside this transaction.
-    pub fn writer(&self) -> Result<PairWriter<'_>> {
-        PairWriter::bulk(&self.tx)
-    }
-
-    /// Stores what was written in it.
-    pub fn commit(self) -> Result<()> {
-        self.tx.commit()?;
-        Ok(())
-    }
-}
-
 impl Store {
-    /// Begins the transaction an import writes a file in.
-    pub fn begin_import(&mut self) -> Result<ImportTx<'_>> {
-        Ok(ImportTx {
-            tx: self
-                .conn
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?,
+    /// Runs `f` with a bulk writer (`PairWriter::bulk`) in the one transaction an
+    /// import writes a file in: nothing of it is stored unless `f` succeeds.
+    pub fn import<T, E: From<StoreError>>(
+        &mut self,
+        f: impl FnOnce(&mut PairWriter<'_, '_, '_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.write_as(|ex| {
+            let mut w = PairWriter::bulk(ex)?;
+            f(&mut w)
         })
     }
 
-    /// Sets this connection's page cache to `kib` KiB.
+    /// Sets this connection's page cache to `kib` KiB (SQLite; nothing on PostgreSQL).
     pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
-        self.conn.pragma_update(None, "cache_size", -kib)?;
+        if let Ok(conn) = self.lite("") {
+            conn.pragma_update(None, "cache_size", -kib)?;
+        }
         Ok(())
     }
 
-    /// Turns checking foreign keys on this connection on or off.
+    /// Turns checking foreign keys on this connection on or off (SQLite; nothing on
+    /// PostgreSQL).
     pub fn set_foreign_keys(&self, on: bool) -> Result<()> {
-        self.conn
-            .pragma_update(None, "foreign_keys", if on { "ON" } else { "OFF" })?;
+        if let Ok(conn) = self.lite("") {
+            conn.pragma_update(None, "foreign_keys", if on { "ON" } else { "OFF" })?;
+        }
         Ok(())
     }
 
-    /// Puts the database in WAL mode.
+    /// Puts the database in WAL mode (SQLite; nothing on PostgreSQL).
     pub fn set_wal(&self) -> Result<()> {
-        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        if let Ok(conn) = self.lite("") {
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+        }
         Ok(())
     }
 
     /// Whether the database holds no pairs yet.
     pub fn holds_no_pairs(&self) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row("SELECT NOT EXISTS (SELECT 1 FROM pairs)", [], |r| r.get(0))?)
+        self.read(|ex| ex.query_one("SELECT NOT EXISTS (SELECT 1 FROM pairs)", &[], |r| r.get(0)))
     }
 
     /// Switches the database to a rollback journal when no other connection has it
     /// open, without waiting for them, and says whether it did.
     pub fn try_rollback_journal(&self) -> bool {
-        let conn = &self.conn;
+        let Ok(conn) = self.lite("") else {
+            return false;
+        };
         if conn.busy_timeout(Duration::ZERO).is_err() {
             return false;
         }

@@ -1,40 +1,43 @@
 //! Writing judgements, undoing them, and reading them back for export and stats.
 
 use super::pairs::prompt_from_row;
-use super::{NOW, Result, Store, StoreError};
+use super::sql::{Ex, Row};
+use super::{Result, Store, StoreError};
 use crate::consensus::{self, Rule, Verdict, Vote};
 use crate::domain::{Choice, NewLabel, Prompt, Side, Strength};
-use rusqlite::{Connection, OptionalExtension, params};
 
-pub(crate) fn insert_label(conn: &Connection, l: &NewLabel) -> Result<i64> {
+pub(crate) fn insert_label(ex: &Ex<'_, '_>, l: &NewLabel) -> Result<i64> {
     let elapsed = l
         .elapsed_ms
         .map(i64::try_from)
         .transpose()
         .map_err(|_| StoreError::Invalid("elapsed time out of range".into()))?;
-    conn.prepare_cached(
+    ex.query_one(
         "INSERT INTO labels (pair_id, annotator, choice, strength, left_side, note, elapsed_ms, source, queue_order)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        l.pair_id,
-        l.annotator,
-        l.choice.as_str(),
-        l.strength.map(Strength::value),
-        l.left.map(Side::as_str),
-        l.note,
-        elapsed,
-        l.source,
-        l.queue_order
-    ])?;
-    Ok(conn.last_insert_rowid())
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
+        &[
+            &l.pair_id,
+            &l.annotator,
+            &l.choice.as_str(),
+            &l.strength.map(|s| i64::from(s.value())),
+            &l.left.map(Side::as_str),
+            &l.note,
+            &elapsed,
+            &l.source,
+            &l.queue_order,
+        ],
+        |r| r.get(0),
+    )
 }
 
 /// Marks a standing judgement undone (the row stays); whether one was.
-fn mark_undone(conn: &Connection, label_id: i64) -> Result<bool> {
-    let n = conn.execute(
-        &format!("UPDATE labels SET undone_at = {NOW} WHERE id = ?1 AND undone_at IS NULL"),
-        [label_id],
+fn mark_undone(ex: &Ex<'_, '_>, label_id: i64) -> Result<bool> {
+    let n = ex.execute(
+        &format!(
+            "UPDATE labels SET undone_at = {} WHERE id = ?1 AND undone_at IS NULL",
+            ex.now()
+        ),
+        &[&label_id],
     )?;
     Ok(n == 1)
 }
@@ -134,82 +137,65 @@ impl LabelRow {
     }
 }
 
-fn bad_value(col: usize, what: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, what.into())
-}
-
 impl Store {
     /// Commits one judgement and returns its id. When this returns, the label is on
     /// disk.
     pub fn record_label(&mut self, label: &NewLabel) -> Result<i64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let id = insert_label(&tx, label)?;
-        tx.commit()?;
-        Ok(id)
+        self.write(|ex| insert_label(ex, label))
     }
 
     /// Marks a judgement undone. The row stays for the audit trail. Returns whether a
     /// standing label was undone.
     pub fn undo_label(&mut self, label_id: i64) -> Result<bool> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let undone = mark_undone(&tx, label_id)?;
-        tx.commit()?;
-        Ok(undone)
+        self.write(|ex| mark_undone(ex, label_id))
     }
 
     /// Replaces a judgement after review: `old` is marked undone and `label`
     /// recorded, in one transaction. Both rows stay in the history.
     pub fn relabel(&mut self, old: i64, label: &NewLabel) -> Result<i64> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        mark_undone(&tx, old)?;
-        let id = insert_label(&tx, label)?;
-        tx.commit()?;
-        Ok(id)
+        self.write(|ex| {
+            mark_undone(ex, old)?;
+            insert_label(ex, label)
+        })
     }
 
     /// Takes a relabel back: the new judgement is undone and the old one stands again.
     pub fn undo_relabel(&mut self, new: i64, old: i64) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        mark_undone(&tx, new)?;
-        tx.execute("UPDATE labels SET undone_at = NULL WHERE id = ?1", [old])?;
-        tx.commit()?;
-        Ok(())
+        self.write(|ex| {
+            mark_undone(ex, new)?;
+            ex.execute("UPDATE labels SET undone_at = NULL WHERE id = ?1", &[&old])?;
+            Ok(())
+        })
     }
 
     /// Standing decisive judgements that the model's latest prediction contradicts,
     /// the most confident contradiction first (`of`: one annotator's only).
     pub fn review_candidates(&self, of: Option<&str>, limit: usize) -> Result<Vec<ReviewItem>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT l.id, l.pair_id, l.annotator, l.choice, s.p_a,
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT l.id, l.pair_id, l.annotator, l.choice, s.p_a,
                     CASE l.choice WHEN 'a' THEN 1.0 - s.p_a ELSE s.p_a END AS against
              FROM labels l JOIN pair_scores s ON s.pair_id = l.pair_id
              WHERE l.undone_at IS NULL AND l.choice IN ('a', 'b')
-               AND (?1 IS NULL OR l.annotator = ?1)
+               AND (CAST(?1 AS TEXT) IS NULL OR l.annotator = ?1)
                AND CASE l.choice WHEN 'a' THEN 1.0 - s.p_a ELSE s.p_a END > 0.5
              ORDER BY against DESC, l.id
              LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![of, limit as i64], |r| {
-            let choice: String = r.get(3)?;
-            Ok(ReviewItem {
-                label_id: r.get(0)?,
-                pair_id: r.get(1)?,
-                annotator: r.get(2)?,
-                chose_a: choice == "a",
-                against: r.get(5)?,
-                votes: Vec::new(),
-                p_a: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+                &[&of, &(limit as i64)],
+                |r| {
+                    let choice: String = r.get(3)?;
+                    Ok(ReviewItem {
+                        label_id: r.get(0)?,
+                        pair_id: r.get(1)?,
+                        annotator: r.get(2)?,
+                        chose_a: choice == "a",
+                        against: r.get(5)?,
+                        votes: Vec::new(),
+                        p_a: r.get(4)?,
+                    })
+                },
+            )
+        })
     }
 
     /// Pairs whose standing judgements disagree and that no adjudication settled,
@@ -247,68 +233,72 @@ impl Store {
         })?;
         split.extend(dissent);
         split.truncate(limit);
-        for item in &mut split {
-            item.p_a = self
-                .conn
-                .query_row(
+        self.read(|ex| {
+            for item in &mut split {
+                item.p_a = ex.query_opt(
                     "SELECT p_a FROM pair_scores WHERE pair_id = ?1",
-                    [item.pair_id],
+                    &[&item.pair_id],
                     |r| r.get(0),
-                )
-                .optional()?;
-        }
+                )?;
+            }
+            Ok(())
+        })?;
         Ok(split)
     }
 
     /// The note of label `label_id` (none when it has none or does not exist).
     pub fn label_note(&self, label_id: i64) -> Result<Option<String>> {
         Ok(self
-            .conn
-            .query_row("SELECT note FROM labels WHERE id = ?1", [label_id], |r| {
-                r.get::<_, Option<String>>(0)
-            })
-            .optional()?
+            .read(|ex| {
+                ex.query_opt("SELECT note FROM labels WHERE id = ?1", &[&label_id], |r| {
+                    r.get::<Option<String>>(0)
+                })
+            })?
             .flatten())
     }
 
     /// The newest label and the latest undo, from anyone.
     pub fn label_marks(&self) -> Result<LabelMarks> {
-        Ok(self
-            .conn
-            .query_row("SELECT max(id), max(undone_at) FROM labels", [], |r| {
+        self.read(|ex| {
+            ex.query_one("SELECT max(id), max(undone_at) FROM labels", &[], |r| {
                 Ok(LabelMarks {
                     newest: r.get(0)?,
                     last_undone: r.get(1)?,
                 })
-            })?)
+            })
+        })
     }
 
     /// For `duel bench`: judges each pair up to id 100,000 once, as `bench-first`
     /// (A for even ids, B for odd), in one statement; how many it judged.
     pub fn judge_for_bench(&self) -> Result<usize> {
-        Ok(self.conn.execute(
-            "INSERT INTO labels (pair_id, annotator, choice, source)
-             SELECT id, 'bench-first', CASE id % 2 WHEN 0 THEN 'a' ELSE 'b' END, 'bench'
-             FROM pairs WHERE id <= 100000",
-            [],
-        )?)
+        self.write(|ex| {
+            ex.execute(
+                "INSERT INTO labels (pair_id, annotator, choice, source)
+                 SELECT id, 'bench-first', CASE id % 2 WHEN 0 THEN 'a' ELSE 'b' END, 'bench'
+                 FROM pairs WHERE id <= 100000",
+                &[],
+            )
+        })
     }
 
     pub fn progress(&self, annotator: &str) -> Result<Progress> {
-        Ok(self.conn.query_row(
-            "SELECT (SELECT count(*) FROM pairs),
+        self.read(|ex| {
+            ex.query_one(
+                "SELECT (SELECT count(*) FROM pairs),
                     (SELECT count(DISTINCT pair_id) FROM labels WHERE undone_at IS NULL),
                     (SELECT count(DISTINCT pair_id) FROM labels
                       WHERE undone_at IS NULL AND annotator = ?1)",
-            [annotator],
-            |r| {
-                Ok(Progress {
-                    pairs: r.get(0)?,
-                    judged: r.get(1)?,
-                    mine: r.get(2)?,
-                })
-            },
-        )?)
+                &[&annotator],
+                |r| {
+                    Ok(Progress {
+                        pairs: r.get(0)?,
+                        judged: r.get(1)?,
+                        mine: r.get(2)?,
+                    })
+                },
+            )
+        })
     }
 
     /// Calls `f` for each label matching `filter`, in the order they were made,
@@ -321,23 +311,21 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let mut stmt = self
-            .conn
-            .prepare(&label_sql("l.id"))
-            .map_err(StoreError::from)?;
-        let mut rows = stmt
-            .query(params![
-                filter.annotator,
-                filter.since,
-                filter.include_undone,
-                filter.include_gold
-            ])
-            .map_err(StoreError::from)?;
-        while let Some(r) = rows.next().map_err(StoreError::from)? {
-            let row = read_row(r).map_err(StoreError::from)?;
-            f(row)?;
-        }
-        Ok(())
+        let mut out = Ok(());
+        self.read(|ex| {
+            out = ex.query_each::<E>(
+                &label_sql("l.id"),
+                &[
+                    &filter.annotator,
+                    &filter.since,
+                    &filter.include_undone,
+                    &filter.include_gold,
+                ],
+                |r| f(read_row(r)?),
+            );
+            Ok(())
+        })?;
+        out
     }
 
     /// Calls `f` for each pair with standing judgements matching `filter`, in the
@@ -352,13 +340,6 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let mut stmt = self
-            .conn
-            .prepare(&label_sql("l.pair_id, l.id"))
-            .map_err(StoreError::from)?;
-        let mut rows = stmt
-            .query(params![filter.annotator, filter.since, false, false])
-            .map_err(StoreError::from)?;
         let mut group: Vec<LabelRow> = Vec::new();
         let mut flush = |group: &mut Vec<LabelRow>| -> std::result::Result<(), E> {
             if group.is_empty() {
@@ -369,13 +350,23 @@ impl Store {
             group.clear();
             r
         };
-        while let Some(r) = rows.next().map_err(StoreError::from)? {
-            let row = read_row(r).map_err(StoreError::from)?;
-            if group.first().is_some_and(|g| g.pair_id != row.pair_id) {
-                flush(&mut group)?;
-            }
-            group.push(row);
-        }
+        let mut out = Ok(());
+        self.read(|ex| {
+            out = ex.query_each::<E>(
+                &label_sql("l.pair_id, l.id"),
+                &[&filter.annotator, &filter.since, &false, &false],
+                |r| {
+                    let row = read_row(r)?;
+                    if group.first().is_some_and(|g| g.pair_id != row.pair_id) {
+                        flush(&mut group)?;
+                    }
+                    group.push(row);
+                    Ok(())
+                },
+            );
+            Ok(())
+        })?;
+        out?;
         flush(&mut group)
     }
 }
@@ -392,18 +383,16 @@ fn label_sql(order: &str) -> String {
          JOIN prompts pr ON pr.id = p.prompt_id
          JOIN responses ra ON ra.id = p.response_a
          JOIN responses rb ON rb.id = p.response_b
-         WHERE (?1 IS NULL OR l.annotator = ?1)
-           AND (?2 IS NULL OR l.created_at >= ?2)
+         WHERE (CAST(?1 AS TEXT) IS NULL OR l.annotator = ?1)
+           AND (CAST(?2 AS TEXT) IS NULL OR l.created_at >= ?2)
            AND (?3 OR l.undone_at IS NULL)
            AND (?4 OR p.gold IS NULL)
          ORDER BY {order}"
     )
 }
 
-fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LabelRow> {
-    let choice: String = r.get(8)?;
-    let strength: Option<u8> = r.get(9)?;
-    let left: Option<String> = r.get(10)?;
+fn read_row(r: &Row<'_>) -> Result<LabelRow> {
+    let strength: Option<i64> = r.get(9)?;
     Ok(LabelRow {
         label_id: r.get(0)?,
         pair_id: r.get(1)?,
@@ -412,22 +401,22 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LabelRow> {
         response_a: r.get(5)?,
         response_b: r.get(6)?,
         annotator: r.get(7)?,
-        choice: choice.parse().map_err(|e| bad_value(8, e))?,
+        choice: r.parse(8)?,
         strength: strength
-            .map(|s| Strength::new(s).ok_or_else(|| bad_value(9, format!("strength {s}"))))
+            .map(|s| {
+                u8::try_from(s)
+                    .ok()
+                    .and_then(Strength::new)
+                    .ok_or_else(|| StoreError::Invalid(format!("column 9: strength {s}")))
+            })
             .transpose()?,
-        left: left
-            .map(|s| s.parse().map_err(|e| bad_value(10, e)))
-            .transpose()?,
+        left: r.parse_opt(10)?,
         note: r.get(11)?,
         elapsed_ms: r.get(12)?,
         source: r.get(13)?,
         created_at: r.get(14)?,
         undone_at: r.get(15)?,
-        gold: r
-            .get::<_, Option<String>>(16)?
-            .map(|s| s.parse().map_err(|e| bad_value(16, e)))
-            .transpose()?,
+        gold: r.parse_opt(16)?,
     })
 }
 

@@ -6,8 +6,8 @@
 //! at once when the holder hands it back on a clean stop.
 
 use super::claims::unix_now;
+use super::sql::Ex;
 use super::{Result, Store};
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -43,74 +43,85 @@ pub enum TakeLease {
     HeldBy(Lease),
 }
 
-fn read(conn: &rusqlite::Connection) -> Result<Option<Lease>> {
-    Ok(conn
-        .query_row(
-            "SELECT holder, session, host, pid, since, heartbeat FROM train_lease WHERE id = 1",
-            [],
-            |r| {
-                Ok(Lease {
-                    holder: r.get(0)?,
-                    session: r.get(1)?,
-                    host: r.get(2)?,
-                    pid: r.get(3)?,
-                    since: r.get(4)?,
-                    heartbeat: r.get(5)?,
-                })
-            },
-        )
-        .optional()?)
+fn read(ex: &Ex<'_, '_>) -> Result<Option<Lease>> {
+    ex.query_opt(
+        "SELECT holder, session, host, pid, since, heartbeat FROM train_lease WHERE id = 1",
+        &[],
+        |r| {
+            Ok(Lease {
+                holder: r.get(0)?,
+                session: r.get(1)?,
+                host: r.get(2)?,
+                pid: r.get(3)?,
+                since: r.get(4)?,
+                heartbeat: r.get(5)?,
+            })
+        },
+    )
 }
 
 impl Store {
     /// The lease as it stands, live or not.
     pub fn lease(&self) -> Result<Option<Lease>> {
-        read(&self.conn)
+        self.read(read)
     }
 
     /// Takes the lease for `session` unless another session holds a live one.
     pub fn take_lease(&mut self, holder: &str, session: &str) -> Result<TakeLease> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = unix_now();
-        if let Some(l) = read(&tx)?
-            && l.session != session
-            && l.is_live(now)
-        {
-            return Ok(TakeLease::HeldBy(l));
-        }
-        let host = hostname();
-        tx.execute(
-            "INSERT INTO train_lease (id, holder, session, host, pid, since, heartbeat)
+        self.write(|ex| {
+            if ex.is_postgres() {
+                // One process at a time reads and takes the lease, as SQLite's write
+                // lock makes it.
+                ex.execute("LOCK TABLE train_lease IN SHARE ROW EXCLUSIVE MODE", &[])?;
+            }
+            let now = unix_now();
+            if let Some(l) = read(ex)?
+                && l.session != session
+                && l.is_live(now)
+            {
+                return Ok(TakeLease::HeldBy(l));
+            }
+            let host = hostname();
+            ex.execute(
+                "INSERT INTO train_lease (id, holder, session, host, pid, since, heartbeat)
              VALUES (1, ?1, ?2, ?3, ?4, ?5, ?5)
              ON CONFLICT (id) DO UPDATE SET
                  holder = excluded.holder, session = excluded.session, host = excluded.host,
                  pid = excluded.pid, heartbeat = excluded.heartbeat,
                  since = CASE WHEN train_lease.session = excluded.session
                               THEN train_lease.since ELSE excluded.since END",
-            params![holder, session, host, i64::from(std::process::id()), now],
-        )?;
-        tx.commit()?;
-        Ok(TakeLease::Taken)
+                &[
+                    &holder,
+                    &session,
+                    &host,
+                    &i64::from(std::process::id()),
+                    &now,
+                ],
+            )?;
+            Ok(TakeLease::Taken)
+        })
     }
 
     /// Renews `session`'s lease; false when it no longer holds it (it expired and
     /// another took it).
     pub fn renew_lease(&mut self, session: &str) -> Result<bool> {
-        let n = self.conn.execute(
-            "UPDATE train_lease SET heartbeat = ?2 WHERE id = 1 AND session = ?1",
-            params![session, unix_now()],
-        )?;
+        let n = self.write(|ex| {
+            ex.execute(
+                "UPDATE train_lease SET heartbeat = ?2 WHERE id = 1 AND session = ?1",
+                &[&session, &unix_now()],
+            )
+        })?;
         Ok(n == 1)
     }
 
     /// Hands the lease back, if `session` holds it.
     pub fn release_lease(&mut self, session: &str) -> Result<()> {
-        self.conn.execute(
-            "DELETE FROM train_lease WHERE id = 1 AND session = ?1",
-            [session],
-        )?;
+        self.write(|ex| {
+            ex.execute(
+                "DELETE FROM train_lease WHERE id = 1 AND session = ?1",
+                &[&session],
+            )
+        })?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Training runs, their metrics and checkpoints, and the model's scores of pairs.
 
+use super::sql::Row;
 use super::{Result, Store};
-use rusqlite::{OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -99,7 +99,7 @@ pub struct PairText {
     pub response_b: String,
 }
 
-fn pair_text(r: &rusqlite::Row<'_>) -> rusqlite::Result<PairText> {
+fn pair_text(r: &Row<'_>) -> Result<PairText> {
     Ok(PairText {
         pair_id: r.get(0)?,
         prompt: r.get(1)?,
@@ -108,7 +108,7 @@ fn pair_text(r: &rusqlite::Row<'_>) -> rusqlite::Result<PairText> {
     })
 }
 
-fn metric_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MetricRow> {
+fn metric_row(r: &Row<'_>) -> Result<MetricRow> {
     Ok(MetricRow {
         rowid: r.get(0)?,
         step: r.get(1)?,
@@ -120,40 +120,66 @@ fn metric_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<MetricRow> {
     })
 }
 
+/// Removes the metric of `run` at `step` of `kind`, so that one recorded again
+/// replaces it as a new row (which a follower reading by `rowid` sees).
+fn drop_metric(ex: &super::sql::Ex<'_, '_>, run: i64, step: u64, kind: &str) -> Result<()> {
+    ex.execute(
+        "DELETE FROM train_metrics WHERE run_id = ?1 AND step = ?2 AND kind = ?3",
+        &[&run, &(step as i64), &kind],
+    )?;
+    Ok(())
+}
+
 impl Store {
     /// Records a new training run with its `config` (JSON) and returns its id.
     pub fn start_train_run(&self, config: &str) -> Result<i64> {
-        self.conn
-            .execute("INSERT INTO train_runs (config) VALUES (?1)", [config])?;
-        Ok(self.conn.last_insert_rowid())
+        self.write(|ex| {
+            ex.query_one(
+                "INSERT INTO train_runs (config) VALUES (?1) RETURNING id",
+                &[&config],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// Records a training step of `run`, replacing one recorded at the same step.
     pub fn record_train_step(&self, run: i64, m: &StepMetrics) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO train_metrics
-             (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
-             VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
-            params![
-                run,
-                m.step as i64,
-                m.loss,
-                m.accuracy,
-                m.pairs_per_s,
-                m.labels_used as i64
-            ],
-        )?;
+        self.write(|ex| {
+            drop_metric(ex, run, m.step, "train")?;
+            ex.execute(
+                "INSERT INTO train_metrics
+                 (run_id, step, kind, loss, accuracy, pairs_per_s, labels_used)
+                 VALUES (?1, ?2, 'train', ?3, ?4, ?5, ?6)",
+                &[
+                    &run,
+                    &(m.step as i64),
+                    &m.loss,
+                    &m.accuracy,
+                    &m.pairs_per_s,
+                    &(m.labels_used as i64),
+                ],
+            )
+        })?;
         Ok(())
     }
 
     /// Records an evaluation of `run`, replacing one recorded at the same step.
     pub fn record_eval(&self, run: i64, m: &EvalMetrics) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO train_metrics
-             (run_id, step, kind, loss, accuracy, labels_used)
-             VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
-            params![run, m.step as i64, m.loss, m.accuracy, m.labels_used as i64],
-        )?;
+        self.write(|ex| {
+            drop_metric(ex, run, m.step, "eval")?;
+            ex.execute(
+                "INSERT INTO train_metrics
+                 (run_id, step, kind, loss, accuracy, labels_used)
+                 VALUES (?1, ?2, 'eval', ?3, ?4, ?5)",
+                &[
+                    &run,
+                    &(m.step as i64),
+                    &m.loss,
+                    &m.accuracy,
+                    &(m.labels_used as i64),
+                ],
+            )
+        })?;
         Ok(())
     }
 
@@ -165,73 +191,79 @@ impl Store {
         path: &Path,
         val_accuracy: Option<f64>,
     ) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
-            params![run, step as i64, path.display().to_string(), val_accuracy],
-        )?;
+        self.write(|ex| {
+            ex.execute(
+                "INSERT INTO checkpoints (run_id, step, path, val_accuracy) VALUES (?1, ?2, ?3, ?4)",
+                &[&run, &(step as i64), &path.display().to_string(), &val_accuracy],
+            )
+        })?;
         Ok(())
     }
 
     /// The last row of `train_metrics` written so far (0 for none).
     pub fn last_metric_rowid(&self) -> Result<i64> {
-        Ok(self.conn.query_row(
-            "SELECT coalesce(max(rowid), 0) FROM train_metrics",
-            [],
-            |r| r.get(0),
-        )?)
+        self.read(|ex| {
+            ex.query_one(
+                "SELECT coalesce(max(rowid), 0) FROM train_metrics",
+                &[],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// The metrics written after row `rowid`, in the order written.
     pub fn metrics_since(&self, rowid: i64) -> Result<Vec<MetricRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT rowid, step, kind, loss, accuracy, pairs_per_s, labels_used
-             FROM train_metrics WHERE rowid > ?1 ORDER BY rowid",
-        )?;
-        let rows = stmt.query_map([rowid], metric_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT rowid, step, kind, loss, accuracy, pairs_per_s, labels_used
+                 FROM train_metrics WHERE rowid > ?1 ORDER BY rowid",
+                &[&rowid],
+                metric_row,
+            )
+        })
     }
 
     /// The metrics of the latest 20 runs, run by run, each in step order.
     pub fn recent_metrics(&self) -> Result<Vec<MetricPoint>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT step, kind, loss, accuracy FROM train_metrics
-             WHERE run_id IN (SELECT id FROM train_runs ORDER BY id DESC LIMIT 20)
-             ORDER BY run_id, step",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(MetricPoint {
-                step: r.get(0)?,
-                kind: r.get(1)?,
-                loss: r.get(2)?,
-                accuracy: r.get(3)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT step, kind, loss, accuracy FROM train_metrics
+                 WHERE run_id IN (SELECT id FROM train_runs ORDER BY id DESC LIMIT 20)
+                 ORDER BY run_id, step",
+                &[],
+                |r| {
+                    Ok(MetricPoint {
+                        step: r.get(0)?,
+                        kind: r.get(1)?,
+                        loss: r.get(2)?,
+                        accuracy: r.get(3)?,
+                    })
+                },
+            )
+        })
     }
 
     /// The latest run that recorded a metric.
     pub fn latest_metric_run(&self) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .query_row("SELECT max(run_id) FROM train_metrics", [], |r| r.get(0))?)
+        self.read(|ex| ex.query_one("SELECT max(run_id) FROM train_metrics", &[], |r| r.get(0)))
     }
 
     /// How far `run` has come by its metrics.
     pub fn run_progress(&self, run: i64) -> Result<RunProgress> {
-        let last_step = self.conn.query_row(
-            "SELECT max(step) FROM train_metrics WHERE run_id = ?1",
-            [run],
-            |r| r.get(0),
-        )?;
-        let eval = self
-            .conn
-            .query_row(
+        let (last_step, eval) = self.read(|ex| {
+            let last_step: Option<i64> = ex.query_one(
+                "SELECT max(step) FROM train_metrics WHERE run_id = ?1",
+                &[&run],
+                |r| r.get(0),
+            )?;
+            let eval = ex.query_opt(
                 "SELECT step, accuracy FROM train_metrics
                  WHERE run_id = ?1 AND kind = 'eval' ORDER BY step DESC LIMIT 1",
-                [run],
-                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Option<f64>>(1)?)),
-            )
-            .optional()?;
+                &[&run],
+                |r| Ok((r.get::<i64>(0)?, r.get::<Option<f64>>(1)?)),
+            )?;
+            Ok((last_step, eval))
+        })?;
         Ok(RunProgress {
             last_step,
             accuracy: eval.and_then(|(_, acc)| acc),
@@ -248,13 +280,15 @@ impl Store {
         value: MetricValue,
     ) -> Result<Vec<(i64, f64)>> {
         let col = value.column();
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT step, {col} FROM train_metrics WHERE run_id = ?1 AND kind = ?2 AND {col} IS NOT NULL ORDER BY step"
-        ))?;
-        let rows = stmt.query_map(params![run, kind.as_str()], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, f64>(1)?))
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|ex| {
+            ex.query_all(
+                &format!(
+                    "SELECT step, {col} FROM train_metrics WHERE run_id = ?1 AND kind = ?2 AND {col} IS NOT NULL ORDER BY step"
+                ),
+                &[&run, &kind.as_str()],
+                |r| Ok((r.get::<i64>(0)?, r.get::<f64>(1)?)),
+            )
+        })
     }
 
     /// Stores the model's probability that A is better, `(pair_id, p_a)`, for each
@@ -264,37 +298,40 @@ impl Store {
         scores: impl IntoIterator<Item = (i64, f64)>,
         step: u64,
     ) -> Result<()> {
-        let tx = rusqlite::Transaction::new_unchecked(
-            &self.conn,
-            rusqlite::TransactionBehavior::Immediate,
-        )?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT OR REPLACE INTO pair_scores (pair_id, p_a, step) VALUES (?1, ?2, ?3)",
-            )?;
+        let step = step as i64;
+        self.write(|ex| {
             for (id, p_a) in scores {
-                ins.execute(params![id, p_a, step as i64])?;
+                ex.execute(
+                    &format!(
+                        "INSERT INTO pair_scores (pair_id, p_a, step, scored_at) VALUES (?1, ?2, ?3, {})
+                         ON CONFLICT (pair_id) DO UPDATE
+                         SET p_a = excluded.p_a, step = excluded.step, scored_at = excluded.scored_at",
+                        ex.now()
+                    ),
+                    &[&id, &p_a, &step],
+                )?;
             }
-        }
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// The model's latest probability that A is better, by pair.
     pub fn pair_scores(&self) -> Result<HashMap<i64, f64>> {
         let mut scores = HashMap::new();
-        let mut stmt = self.conn.prepare("SELECT pair_id, p_a FROM pair_scores")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            scores.insert(r.get(0)?, r.get(1)?);
-        }
+        self.read(|ex| {
+            ex.query_each::<super::StoreError>("SELECT pair_id, p_a FROM pair_scores", &[], |r| {
+                scores.insert(r.get(0)?, r.get(1)?);
+                Ok(())
+            })
+        })?;
         Ok(scores)
     }
 
     /// Up to `limit` non-gold pairs not yet scored at `step` or later: unjudged
     /// pairs before judged ones, never-scored before long-ago-scored, then by id.
     pub fn pairs_to_score(&self, limit: usize, step: u64) -> Result<Vec<PairText>> {
-        let mut stmt = self.conn.prepare(
+        self.read(|ex| {
+            ex.query_all(
             "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
              JOIN prompts pr ON pr.id = p.prompt_id
              JOIN responses ra ON ra.id = p.response_a
@@ -304,22 +341,25 @@ impl Store {
              ORDER BY EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL),
                       coalesce(s.step, -1), p.id
              LIMIT ?1",
-        )?;
-        let rows = stmt.query_map(params![limit as i64, step as i64], pair_text)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+                &[&(limit as i64), &(step as i64)],
+                pair_text,
+            )
+        })
     }
 
     /// The pairs with a standing judgement for A or for B.
     pub fn decisively_judged_pairs(&self) -> Result<Vec<PairText>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT p.id, pr.text, ra.text, rb.text FROM pairs p
              JOIN prompts pr ON pr.id = p.prompt_id
              JOIN responses ra ON ra.id = p.response_a
              JOIN responses rb ON rb.id = p.response_b
              WHERE EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = p.id AND l.undone_at IS NULL
                            AND l.choice IN ('a', 'b'))",
-        )?;
-        let rows = stmt.query_map([], pair_text)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+                &[],
+                pair_text,
+            )
+        })
     }
 }

@@ -1,10 +1,13 @@
-//! The SQLite store: open, check, migrate; pairs, labels, training metrics and their
-//! queries.
+//! The store: open, check, migrate; pairs, labels, training metrics and their
+//! queries, on a SQLite file or a PostgreSQL server.
 //!
-//! Nothing outside this folder writes SQL. Every write is a transaction, begun
-//! `IMMEDIATE` so that with several processes on one database a writer waits its turn
-//! (the busy timeout) instead of failing when another commits first. Labels are committed with `synchronous = FULL`, so a
-//! judgement the annotator saw accepted survives a crash of the process or the machine.
+//! Nothing outside this folder writes SQL. The queries are written once for both
+//! engines (`sql.rs`); each engine has its own migrations. Every write is a
+//! transaction: on SQLite begun `IMMEDIATE`, so that with several processes on one
+//! database a writer waits its turn (the busy timeout) instead of failing when
+//! another commits first. Labels are committed with `synchronous = FULL` on SQLite
+//! and `synchronous_commit = on` on PostgreSQL, so a judgement the annotator saw
+//! accepted survives a crash of the process or the machine.
 
 mod claims;
 mod import;
@@ -12,10 +15,11 @@ mod labels;
 mod lease;
 mod metrics;
 mod pairs;
+mod postgres;
+pub(crate) mod sql;
 mod summary;
 
 pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk};
-pub use import::ImportTx;
 pub use labels::{LabelFilter, LabelMarks, LabelRow, Progress, ReviewItem};
 pub use lease::{LEASE_HEARTBEAT, LEASE_TTL, Lease, TakeLease};
 pub use metrics::{
@@ -27,6 +31,9 @@ pub use summary::{GeneratedPair, GoldResult, StandingLabel};
 
 use rusqlite::{Connection, OpenFlags};
 use rusqlite_migration::{M, Migrations};
+use sql::Ex;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,6 +87,15 @@ pub enum StoreError {
     Migration(#[from] rusqlite_migration::Error),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {}", postgres::message(.0))]
+    Postgres(#[from] ::postgres::Error),
+    #[error("{url}: cannot connect: {}", postgres::message(source))]
+    Connect {
+        url: String,
+        source: ::postgres::Error,
+    },
+    #[error("{what} is not available on PostgreSQL yet")]
+    NotOnPostgres { what: &'static str },
     #[error("{0}")]
     Invalid(String),
     /// A gold record that cannot be stored as one.
@@ -106,10 +122,48 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Debug)]
 pub struct Store {
-    conn: Connection,
+    db: Db,
+    /// The SQLite file, or the PostgreSQL URL (without its password).
     path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+enum Db {
+    Lite(Connection),
+    Pg {
+        client: Box<RefCell<::postgres::Client>>,
+        /// Statement texts in PostgreSQL's spelling, by the SQL they were written as.
+        texts: RefCell<HashMap<String, String>>,
+    },
+}
+
+/// Where the live model of database `db` is checkpointed: beside a SQLite file
+/// (`duel.db` → `duel.model/`); for a PostgreSQL database, `<dbname>.model/` in the
+/// current folder (the trainer's machine).
+pub fn model_dir_for(db: &Path) -> PathBuf {
+    if is_postgres_url(db) {
+        let s = db.to_string_lossy();
+        let name = s
+            .split('?')
+            .next()
+            .and_then(|s| s.rsplit('/').next())
+            .filter(|n| !n.is_empty() && !n.contains('@') && !n.contains(':'))
+            .unwrap_or("duel");
+        return PathBuf::from(format!("{name}.model"));
+    }
+    db.with_extension("model")
+}
+
+/// Whether `db` (a `--db` value) names a PostgreSQL server rather than a file.
+pub fn is_postgres_url(db: &Path) -> bool {
+    db.to_str()
+        .is_some_and(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
 }
 
 impl Store {
@@ -117,6 +171,9 @@ impl Store {
     /// not a SQLite database, or one from a newer schema, is refused before anything
     /// is written to it.
     pub fn open(path: &Path) -> Result<Store> {
+        if is_postgres_url(path) {
+            return postgres::open(path, true);
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -174,19 +231,25 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrations().to_latest(&mut conn)?;
-        Ok(Store { conn, path })
+        Ok(Store {
+            db: Db::Lite(conn),
+            path,
+        })
     }
 
     /// Opens the database at `path` read-only (the trainer's reads): no check, no
     /// migration, no pragmas that write; waits up to `BUSY_TIMEOUT` for a lock.
     pub fn open_readonly(path: &Path) -> Result<Store> {
+        if is_postgres_url(path) {
+            return postgres::open(path, false);
+        }
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Store {
-            conn,
+            db: Db::Lite(conn),
             path: path.to_owned(),
         })
     }
@@ -195,30 +258,98 @@ impl Store {
         &self.path
     }
 
-    /// The connection, for tests and inspection; everything else goes through the
-    /// store's methods.
+    /// Whether this store is on a PostgreSQL server.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.db, Db::Pg { .. })
+    }
+
+    /// SQLite's connection, for tests and inspection; everything else goes through
+    /// the store's methods.
+    ///
+    /// # Panics
+    /// On a PostgreSQL store.
     pub fn conn(&self) -> &Connection {
-        &self.conn
+        match &self.db {
+            Db::Lite(c) => c,
+            Db::Pg { .. } => panic!("Store::conn is SQLite's connection"),
+        }
+    }
+
+    /// SQLite's connection, or what to say when the store is on PostgreSQL.
+    pub(crate) fn lite(&self, what: &'static str) -> Result<&Connection> {
+        match &self.db {
+            Db::Lite(c) => Ok(c),
+            Db::Pg { .. } => Err(StoreError::NotOnPostgres { what }),
+        }
+    }
+
+    /// Runs `f` on the database as it stands (on PostgreSQL, in one transaction, so
+    /// that its reads agree with each other).
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Ex<'_, '_>) -> Result<T>) -> Result<T> {
+        match &self.db {
+            Db::Lite(c) => f(&Ex::Lite(c)),
+            Db::Pg { .. } => self.write(f),
+        }
+    }
+
+    /// Runs `f` in one write transaction: all of it is stored, or (on an error)
+    /// none. On SQLite it begins `IMMEDIATE`.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Ex<'_, '_>) -> Result<T>) -> Result<T> {
+        self.write_as(f)
+    }
+
+    /// [`Store::write`] for a caller with its own error type.
+    pub(crate) fn write_as<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Ex<'_, '_>) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        match &self.db {
+            Db::Lite(c) => {
+                let tx = rusqlite::Transaction::new_unchecked(
+                    c,
+                    rusqlite::TransactionBehavior::Immediate,
+                )
+                .map_err(StoreError::from)?;
+                let out = f(&Ex::Lite(&tx))?;
+                tx.commit().map_err(StoreError::from)?;
+                Ok(out)
+            }
+            Db::Pg { client, texts } => {
+                let mut client = client.borrow_mut();
+                let mut tx = client.transaction().map_err(StoreError::from)?;
+                let out = f(&Ex::Pg {
+                    tx: RefCell::new(&mut tx),
+                    texts,
+                })?;
+                tx.commit().map_err(StoreError::from)?;
+                Ok(out)
+            }
+        }
     }
 
     /// Number of pairs in the store.
     pub fn pair_count(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM pairs", [], |r| r.get(0))?)
+        self.read(|ex| ex.query_one("SELECT count(*) FROM pairs", &[], |r| r.get(0)))
     }
 
-    /// `PRAGMA integrity_check`, `true` when it answers `ok`.
+    /// `PRAGMA integrity_check`, `true` when it answers `ok` (PostgreSQL keeps its
+    /// own: always `true` there).
     pub fn integrity_ok(&self) -> Result<bool> {
-        let s: String = self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+        let Db::Lite(conn) = &self.db else {
+            return Ok(true);
+        };
+        let s: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         Ok(s == "ok")
     }
 }
 
 /// The current time as the store writes it (ISO 8601, UTC, milliseconds).
 pub(crate) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+/// [`NOW`] as PostgreSQL spells it (the time of the statement, not of the
+/// transaction's start, as SQLite's).
+pub(crate) const NOW_POSTGRES: &str =
+    "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
 
 #[cfg(test)]
 mod tests {

@@ -1,8 +1,8 @@
 //! Writing and reading pairs.
 
-use super::{NOW, Result, Store, StoreError};
+use super::sql::Ex;
+use super::{Result, Store, StoreError};
 use crate::domain::{Choice, Message, NewLabel, Pair, Prompt};
-use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 
 /// Metadata of a locally generated response.
@@ -114,8 +114,8 @@ impl PairDigests {
 
 /// Inserts pairs inside the caller's transaction (cached statements, no per-row
 /// allocations beyond the values).
-pub struct PairWriter<'c> {
-    conn: &'c Connection,
+pub struct PairWriter<'e, 'a, 't> {
+    ex: &'e Ex<'a, 't>,
     last_prompt: Option<(Digest, i64)>,
     /// One timestamp for everything one writer stores (an import is one moment).
     now: String,
@@ -163,11 +163,11 @@ const DEFERRABLE_INDEXES: [(&str, &str); 3] = [
 /// than holding every digest in memory (about 40 bytes each).
 const BULK_PRELOAD_MAX: i64 = 5_000_000;
 
-impl<'c> PairWriter<'c> {
-    pub(crate) fn new(conn: &'c Connection) -> Result<PairWriter<'c>> {
-        let now = conn.query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?;
+impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
+    pub(crate) fn new(ex: &'e Ex<'a, 't>) -> Result<Self> {
+        let now = ex.query_one(&format!("SELECT {}", ex.now()), &[], |r| r.get(0))?;
         Ok(PairWriter {
-            conn,
+            ex,
             last_prompt: None,
             now,
             known: None,
@@ -176,11 +176,11 @@ impl<'c> PairWriter<'c> {
 
     /// A writer for many records (import): loads the stored digests and ids once
     /// when there are not too many, instead of querying for each record.
-    pub(crate) fn bulk(conn: &'c Connection) -> Result<PairWriter<'c>> {
-        let mut w = Self::new(conn)?;
-        let (pairs, prompts): (i64, i64) = conn.query_row(
+    pub(crate) fn bulk(ex: &'e Ex<'a, 't>) -> Result<Self> {
+        let mut w = Self::new(ex)?;
+        let (pairs, prompts): (i64, i64) = ex.query_one(
             "SELECT (SELECT count(*) FROM pairs), (SELECT count(*) FROM prompts)",
-            [],
+            &[],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         if pairs.max(prompts) <= BULK_PRELOAD_MAX {
@@ -191,27 +191,26 @@ impl<'c> PairWriter<'c> {
                 indexes_deferred: false,
                 verdict_trigger: None,
             };
-            let mut stmt = conn.prepare("SELECT ext_id FROM pairs WHERE ext_id IS NOT NULL")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                known.ext_ids.insert(r.get(0)?);
-            }
-            let mut stmt = conn.prepare("SELECT content_hash, id FROM pairs")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                known.pairs.insert(
-                    blob_digest(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?),
-                    r.get(1)?,
-                );
-            }
-            let mut stmt = conn.prepare("SELECT hash, id FROM prompts")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                known.prompts.insert(
-                    blob_digest(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?),
-                    r.get(1)?,
-                );
-            }
+            ex.query_each::<StoreError>(
+                "SELECT ext_id FROM pairs WHERE ext_id IS NOT NULL",
+                &[],
+                |r| {
+                    known.ext_ids.insert(r.get(0)?);
+                    Ok(())
+                },
+            )?;
+            ex.query_each::<StoreError>("SELECT content_hash, id FROM pairs", &[], |r| {
+                known
+                    .pairs
+                    .insert(blob_digest(&r.get::<Vec<u8>>(0)?), r.get(1)?);
+                Ok(())
+            })?;
+            ex.query_each::<StoreError>("SELECT hash, id FROM prompts", &[], |r| {
+                known
+                    .prompts
+                    .insert(blob_digest(&r.get::<Vec<u8>>(0)?), r.get(1)?);
+                Ok(())
+            })?;
             w.known = Some(known);
         }
         Ok(w)
@@ -232,47 +231,50 @@ impl<'c> PairWriter<'c> {
         let Some(k) = &mut self.known else {
             return Ok(());
         };
+        // SQLite's way; PostgreSQL's import goes as it is.
+        let Ex::Lite(conn) = self.ex else {
+            return Ok(());
+        };
         if k.indexes_deferred {
             return Ok(());
         }
-        if self.conn.is_autocommit() {
+        if conn.is_autocommit() {
             return Err(StoreError::Invalid(
                 "indexes can only be deferred inside a transaction".into(),
             ));
         }
         for (name, _) in DEFERRABLE_INDEXES {
-            self.conn.execute_batch(&format!("DROP INDEX {name}"))?;
+            conn.execute_batch(&format!("DROP INDEX {name}"))?;
         }
-        k.verdict_trigger = Some(self.conn.query_row(
+        k.verdict_trigger = Some(conn.query_row(
             "SELECT sql FROM sqlite_schema WHERE type = 'trigger' AND name = ?1",
             [VERDICT_TRIGGER],
             |r| r.get(0),
         )?);
-        self.conn
-            .execute_batch(&format!("DROP TRIGGER {VERDICT_TRIGGER}"))?;
+        conn.execute_batch(&format!("DROP TRIGGER {VERDICT_TRIGGER}"))?;
         k.indexes_deferred = true;
         Ok(())
     }
 
     /// Builds the indexes `defer_indexes` dropped, and says whether there were any.
     /// Call before committing; the transaction must not commit without it.
-    pub fn finish(self) -> Result<bool> {
+    pub fn finish(&mut self) -> Result<bool> {
         let deferred = self.known.as_ref().is_some_and(|k| k.indexes_deferred);
-        if deferred {
+        if deferred && let Ex::Lite(conn) = self.ex {
             // Sorting for the index build stays in memory (a few tens of bytes a pair).
-            self.conn.pragma_update(None, "temp_store", "MEMORY")?;
+            conn.pragma_update(None, "temp_store", "MEMORY")?;
             for (_, sql) in DEFERRABLE_INDEXES {
-                self.conn.execute_batch(sql)?;
+                conn.execute_batch(sql)?;
             }
-            self.conn.execute_batch(
+            conn.execute_batch(
                 "DELETE FROM pair_verdicts;
                  INSERT INTO pair_verdicts (pair_id, choices, lean, against)
                  SELECT pair_id, choices, lean, against FROM pair_verdicts_fresh;",
             )?;
             if let Some(sql) = self.known.as_ref().and_then(|k| k.verdict_trigger.as_ref()) {
-                self.conn.execute_batch(sql)?;
+                conn.execute_batch(sql)?;
             }
-            self.conn.pragma_update(None, "temp_store", "DEFAULT")?;
+            conn.pragma_update(None, "temp_store", "DEFAULT")?;
         }
         Ok(deferred)
     }
@@ -286,11 +288,11 @@ impl<'c> PairWriter<'c> {
         let hash = digests.pair;
         let existing: Option<i64> = match &self.known {
             Some(k) => k.pairs.get(&hash).copied(),
-            None => self
-                .conn
-                .prepare_cached("SELECT id FROM pairs WHERE content_hash = ?1")?
-                .query_row([&hash[..]], |r| r.get(0))
-                .optional()?,
+            None => self.ex.query_opt(
+                "SELECT id FROM pairs WHERE content_hash = ?1",
+                &[&&hash[..]],
+                |r| r.get(0),
+            )?,
         };
         if let Some(id) = existing {
             if pair.gold {
@@ -317,37 +319,50 @@ impl<'c> PairWriter<'c> {
         };
         let (ra, rb) = self.responses(prompt_id, pair, gen_a, gen_b)?;
         let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
-        let inserted = self
-            .conn
-            .prepare_cached(
-                "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at, gold)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                prompt_id,
-                ra,
-                rb,
-                &hash[..],
-                pair.ext_id,
-                json(&pair.meta),
-                json(&pair.extra),
-                pair.source,
-                self.now,
-                pair.gold.then(|| pair.label.map(Choice::as_str)).flatten()
-            ]);
-        // The id check rides on the unique index rather than a lookup per record:
-        // the clash is rare, and then the two responses just written are removed.
-        if let Err(e) = inserted {
-            let clash = matches!(&e, rusqlite::Error::SqliteFailure(_, Some(m)) if m.contains("pairs.ext_id"));
-            if !clash {
-                return Err(e.into());
-            }
-            self.conn
-                .prepare_cached("DELETE FROM responses WHERE id IN (?1, ?2)")?
-                .execute([ra, rb])?;
-            return Err(duplicate_id(pair.ext_id.as_deref().unwrap_or_default()));
+        if self.known.is_none()
+            && self.ex.is_postgres()
+            && let Some(ext) = &pair.ext_id
+            && self
+                .ex
+                .query_opt("SELECT 1 FROM pairs WHERE ext_id = ?1", &[ext], |r| {
+                    r.get::<i32>(0)
+                })?
+                .is_some()
+        {
+            // A failed statement ends a PostgreSQL transaction: look first.
+            return Err(duplicate_id(ext));
         }
-        let id = self.conn.last_insert_rowid();
+        let inserted = self.ex.query_one(
+            "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at, gold)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+            &[
+                &prompt_id,
+                &ra,
+                &rb,
+                &&hash[..],
+                &pair.ext_id,
+                &json(&pair.meta),
+                &json(&pair.extra),
+                &pair.source,
+                &self.now,
+                &pair.gold.then(|| pair.label.map(Choice::as_str)).flatten(),
+            ],
+            |r| r.get::<i64>(0),
+        );
+        // On SQLite the id check rides on the unique index rather than a lookup per
+        // record: the clash is rare, and then the two responses just written are
+        // removed.
+        let id = match inserted {
+            Ok(id) => id,
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(_, Some(m))))
+                if m.contains("pairs.ext_id") =>
+            {
+                self.ex
+                    .execute("DELETE FROM responses WHERE id IN (?1, ?2)", &[&ra, &rb])?;
+                return Err(duplicate_id(pair.ext_id.as_deref().unwrap_or_default()));
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(k) = &mut self.known {
             k.pairs.insert(hash, id);
             if let Some(ext) = &pair.ext_id {
@@ -365,7 +380,7 @@ impl<'c> PairWriter<'c> {
     /// The judgement a labeled record brings, by annotator `import`.
     fn import_label(&self, pair_id: i64, choice: Choice) -> Result<i64> {
         super::labels::insert_label(
-            self.conn,
+            self.ex,
             &NewLabel::plain(pair_id, "import", choice, "import"),
         )
     }
@@ -374,10 +389,11 @@ impl<'c> PairWriter<'c> {
     /// stored to be labeled cannot become gold (its judgements would vanish from
     /// export).
     fn gold_existing(&self, pair_id: i64) -> Result<()> {
-        let gold: Option<String> = self
-            .conn
-            .prepare_cached("SELECT gold FROM pairs WHERE id = ?1")?
-            .query_row([pair_id], |r| r.get(0))?;
+        let gold: Option<String> =
+            self.ex
+                .query_one("SELECT gold FROM pairs WHERE id = ?1", &[&pair_id], |r| {
+                    r.get(0)
+                })?;
         match gold {
             Some(_) => Ok(()),
             None => Err(StoreError::Gold(format!(
@@ -389,24 +405,22 @@ impl<'c> PairWriter<'c> {
     /// A labeled record whose pair is already stored: its judgement is added to that
     /// pair (mapped to the stored order), unless the same import judgement stands.
     fn label_existing(&self, pair_id: i64, pair: &NewPair, choice: Choice) -> Result<()> {
-        let stored_a: String = self
-            .conn
-            .prepare_cached(
-                "SELECT r.text FROM pairs p JOIN responses r ON r.id = p.response_a WHERE p.id = ?1",
-            )?
-            .query_row([pair_id], |r| r.get(0))?;
+        let stored_a: String = self.ex.query_one(
+            "SELECT r.text FROM pairs p JOIN responses r ON r.id = p.response_a WHERE p.id = ?1",
+            &[&pair_id],
+            |r| r.get(0),
+        )?;
         let choice = match choice {
             Choice::A if stored_a != pair.response_a => Choice::B,
             Choice::B if stored_a != pair.response_b => Choice::A,
             c => c,
         };
-        let already: bool = self
-            .conn
-            .prepare_cached(
-                "SELECT EXISTS (SELECT 1 FROM labels WHERE pair_id = ?1 AND annotator = 'import'
-                                AND choice = ?2 AND undone_at IS NULL)",
-            )?
-            .query_row(params![pair_id, choice.as_str()], |r| r.get(0))?;
+        let already: bool = self.ex.query_one(
+            "SELECT EXISTS (SELECT 1 FROM labels WHERE pair_id = ?1 AND annotator = 'import'
+                            AND choice = ?2 AND undone_at IS NULL)",
+            &[&pair_id, &choice.as_str()],
+            |r| r.get(0),
+        )?;
         if !already {
             self.import_label(pair_id, choice)?;
         }
@@ -421,11 +435,11 @@ impl<'c> PairWriter<'c> {
         }
         let found: Option<i64> = match &self.known {
             Some(k) => k.prompts.get(&hash).copied(),
-            None => self
-                .conn
-                .prepare_cached("SELECT id FROM prompts WHERE hash = ?1")?
-                .query_row([&hash[..]], |r| r.get(0))
-                .optional()?,
+            None => self.ex.query_opt(
+                "SELECT id FROM prompts WHERE hash = ?1",
+                &[&&hash[..]],
+                |r| r.get(0),
+            )?,
         };
         let id = match found {
             Some(id) => id,
@@ -436,12 +450,11 @@ impl<'c> PairWriter<'c> {
                     })?),
                     None => None,
                 };
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO prompts (hash, text, messages) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(params![&hash[..], prompt.text, messages])?;
-                let id = self.conn.last_insert_rowid();
+                let id: i64 = self.ex.query_one(
+                    "INSERT INTO prompts (hash, text, messages) VALUES (?1, ?2, ?3) RETURNING id",
+                    &[&&hash[..], &prompt.text, &messages],
+                    |r| r.get(0),
+                )?;
                 if let Some(k) = &mut self.known {
                     k.prompts.insert(hash, id);
                 }
@@ -462,19 +475,19 @@ impl<'c> PairWriter<'c> {
         gen_a: Option<&Generated>,
         gen_b: Option<&Generated>,
     ) -> Result<(i64, i64)> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO responses (prompt_id, text, generator, gen_meta, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        let mut one = |text: &str, g: Option<&Generated>| -> Result<i64> {
-            stmt.execute(params![
-                prompt_id,
-                text,
-                g.map(|g| g.generator.as_str()),
-                g.map(|g| g.meta.to_string()),
-                self.now
-            ])?;
-            Ok(self.conn.last_insert_rowid())
+        let one = |text: &str, g: Option<&Generated>| -> Result<i64> {
+            self.ex.query_one(
+                "INSERT INTO responses (prompt_id, text, generator, gen_meta, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                &[
+                    &prompt_id,
+                    &text,
+                    &g.map(|g| g.generator.as_str()),
+                    &g.map(|g| g.meta.to_string()),
+                    &self.now,
+                ],
+                |r| r.get(0),
+            )
         };
         Ok((one(&pair.response_a, gen_a)?, one(&pair.response_b, gen_b)?))
     }
@@ -488,41 +501,33 @@ pub(crate) fn prompt_from_row(text: String, messages: Option<String>) -> Prompt 
 impl Store {
     /// Stores pairs in one transaction: all of them or, on error, none.
     pub fn insert_pairs(&mut self, pairs: &[NewPair]) -> Result<Vec<InsertOutcome>> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(pairs.len());
-        {
-            let mut w = PairWriter::new(&tx)?;
-            for p in pairs {
-                out.push(w.insert(p)?);
-            }
-        }
-        tx.commit()?;
-        Ok(out)
+        self.write(|ex| {
+            let mut w = PairWriter::new(ex)?;
+            pairs.iter().map(|p| w.insert(p)).collect()
+        })
     }
 
     pub fn pair(&self, id: i64) -> Result<Option<Pair>> {
-        Ok(self
-            .conn
-            .prepare_cached(
+        self.read(|ex| {
+            ex.query_opt(
                 "SELECT p.id, p.ext_id, pr.text, pr.messages, ra.text, rb.text
                  FROM pairs p
                  JOIN prompts pr ON pr.id = p.prompt_id
                  JOIN responses ra ON ra.id = p.response_a
                  JOIN responses rb ON rb.id = p.response_b
                  WHERE p.id = ?1",
-            )?
-            .query_row([id], |r| {
-                Ok(Pair {
-                    id: r.get(0)?,
-                    ext_id: r.get(1)?,
-                    prompt: prompt_from_row(r.get(2)?, r.get(3)?),
-                    response_a: r.get(4)?,
-                    response_b: r.get(5)?,
-                })
-            })
-            .optional()?)
+                &[&id],
+                |r| {
+                    Ok(Pair {
+                        id: r.get(0)?,
+                        ext_id: r.get(1)?,
+                        prompt: prompt_from_row(r.get(2)?, r.get(3)?),
+                        response_a: r.get(4)?,
+                        response_b: r.get(5)?,
+                    })
+                },
+            )
+        })
     }
 
     /// The next pair for `annotator`: the lowest id that this annotator has not
@@ -534,22 +539,19 @@ impl Store {
         overlap: u32,
         exclude: &std::collections::HashSet<i64>,
     ) -> Result<Option<i64>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT p.id FROM pairs p
-             WHERE p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
-                               WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
-               AND (SELECT count(DISTINCT l.annotator) FROM labels l
-                    WHERE l.pair_id = p.id AND l.undone_at IS NULL) < ?2
-             ORDER BY p.id",
-        )?;
-        let mut rows = stmt.query(params![annotator, overlap])?;
-        while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            if !exclude.contains(&id) {
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
+        let ids: Vec<i64> = self.read(|ex| {
+            ex.query_all(
+                "SELECT p.id FROM pairs p
+                 WHERE p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
+                                   WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
+                   AND (SELECT count(DISTINCT l.annotator) FROM labels l
+                        WHERE l.pair_id = p.id AND l.undone_at IS NULL) < ?2
+                 ORDER BY p.id LIMIT ?3",
+                &[&annotator, &i64::from(overlap), &(exclude.len() as i64 + 1)],
+                |r| r.get(0),
+            )
+        })?;
+        Ok(ids.into_iter().find(|id| !exclude.contains(id)))
     }
 
     /// Calls `f` for every pair in id order, streaming.
@@ -560,9 +562,11 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let mut stmt = self
-            .conn
-            .prepare(
+        let json =
+            |s: Option<String>| s.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let mut out = Ok(());
+        self.read(|ex| {
+            out = ex.query_each::<E>(
                 "SELECT p.id, p.ext_id, pr.text, pr.messages, ra.text, rb.text, p.meta,
                         ra.generator, ra.gen_meta, rb.generator, rb.gen_meta
                  FROM pairs p
@@ -570,52 +574,50 @@ impl Store {
                  JOIN responses ra ON ra.id = p.response_a
                  JOIN responses rb ON rb.id = p.response_b
                  ORDER BY p.id",
-            )
-            .map_err(StoreError::from)?;
-        let mut rows = stmt.query([]).map_err(StoreError::from)?;
-        let json =
-            |s: Option<String>| s.and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
-        while let Some(r) = rows.next().map_err(StoreError::from)? {
-            let get = |i| -> std::result::Result<Option<String>, StoreError> { Ok(r.get(i)?) };
-            let generated = |g: Option<String>, m: Option<String>| {
-                g.map(|generator| Generated {
-                    generator,
-                    meta: json(m).unwrap_or(serde_json::Value::Null),
-                })
-            };
-            let pair = Pair {
-                id: r.get(0).map_err(StoreError::from)?,
-                ext_id: get(1)?,
-                prompt: prompt_from_row(r.get(2).map_err(StoreError::from)?, get(3)?),
-                response_a: r.get(4).map_err(StoreError::from)?,
-                response_b: r.get(5).map_err(StoreError::from)?,
-            };
-            f(PairExport {
-                pair,
-                meta: json(get(6)?),
-                generated_a: generated(get(7)?, get(8)?),
-                generated_b: generated(get(9)?, get(10)?),
-            })?;
-        }
-        Ok(())
+                &[],
+                |r| {
+                    let get = |i| -> std::result::Result<Option<String>, StoreError> { r.get(i) };
+                    let generated = |g: Option<String>, m: Option<String>| {
+                        g.map(|generator| Generated {
+                            generator,
+                            meta: json(m).unwrap_or(serde_json::Value::Null),
+                        })
+                    };
+                    let pair = Pair {
+                        id: r.get(0)?,
+                        ext_id: get(1)?,
+                        prompt: prompt_from_row(r.get(2)?, get(3)?),
+                        response_a: r.get(4)?,
+                        response_b: r.get(5)?,
+                    };
+                    f(PairExport {
+                        pair,
+                        meta: json(get(6)?),
+                        generated_a: generated(get(7)?, get(8)?),
+                        generated_b: generated(get(9)?, get(10)?),
+                    })
+                },
+            );
+            Ok(())
+        })?;
+        out
     }
 
     /// How many pairs hold this prompt (generation skips prompts that have some).
     pub fn pairs_for_prompt(&self, prompt: &Prompt) -> Result<i64> {
         let hash = digest(&[&prompt.text]);
-        Ok(self
-            .conn
-            .prepare_cached(
+        self.read(|ex| {
+            ex.query_one(
                 "SELECT count(*) FROM pairs p JOIN prompts pr ON pr.id = p.prompt_id WHERE pr.hash = ?1",
-            )?
-            .query_row([&hash[..]], |r| r.get(0))?)
+                &[&&hash[..]],
+                |r| r.get(0),
+            )
+        })
     }
 
     /// When the pair was last touched, for messages.
     pub fn now(&self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row(&format!("SELECT {NOW}"), [], |r| r.get(0))?)
+        self.read(|ex| ex.query_one(&format!("SELECT {}", ex.now()), &[], |r| r.get(0)))
     }
 }
 

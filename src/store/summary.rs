@@ -36,73 +36,74 @@ pub struct GeneratedPair {
 impl Store {
     /// Calls `f` for each standing judgement, in the order they were made, streaming.
     pub fn for_each_standing_label(&self, mut f: impl FnMut(StandingLabel)) -> Result<()> {
-        let mut stmt = self.conn.prepare(
-            "SELECT pair_id, annotator, choice, left_side, elapsed_ms FROM labels
-             WHERE undone_at IS NULL ORDER BY id",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let pair_id: i64 = r.get(0)?;
-            let annotator: String = r.get(1)?;
-            let choice: Choice = r
-                .get::<_, String>(2)?
-                .parse()
-                .map_err(StoreError::Invalid)?;
-            let left: Option<String> = r.get(3)?;
-            let elapsed_ms: Option<i64> = r.get(4)?;
-            f(StandingLabel {
-                pair_id,
-                annotator,
-                choice,
-                left: left.and_then(|l| l.parse::<Side>().ok()),
-                elapsed_ms,
-            });
-        }
-        Ok(())
+        self.read(|ex| {
+            ex.query_each::<StoreError>(
+                "SELECT pair_id, annotator, choice, left_side, elapsed_ms FROM labels
+                 WHERE undone_at IS NULL ORDER BY id",
+                &[],
+                |r| {
+                    let left: Option<String> = r.get(3)?;
+                    f(StandingLabel {
+                        pair_id: r.get(0)?,
+                        annotator: r.get(1)?,
+                        choice: r.parse::<Choice>(2)?,
+                        left: left.and_then(|l| l.parse::<Side>().ok()),
+                        elapsed_ms: r.get(4)?,
+                    });
+                    Ok(())
+                },
+            )
+        })
     }
 
     /// Each standing judgement of a gold pair.
     pub fn gold_results(&self) -> Result<Vec<GoldResult>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT l.annotator, l.choice = p.gold FROM labels l JOIN pairs p ON p.id = l.pair_id
-             WHERE p.gold IS NOT NULL AND l.undone_at IS NULL",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(GoldResult {
-                annotator: r.get(0)?,
-                matched: r.get(1)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT l.annotator, l.choice = p.gold FROM labels l JOIN pairs p ON p.id = l.pair_id
+                 WHERE p.gold IS NOT NULL AND l.undone_at IS NULL",
+                &[],
+                |r| {
+                    Ok(GoldResult {
+                        annotator: r.get(0)?,
+                        matched: r.get(1)?,
+                    })
+                },
+            )
+        })
     }
 
     /// The pairs with a standing judgement whose two responses were both generated.
     pub fn generated_judged_pairs(&self) -> Result<Vec<GeneratedPair>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT p.id, ra.generator, ra.gen_meta, rb.generator, rb.gen_meta
-             FROM pairs p JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b
-             WHERE ra.generator IS NOT NULL AND rb.generator IS NOT NULL
-               AND p.id IN (SELECT pair_id FROM labels WHERE undone_at IS NULL)",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(GeneratedPair {
-                pair_id: r.get(0)?,
-                generator_a: r.get(1)?,
-                meta_a: r.get(2)?,
-                generator_b: r.get(3)?,
-                meta_b: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT p.id, ra.generator, ra.gen_meta, rb.generator, rb.gen_meta
+                 FROM pairs p JOIN responses ra ON ra.id = p.response_a JOIN responses rb ON rb.id = p.response_b
+                 WHERE ra.generator IS NOT NULL AND rb.generator IS NOT NULL
+                   AND p.id IN (SELECT pair_id FROM labels WHERE undone_at IS NULL)",
+                &[],
+                |r| {
+                    Ok(GeneratedPair {
+                        pair_id: r.get(0)?,
+                        generator_a: r.get(1)?,
+                        meta_a: r.get(2)?,
+                        generator_b: r.get(3)?,
+                        meta_b: r.get(4)?,
+                    })
+                },
+            )
+        })
     }
 
     /// `(day, judgements)`: standing judgements by the UTC day they were made
     /// (`YYYY-MM-DD`), in day order.
     pub fn labels_per_day(&self) -> Result<Vec<(String, i64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT substr(created_at, 1, 10), count(*) FROM labels WHERE undone_at IS NULL GROUP BY 1 ORDER BY 1",
-        )?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        self.read(|ex| {
+            ex.query_all(
+                "SELECT substr(created_at, 1, 10), count(*) FROM labels WHERE undone_at IS NULL GROUP BY 1 ORDER BY 1",
+                &[],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
     }
 }

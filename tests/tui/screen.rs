@@ -177,10 +177,9 @@ fn the_top_line_keeps_progress_readable_next_to_the_model_state() {
     let mut app = App::new(store_with(&[("q1", "a", "b")]), config("annotator")).expect("app");
     let (tx, _rx) = crossbeam_channel::unbounded();
     app.attach_trainer(tx);
-    app.update(Action::Trainer(TrainerEvent::State(TrainerState::Waiting {
-        have: 0,
-        need: 16,
-    })));
+    app.update(Action::Trainer(TrainerEvent::State(
+        TrainerState::Waiting { have: 0, need: 16 },
+    )));
     for w in [80u16, 100, 120] {
         let (_, text) = render(&mut app, w, 24);
         let top = text.lines().next().expect("line");

@@ -1,0 +1,158 @@
+//! The store on a PostgreSQL server: connecting, and the schema's migrations.
+//!
+//! The schema's version is the row of `duel_schema`; the migrations of
+//! `migrations/postgres/` are applied in order, in one transaction, under an
+//! advisory lock so that two processes opening a new database do not both create
+//! it. A database from a newer `duel` is refused before anything is written.
+
+use super::{Db, Result, Store, StoreError};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// PostgreSQL's schema, one SQL file per version. Append only.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+
+/// The schema version this build writes on PostgreSQL.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// A key for `pg_advisory_xact_lock`: migrations of duel's schema.
+const MIGRATION_LOCK: i64 = 0x6475_656c_0001;
+
+/// What the server said (its message, and where it applies its detail and hint),
+/// or what went wrong on the way to it.
+pub(super) fn message(e: &::postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut m = format!("{}: {}", db.severity(), db.message());
+        if let Some(d) = db.detail() {
+            m.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            m.push_str(&format!("; hint: {h}"));
+        }
+        return m;
+    }
+    match std::error::Error::source(e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}
+
+/// The URL as messages show it: without a password.
+fn shown(url: &str) -> String {
+    match url.parse::<::postgres::Config>() {
+        Ok(c) if c.get_password().is_some() => match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => {
+                let userinfo = &url[s + 3..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+            }
+            _ => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+/// Connects to the server `url` names; with `migrate`, creates or upgrades the
+/// schema (otherwise only checks that it is not from a newer `duel`).
+pub(super) fn open(url: &Path, migrate: bool) -> Result<Store> {
+    let raw = url.to_string_lossy().into_owned();
+    let name = shown(&raw);
+    let mut client = ::postgres::Client::connect(&raw, ::postgres::NoTls).map_err(|source| {
+        StoreError::Connect {
+            url: name.clone(),
+            source,
+        }
+    })?;
+    // A judgement is on the server's disk when its commit returns, whatever the
+    // server's default.
+    client.batch_execute("SET synchronous_commit = on")?;
+    check_and_migrate(&mut client, &name, migrate)?;
+    Ok(Store {
+        db: Db::Pg {
+            client: Box::new(RefCell::new(client)),
+            texts: RefCell::new(HashMap::new()),
+        },
+        path: PathBuf::from(name),
+    })
+}
+
+/// The version of the schema in the database (0 for none).
+fn found_version(tx: &mut ::postgres::Transaction<'_>) -> Result<i64> {
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('duel_schema') IS NOT NULL", &[])?
+        .get(0);
+    if !exists {
+        return Ok(0);
+    }
+    Ok(tx
+        .query_opt("SELECT version FROM duel_schema", &[])?
+        .map_or(0, |r| r.get(0)))
+}
+
+fn check_and_migrate(client: &mut ::postgres::Client, name: &str, migrate: bool) -> Result<()> {
+    let mut tx = client.transaction()?;
+    if migrate {
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    }
+    let found = found_version(&mut tx)?;
+    if found > schema_version() {
+        return Err(StoreError::TooNew {
+            path: PathBuf::from(name),
+            found,
+            known: schema_version(),
+        });
+    }
+    if !migrate || found == schema_version() {
+        tx.commit()?;
+        return Ok(());
+    }
+    if found == 0 {
+        tx.batch_execute("CREATE TABLE duel_schema (version BIGINT NOT NULL)")?;
+        tx.execute("INSERT INTO duel_schema (version) VALUES (0)", &[])?;
+    }
+    for sql in &MIGRATIONS[found as usize..] {
+        tx.batch_execute(sql)?;
+    }
+    tx.execute("UPDATE duel_schema SET version = $1", &[&schema_version()])?;
+    tx.commit()?;
+    Ok(())
+}
+
+impl Store {
+    /// The schema version of the database and the one this build writes.
+    pub fn schema_versions(&self) -> Result<(i64, i64)> {
+        match &self.db {
+            Db::Lite(c) => Ok((
+                c.query_row("PRAGMA user_version", [], |r| r.get(0))?,
+                super::schema_version(),
+            )),
+            Db::Pg { client, .. } => {
+                let mut client = client.borrow_mut();
+                let mut tx = client.transaction()?;
+                let found = found_version(&mut tx)?;
+                tx.commit()?;
+                Ok((found, schema_version()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_is_not_shown() {
+        assert_eq!(
+            shown("postgres://ann:secret@db.example:5432/duel"),
+            "postgres://ann:***@db.example:5432/duel"
+        );
+        assert_eq!(
+            shown("postgres://ann@db.example/duel"),
+            "postgres://ann@db.example/duel"
+        );
+    }
+}

@@ -1,0 +1,431 @@
+//! The same duel on PostgreSQL: each test runs against a database of its own on the
+//! server `DUEL_TEST_PG` names (`scripts/with-postgres.sh` starts a throwaway one;
+//! `make test` does). Without it the tests say so and pass, unless
+//! `DUEL_REQUIRE_PG` is set, as `make test` sets it.
+
+mod common;
+
+use common::{bin, demo, duel};
+use duel::domain::{Choice, NewLabel};
+use duel::store::{QueueOrder, QueueWalk, Store, StoreError, TakeLease};
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A new, empty database on the test server, as a `--db` URL; `None` (after saying
+/// why) when there is no server and none is required.
+fn pg_db() -> Option<PathBuf> {
+    let Some(admin) = std::env::var_os("DUEL_TEST_PG") else {
+        assert!(
+            std::env::var_os("DUEL_REQUIRE_PG").is_none(),
+            "DUEL_REQUIRE_PG is set but DUEL_TEST_PG is not: run under scripts/with-postgres.sh"
+        );
+        eprintln!("no PostgreSQL test server (DUEL_TEST_PG): skipped");
+        return None;
+    };
+    let admin = admin.into_string().expect("a UTF-8 URL");
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let name = format!(
+        "duel_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect to the server");
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create database");
+    let base = admin.rsplit_once('/').expect("a URL with a database").0;
+    Some(PathBuf::from(format!("{base}/{name}")))
+}
+
+fn url(db: &Path) -> &str {
+    db.to_str().expect("utf8")
+}
+
+fn sql_i64(db: &Path, sql: &str) -> i64 {
+    let mut c = postgres::Client::connect(url(db), postgres::NoTls).expect("connect");
+    c.query_one(sql, &[]).expect(sql).get(0)
+}
+
+fn lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// A row of `export --format raw` without what differs between any two runs (the
+/// times).
+fn timeless(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("created_at");
+        o.remove("elapsed_ms");
+        if o.get("undone_at").is_some_and(Value::is_string) {
+            o.insert("undone_at".into(), "(a time)".into());
+        }
+    }
+    v
+}
+
+/// `v` without the keys that hold times (how long judgements took, when).
+fn strip_times(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            o.retain(|k, _| !(k.contains("ms") || k.contains("time") || k.contains("second")));
+            o.values_mut().for_each(strip_times);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_times),
+        _ => {}
+    }
+}
+
+/// The same session on a SQLite file and on PostgreSQL, through the command line:
+/// import the demo pairs, two annotators label by script (judgements, an undo, a
+/// tie, both bad), then every export format and the statistics read the same.
+#[test]
+fn import_label_export_read_the_same_on_both_engines() {
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let lite = dir.path().join("d.db");
+    let mut outputs = Vec::new();
+    for db in [lite.as_path(), pg.as_path()] {
+        assert!(
+            duel(db, &["import", demo().to_str().expect("utf8")])
+                .status
+                .success()
+        );
+        let alice = lines(&duel(
+            db,
+            &[
+                "label",
+                "--no-train",
+                "--annotator",
+                "alice",
+                "--order-seed",
+                "7",
+                "--script",
+                "12u2tx1",
+            ],
+        ));
+        let bob = lines(&duel(
+            db,
+            &[
+                "label",
+                "--no-train",
+                "--annotator",
+                "bob",
+                "--order-seed",
+                "8",
+                "--overlap",
+                "2",
+                "--script",
+                "2211",
+            ],
+        ));
+        let mut session: Vec<Value> = alice.into_iter().chain(bob).collect();
+        for v in &mut session {
+            v.as_object_mut().expect("object").remove("elapsed_ms");
+        }
+        let exports: Vec<Vec<Value>> = [
+            &["export", "--format", "trl"][..],
+            &["export", "--format", "trl-conversational"],
+            &["export", "--format", "raw"],
+            &["export", "--format", "pairs"],
+            &["export", "--format", "trl", "--consensus", "all"],
+        ]
+        .iter()
+        .map(|args| lines(&duel(db, args)).into_iter().map(timeless).collect())
+        .collect();
+        let out = duel(db, &["stats", "--json"]);
+        assert!(out.status.success());
+        let mut stats: Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
+        strip_times(&mut stats);
+        outputs.push((session, exports, stats));
+    }
+    let (lite_out, pg_out) = (&outputs[0], &outputs[1]);
+    assert_eq!(lite_out.0.len(), 11, "{:?}", lite_out.0);
+    assert_eq!(lite_out.0, pg_out.0, "the labelers' reports");
+    assert!(!lite_out.1[0].is_empty());
+    for (i, (l, p)) in lite_out.1.iter().zip(&pg_out.1).enumerate() {
+        assert_eq!(l.len(), p.len(), "export {i}: rows");
+        for (a, b) in l.iter().zip(p) {
+            assert!(a == b, "export {i} differs:\nSQLite: {a}\nPostgreSQL: {b}");
+        }
+    }
+    assert_eq!(lite_out.2, pg_out.2, "the statistics");
+}
+
+/// The store's queue on PostgreSQL: every order serves each pair once, a claim
+/// keeps a pair from a second labeler, and a judgement, an undo and a relabel stand
+/// as on SQLite.
+#[test]
+fn claims_and_judgements_on_postgres() {
+    let Some(pg) = pg_db() else { return };
+    let mut s = Store::open(&pg).expect("open");
+    assert!(s.is_postgres());
+    duel::io::import::import_file(&mut s, &demo(), &Default::default()).expect("import");
+    let pairs = s.pair_count().expect("count");
+    assert!(pairs >= 20, "{pairs}");
+    let mut other = Store::open(&pg).expect("second connection");
+    // Each walker judges every pair; the overlap lets the next one judge them again,
+    // and no more: a pair another session holds is never served.
+    let orders = [
+        QueueOrder::Sequential,
+        QueueOrder::Random,
+        QueueOrder::Uncertain,
+    ];
+    for (overlap, order) in (1..).zip(orders) {
+        let annotator = format!("walker-{}", order.as_str());
+        let mut walk = QueueWalk::new(11);
+        let mut seen = HashSet::new();
+        while let Some(id) = s
+            .claim_next_in_order(&annotator, "s1", overlap, &HashSet::new(), order, &mut walk)
+            .expect("claim")
+        {
+            let mut w2 = QueueWalk::new(11);
+            let theirs = other
+                .claim_next_in_order("someone", "s2", overlap, &HashSet::new(), order, &mut w2)
+                .expect("claim");
+            assert_ne!(theirs, Some(id), "{order:?}: a claimed pair served twice");
+            other.release_claims("s2").expect("release");
+            s.record_label(&NewLabel::plain(id, &annotator, Choice::A, "test"))
+                .expect("label");
+            assert!(seen.insert(id), "{order:?}: pair {id} served twice");
+        }
+        assert_eq!(seen.len() as i64, pairs, "{order:?} served every pair");
+    }
+    let p = s.progress("walker-random").expect("progress");
+    assert_eq!((p.pairs, p.mine), (pairs, pairs));
+    // Undo and relabel keep both rows.
+    let id = s
+        .record_label(&NewLabel::plain(1, "carol", Choice::B, "test"))
+        .expect("label");
+    assert!(s.undo_label(id).expect("undo"));
+    assert!(
+        !s.undo_label(id).expect("undo twice"),
+        "an undone label stays undone"
+    );
+    let first = s
+        .record_label(&NewLabel::plain(2, "carol", Choice::B, "test"))
+        .expect("label");
+    let second = s
+        .relabel(first, &NewLabel::plain(2, "carol", Choice::A, "review"))
+        .expect("relabel");
+    assert!(second > first);
+    let marks = s.label_marks().expect("marks");
+    assert_eq!(marks.newest, Some(second));
+    assert!(marks.last_undone.expect("an undo").ends_with('Z'));
+    // Scores and the disagreement order: a contested pair comes first.
+    s.record_pair_scores([(3, 0.9), (4, 0.2)], 5)
+        .expect("scores");
+    assert_eq!(s.pair_score(3).expect("score"), Some((0.9, 5)));
+    s.record_label(&NewLabel::plain(3, "dave", Choice::B, "test"))
+        .expect("label");
+    let mut walk = QueueWalk::new(1);
+    let first_disagreement = s
+        .claim_next_in_order(
+            "erin",
+            "s3",
+            10,
+            &HashSet::new(),
+            QueueOrder::Disagreement,
+            &mut walk,
+        )
+        .expect("claim");
+    assert_eq!(first_disagreement, Some(3), "the contested pair first");
+}
+
+/// The training lease, runs and metrics on PostgreSQL: one holder at a time; a
+/// follower reads the metrics in the order written.
+#[test]
+fn lease_and_metrics_on_postgres() {
+    let Some(pg) = pg_db() else { return };
+    let mut a = Store::open(&pg).expect("open");
+    let mut b = Store::open(&pg).expect("open");
+    assert_eq!(a.take_lease("alice", "sa").expect("take"), TakeLease::Taken);
+    assert!(matches!(
+        b.take_lease("bob", "sb").expect("take"),
+        TakeLease::HeldBy(l) if l.holder == "alice"
+    ));
+    assert!(a.renew_lease("sa").expect("renew"));
+    assert!(!b.renew_lease("sb").expect("renew"));
+    a.release_lease("sa").expect("release");
+    assert_eq!(b.take_lease("bob", "sb").expect("take"), TakeLease::Taken);
+
+    let run = a.start_train_run("{}").expect("run");
+    let seen = b.last_metric_rowid().expect("rowid");
+    for step in 1..=3u64 {
+        a.record_train_step(
+            run,
+            &duel::store::StepMetrics {
+                step,
+                loss: 1.0 / step as f64,
+                accuracy: 0.5,
+                pairs_per_s: 10.0,
+                labels_used: 8,
+            },
+        )
+        .expect("step");
+    }
+    a.record_eval(
+        run,
+        &duel::store::EvalMetrics {
+            step: 3,
+            loss: 0.6,
+            accuracy: 0.75,
+            labels_used: 8,
+        },
+    )
+    .expect("eval");
+    let rows = b.metrics_since(seen).expect("since");
+    let kinds: Vec<(i64, &str)> = rows.iter().map(|m| (m.step, m.kind.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [(1, "train"), (2, "train"), (3, "train"), (3, "eval")]
+    );
+    let p = b.run_progress(run).expect("progress");
+    assert_eq!(
+        (p.last_step, p.accuracy, p.accuracy_step),
+        (Some(3), Some(0.75), Some(3))
+    );
+    a.record_checkpoint(run, 3, Path::new("/tmp/x"), Some(0.75))
+        .expect("checkpoint");
+}
+
+/// `duel migrate` creates the schema and says its version; a database from a newer
+/// duel is refused, and left as it was.
+#[test]
+fn migrate_and_a_newer_schema_is_refused() {
+    let Some(pg) = pg_db() else { return };
+    let out = duel(&pg, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("schema version 1 (this duel writes version 1)"),
+        "{said}"
+    );
+    assert!(duel(&pg, &["migrate"]).status.success(), "migrating twice");
+    let mut c = postgres::Client::connect(url(&pg), postgres::NoTls).expect("connect");
+    c.batch_execute("UPDATE duel_schema SET version = 999")
+        .expect("bump");
+    let err = Store::open(&pg).expect_err("must refuse");
+    assert!(
+        matches!(err, StoreError::TooNew { found: 999, .. }),
+        "{err}"
+    );
+    let out = duel(&pg, &["import", demo().to_str().expect("utf8")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("newer duel"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), 0);
+    assert_eq!(sql_i64(&pg, "SELECT version FROM duel_schema"), 999);
+}
+
+/// A server that does not answer is a clear error naming it, without the password.
+#[test]
+fn an_unreachable_server_is_named_without_its_password() {
+    let out = duel(
+        Path::new("postgres://ann:secret@127.0.0.1:1/nothing"),
+        &["stats"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("postgres://ann:***@127.0.0.1:1/nothing"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+}
+
+/// Four labeler processes, 2,000 judgements each as fast as they go, on one
+/// PostgreSQL database: every judgement each reported is stored, once, and no pair
+/// is judged twice.
+#[test]
+fn four_labelers_on_postgres_lose_and_duplicate_nothing() {
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("pairs.jsonl");
+    let mut text = String::new();
+    for i in 0..8_100 {
+        text.push_str(
+            &serde_json::json!({
+                "prompt": format!("question {i}: what is {i} + {i}?"),
+                "response_a": format!("It is {}.", 2 * i),
+                "response_b": format!("Probably {}, or so.", 2 * i + 1),
+            })
+            .to_string(),
+        );
+        text.push('\n');
+    }
+    std::fs::write(&file, text).expect("write");
+    assert!(
+        duel(&pg, &["import", file.to_str().expect("utf8")])
+            .status
+            .success()
+    );
+    let keys = dir.path().join("keys");
+    std::fs::write(&keys, "12".repeat(1_000)).expect("keys");
+    let script = format!("@{}", keys.display());
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(bin())
+                .arg("--db")
+                .arg(&pg)
+                .args([
+                    "label",
+                    "--no-train",
+                    "--annotator",
+                    &format!("a{i}"),
+                    "--script",
+                    &script,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    let mut reported = HashSet::new();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().expect("wait");
+        let made = lines(&out);
+        assert_eq!(made.len(), 2_000, "labeler {i}");
+        for l in made {
+            assert!(reported.insert(l["label_id"].as_i64().expect("id")));
+        }
+    }
+    assert_eq!(
+        sql_i64(&pg, "SELECT count(*) FROM labels WHERE undone_at IS NULL"),
+        8_000
+    );
+    assert_eq!(
+        sql_i64(&pg, "SELECT count(DISTINCT pair_id) FROM labels"),
+        8_000,
+        "a pair was judged twice"
+    );
+    let mut c = postgres::Client::connect(url(&pg), postgres::NoTls).expect("connect");
+    let stored: HashSet<i64> = c
+        .query("SELECT id FROM labels", &[])
+        .expect("ids")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stored, reported);
+    assert_eq!(
+        sql_i64(&pg, "SELECT count(*) FROM claims"),
+        0,
+        "claims released on quit"
+    );
+}
