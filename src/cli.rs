@@ -86,9 +86,10 @@ pub struct ImportArgs {
 
 #[derive(Debug, Args)]
 pub struct LabelArgs {
-    /// Who is judging (recorded with each judgement).
-    #[arg(long, env = "USER", default_value = "annotator")]
-    pub annotator: String,
+    /// Who is judging (recorded with each judgement): `$USER` by default. On
+    /// PostgreSQL the annotator is the role that connected, the only name allowed.
+    #[arg(long)]
+    pub annotator: Option<String>,
     /// Labeling guidelines to show in help (markdown).
     #[arg(long)]
     pub guidelines: Option<PathBuf>,
@@ -157,9 +158,10 @@ pub struct LabelArgs {
 
 #[derive(Debug, Args)]
 pub struct ReviewArgs {
-    /// Who is reviewing (recorded with each new judgement).
-    #[arg(long, env = "USER", default_value = "annotator")]
-    pub annotator: String,
+    /// Who is reviewing (recorded with each new judgement): `$USER` by default; on
+    /// PostgreSQL, the role that connected.
+    #[arg(long)]
+    pub annotator: Option<String>,
     /// Only this annotator's judgements (default: everyone's).
     #[arg(long)]
     pub of: Option<String>,
@@ -504,7 +506,7 @@ pub enum BenchCommand {
     /// `duel train` on the same labels.
     Live(LiveArgs),
     /// Import speed: writes a synthetic JSON Lines file and imports it into a new
-    /// database.
+    /// SQLite file, or into the empty PostgreSQL database `--db` names.
     Import {
         #[arg(long, default_value_t = 1_000_000)]
         pairs: u64,

@@ -85,6 +85,7 @@ fn config(db: &Path, base: &Path, out: &Path) -> TrainerConfig {
         score_queue: 0,
         passes: 50,
         holder: "ann".into(),
+        may_train: true,
     }
 }
 

@@ -13,7 +13,9 @@ pub(super) fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub(super) fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
+/// Imports `pairs` synthetic pairs into a new SQLite file, or into `db` when it
+/// names an empty PostgreSQL database, and times the import and the next-pair claims.
+pub(super) fn bench_import(pairs: u64, json: bool, db: &std::path::Path) -> Result<ExitCode> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("pairs.jsonl");
     {
@@ -45,7 +47,18 @@ pub(super) fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
         }
     }
     let parse_secs = parse_start.elapsed().as_secs_f64();
-    let mut store = Store::open(&dir.path().join("bench.db"))?;
+    let mut store = if crate::store::is_postgres_url(db) {
+        let s = Store::open(db)?;
+        if s.pair_count()? > 0 {
+            anyhow::bail!(super::BadInput(format!(
+                "{}: bench import needs an empty database",
+                s.path().display()
+            )));
+        }
+        s
+    } else {
+        Store::open(&dir.path().join("bench.db"))?
+    };
     let start = std::time::Instant::now();
     let report = import_file(&mut store, &file, &ImportOptions::default())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -70,6 +83,7 @@ pub(super) fn bench_import(pairs: u64, json: bool) -> Result<ExitCode> {
         serde_json::json!(ms),
     );
     let result = serde_json::json!({
+        "engine": if store.is_postgres() { "postgres" } else { "sqlite" },
         "pairs": report.inserted,
         "claim_ms": claim_ms,
         "file_mb": bytes as f64 / 1e6,

@@ -14,14 +14,13 @@ pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
         }
         None => DEFAULT_GUIDELINES.to_owned(),
     };
-    if args.annotator.trim().is_empty() {
-        bail!(BadInput("--annotator must not be empty".into()));
-    }
     let store = open_existing(db)?;
+    let annotator = super::annotator(&store, args.annotator.as_deref())?;
+    let may_train = store.may_train()?;
     let app = tui::App::new(
         store,
         tui::Config {
-            annotator: args.annotator.clone(),
+            annotator: annotator.clone(),
             overlap: args.overlap,
             always_strength: args.strength,
             guidelines,
@@ -78,7 +77,8 @@ pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
             // for the orders and `--show-model` of any of them.
             score_queue: 128,
             passes: args.passes,
-            holder: args.annotator.clone(),
+            holder: annotator.clone(),
+            may_train,
         };
         let h = crate::train::worker::spawn(cfg);
         app.attach_trainer(h.commands.clone());

@@ -42,7 +42,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => model::eval(args),
         Command::Score(args) => model::score(args),
         Command::Bench { what } => match what {
-            BenchCommand::Import { pairs, json } => bench::bench_import(pairs, json),
+            BenchCommand::Import { pairs, json } => bench::bench_import(pairs, json, &cli.db),
             BenchCommand::Learn(args) => learn::bench_learn(args),
             BenchCommand::Live(args) => live::bench_live(args),
             BenchCommand::Train {
@@ -74,6 +74,31 @@ pub(crate) fn open_existing(db: &Path) -> Result<Store> {
         )));
     }
     open(db)
+}
+
+/// Who judges: on PostgreSQL the role that connected (`--annotator` may only name
+/// it); on SQLite `--annotator`, else `$USER`.
+pub(crate) fn annotator(store: &Store, given: Option<&str>) -> Result<String> {
+    let given = given.map(str::trim);
+    if given == Some("") {
+        bail!(BadInput("--annotator must not be empty".into()));
+    }
+    if let Some(role) = store.server_role()? {
+        if let Some(g) = given
+            && g != role
+        {
+            bail!(BadInput(format!(
+                "{}: you are connected as {role:?}, and on PostgreSQL the annotator is the role \
+                 that connected: --annotator can only be {role:?}",
+                store.path().display()
+            )));
+        }
+        return Ok(role);
+    }
+    Ok(given
+        .map(str::to_owned)
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.trim().is_empty()))
+        .unwrap_or_else(|| "annotator".into()))
 }
 
 /// `duel migrate`: creates or upgrades the schema, and says which version it is.

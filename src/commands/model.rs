@@ -8,7 +8,7 @@ use crate::train::{
     Encoded, Example, LIVE_WARMUP_STEPS, TrainConfig, Trainer, epoch_batches, examples_from_store,
     is_heldout,
 };
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -576,8 +576,18 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
 fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
     use crate::train::worker::{TrainerCommand, TrainerConfig, TrainerEvent, TrainerState, spawn};
     let base = model_dir(args.model_dir.as_deref())?;
-    drop(open_existing(db)?);
-    let user = std::env::var("USER").unwrap_or_else(|_| "duel".into());
+    let store = open_existing(db)?;
+    if !store.may_train()? {
+        bail!(BadInput(format!(
+            "{}: this role may not train (on PostgreSQL a member of duel_lead trains)",
+            store.path().display()
+        )));
+    }
+    let user = store
+        .server_role()?
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "duel".into());
+    drop(store);
     let out_dir = crate::store::model_dir_for(db);
     let h = spawn(TrainerConfig {
         db: db.to_owned(),
@@ -597,6 +607,7 @@ fn follow(db: &Path, args: &TrainArgs) -> Result<ExitCode> {
         score_queue: 128,
         passes: args.passes,
         holder: format!("{user} (train --follow)"),
+        may_train: true,
     });
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 pub(super) fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode> {
     let store = open_existing(db)?;
+    let annotator = super::annotator(&store, args.annotator.as_deref())?;
     if let Some(dir) = &args.model {
         let dir = &model::model_dir(Some(dir))?;
         let trainer = model::load_model(
@@ -48,7 +49,7 @@ pub(super) fn review(db: &Path, args: crate::cli::ReviewArgs) -> Result<ExitCode
     let mut app = tui::App::new(
         store,
         tui::Config {
-            annotator: args.annotator,
+            annotator,
             overlap: u32::MAX,
             always_strength: false,
             guidelines: DEFAULT_GUIDELINES.to_owned(),

@@ -56,11 +56,16 @@ const SHUFFLE_SQL: &str = "((p.id * 2654435761) % 4294967311)";
 /// Whether pair `p` can be served to annotator ?1 of session ?3 with overlap ?2: not
 /// a gold pair (those come by `QueueOrder::Gold`), not judged by them, and judged or
 /// held by fewer than ?2 others.
-const SERVABLE: &str = "p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
+fn servable(ex: &Ex<'_, '_>) -> String {
+    format!(
+        "{} AND NOT EXISTS (SELECT 1 FROM labels l
                     WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
      AND (SELECT count(DISTINCT l.annotator) FROM labels l
           WHERE l.pair_id = p.id AND l.undone_at IS NULL)
-       + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2";
+       + (SELECT count(*) FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3) < ?2",
+        ex.gold_is(false)
+    )
+}
 
 /// A parameter a query does not use, named so that every query takes the same
 /// four (PostgreSQL needs each parameter's type, hence the cast).
@@ -68,30 +73,35 @@ const UNUSED_2: &str = "CAST(?2 AS BIGINT) IS NOT NULL";
 const UNUSED_4: &str = "CAST(?4 AS BIGINT) IS NOT NULL";
 
 /// The servable pairs at or after (`cmp` ">=") or before ("<") id ?4, by id.
-fn sequential_sql(cmp: &str) -> String {
-    format!("SELECT p.id FROM pairs p WHERE p.id {cmp} ?4 AND {SERVABLE} ORDER BY p.id")
+fn sequential_sql(ex: &Ex<'_, '_>, cmp: &str) -> String {
+    format!(
+        "SELECT p.id FROM pairs p WHERE p.id {cmp} ?4 AND {} ORDER BY p.id",
+        servable(ex)
+    )
 }
 
 /// The servable pairs at or after (`cmp` ">=") or before ("<") shuffle position ?4,
 /// in the shuffled order.
-fn shuffled_sql(cmp: &str) -> String {
+fn shuffled_sql(ex: &Ex<'_, '_>, cmp: &str) -> String {
     format!(
-        "SELECT p.id FROM pairs p WHERE {SHUFFLE_SQL} {cmp} ?4 AND {SERVABLE} ORDER BY {SHUFFLE_SQL}"
+        "SELECT p.id FROM pairs p WHERE {SHUFFLE_SQL} {cmp} ?4 AND {} ORDER BY {SHUFFLE_SQL}",
+        servable(ex)
     )
 }
 
 /// The gold pairs annotator ?1 has not judged and no other session of theirs holds,
 /// at or after (`cmp` ">=") or before ("<") shuffle position ?4 (?2 unused: every
 /// annotator judges every gold pair once).
-fn gold_sql(cmp: &str) -> String {
+fn gold_sql(ex: &Ex<'_, '_>, cmp: &str) -> String {
     format!(
         "SELECT p.id FROM pairs p
-         WHERE p.gold IS NOT NULL AND {SHUFFLE_SQL} {cmp} ?4 AND {UNUSED_2}
+         WHERE {} AND {SHUFFLE_SQL} {cmp} ?4 AND {UNUSED_2}
            AND NOT EXISTS (SELECT 1 FROM labels l
                            WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
            AND NOT EXISTS (SELECT 1 FROM claims c WHERE c.pair_id = p.id AND c.session <> ?3
                            AND c.annotator = ?1)
-         ORDER BY {SHUFFLE_SQL}"
+         ORDER BY {SHUFFLE_SQL}",
+        ex.gold_is(true)
     )
 }
 
@@ -109,8 +119,9 @@ fn first_table_first(ex: &Ex<'_, '_>) -> &'static str {
 fn uncertain_sql(ex: &Ex<'_, '_>) -> String {
     format!(
         "SELECT p.id FROM pair_scores s {} pairs p ON p.id = s.pair_id
-         WHERE {UNUSED_4} AND {SERVABLE} ORDER BY abs(s.p_a - 0.5), s.pair_id",
-        first_table_first(ex)
+         WHERE {UNUSED_4} AND {} ORDER BY abs(s.p_a - 0.5), s.pair_id",
+        first_table_first(ex),
+        servable(ex)
     )
 }
 
@@ -120,8 +131,9 @@ fn uncertain_sql(ex: &Ex<'_, '_>) -> String {
 fn disagreement_sql(ex: &Ex<'_, '_>) -> String {
     format!(
         "SELECT p.id FROM pair_verdicts v {} pairs p ON p.id = v.pair_id
-         WHERE {UNUSED_4} AND {SERVABLE} ORDER BY v.choices DESC, v.against DESC, v.pair_id",
-        first_table_first(ex)
+         WHERE {UNUSED_4} AND {} ORDER BY v.choices DESC, v.against DESC, v.pair_id",
+        first_table_first(ex),
+        servable(ex)
     )
 }
 
@@ -150,7 +162,8 @@ impl QueueWalk {
 /// this long.
 pub const CLAIM_TTL: Duration = Duration::from_secs(300);
 
-pub(super) fn unix_now() -> f64 {
+/// Now, in Unix seconds (claims and the lease count time so).
+pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -220,10 +233,10 @@ impl Store {
             let mut next = *walk;
             // An order from `from` round to where it started: the index from `from` on,
             // then from its start.
-            let round = |sql: fn(&str) -> String, from: i64| -> Result<Option<i64>> {
-                match first(&sql(">="), from)? {
+            let round = |sql: fn(&Ex<'_, '_>, &str) -> String, from: i64| -> Result<Option<i64>> {
+                match first(&sql(ex, ">="), from)? {
                     Some(id) => Ok(Some(id)),
-                    None => first(&sql("<"), from),
+                    None => first(&sql(ex, "<"), from),
                 }
             };
             let shuffled = |w: &mut QueueWalk| -> Result<Option<i64>> {
@@ -246,7 +259,7 @@ impl Store {
                 // the judged ones, then walk the ids.
                 QueueOrder::Disagreement => match first(&disagreement_sql(ex), 0)? {
                     Some(id) => Some(id),
-                    None => first(&sequential_sql(">="), 0)?,
+                    None => first(&sequential_sql(ex, ">="), 0)?,
                 },
                 // From where the shuffled walk stands, so each labeler meets the gold
                 // pairs in its own order; the walk itself does not move.
@@ -352,13 +365,14 @@ mod tests {
     fn the_queue_walks_indexes_instead_of_sorting() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = Store::open(&dir.path().join("q.db")).expect("open");
+        let lite = Ex::Lite(store.conn());
         for (what, sql) in [
-            ("sequential, after", sequential_sql(">=")),
-            ("sequential, before", sequential_sql("<")),
-            ("random, after", shuffled_sql(">=")),
-            ("random, before", shuffled_sql("<")),
-            ("uncertain", uncertain_sql(&Ex::Lite(store.conn()))),
-            ("disagreement", disagreement_sql(&Ex::Lite(store.conn()))),
+            ("sequential, after", sequential_sql(&lite, ">=")),
+            ("sequential, before", sequential_sql(&lite, "<")),
+            ("random, after", shuffled_sql(&lite, ">=")),
+            ("random, before", shuffled_sql(&lite, "<")),
+            ("uncertain", uncertain_sql(&lite)),
+            ("disagreement", disagreement_sql(&lite)),
         ] {
             let plan: Vec<String> = store
                 .conn()

@@ -13,7 +13,10 @@ impl Store {
     ) -> std::result::Result<T, E> {
         self.write_as(|ex| {
             let mut w = PairWriter::bulk(ex)?;
-            f(&mut w)
+            let out = f(&mut w)?;
+            // Rows still waiting for `COPY` go before the commit.
+            w.flush()?;
+            Ok(out)
         })
     }
 

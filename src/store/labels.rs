@@ -12,10 +12,8 @@ pub(crate) fn insert_label(ex: &Ex<'_, '_>, l: &NewLabel) -> Result<i64> {
         .map(i64::try_from)
         .transpose()
         .map_err(|_| StoreError::Invalid("elapsed time out of range".into()))?;
-    ex.query_one(
-        "INSERT INTO labels (pair_id, annotator, choice, strength, left_side, note, elapsed_ms, source, queue_order)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) RETURNING id",
-        &[
+    ex.insert_id("INSERT INTO labels (pair_id, annotator, choice, strength, left_side, note, elapsed_ms, source, queue_order)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &[
             &l.pair_id,
             &l.annotator,
             &l.choice.as_str(),
@@ -25,9 +23,7 @@ pub(crate) fn insert_label(ex: &Ex<'_, '_>, l: &NewLabel) -> Result<i64> {
             &elapsed,
             &l.source,
             &l.queue_order,
-        ],
-        |r| r.get(0),
-    )
+        ])
 }
 
 /// Marks a standing judgement undone (the row stays); whether one was.
@@ -154,7 +150,11 @@ impl Store {
     /// recorded, in one transaction. Both rows stay in the history.
     pub fn relabel(&mut self, old: i64, label: &NewLabel) -> Result<i64> {
         self.write(|ex| {
-            mark_undone(ex, old)?;
+            if !mark_undone(ex, old)? {
+                return Err(StoreError::Invalid(format!(
+                    "judgement {old} is not standing (undone already), or not yours to replace"
+                )));
+            }
             insert_label(ex, label)
         })
     }

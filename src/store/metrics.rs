@@ -133,13 +133,7 @@ fn drop_metric(ex: &super::sql::Ex<'_, '_>, run: i64, step: u64, kind: &str) -> 
 impl Store {
     /// Records a new training run with its `config` (JSON) and returns its id.
     pub fn start_train_run(&self, config: &str) -> Result<i64> {
-        self.write(|ex| {
-            ex.query_one(
-                "INSERT INTO train_runs (config) VALUES (?1) RETURNING id",
-                &[&config],
-                |r| r.get(0),
-            )
-        })
+        self.write(|ex| ex.insert_id("INSERT INTO train_runs (config) VALUES (?1)", &[&config]))
     }
 
     /// Records a training step of `run`, replacing one recorded at the same step.

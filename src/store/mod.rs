@@ -10,6 +10,7 @@
 //! accepted survives a crash of the process or the machine.
 
 mod claims;
+mod copy;
 mod import;
 mod labels;
 mod lease;
@@ -19,7 +20,7 @@ mod postgres;
 pub(crate) mod sql;
 mod summary;
 
-pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk};
+pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk, unix_now};
 pub use labels::{LabelFilter, LabelMarks, LabelRow, Progress, ReviewItem};
 pub use lease::{LEASE_HEARTBEAT, LEASE_TTL, Lease, TakeLease};
 pub use metrics::{

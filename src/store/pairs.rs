@@ -1,8 +1,10 @@
 //! Writing and reading pairs.
 
+use super::copy::{CopyRows, Deferred, Table, Val};
 use super::sql::Ex;
 use super::{Result, Store, StoreError};
 use crate::domain::{Choice, Message, NewLabel, Pair, Prompt};
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 /// Metadata of a locally generated response.
@@ -122,6 +124,10 @@ pub struct PairWriter<'e, 'a, 't> {
     /// Bulk mode: every stored pair and prompt digest in memory, so that checking for
     /// a duplicate costs no query.
     known: Option<Known>,
+    /// Bulk mode on PostgreSQL: the rows waiting to be sent by `COPY`.
+    copy: Option<RefCell<CopyRows>>,
+    /// What a large import on PostgreSQL set aside, to put back at the end.
+    deferred: Option<Deferred>,
 }
 
 struct Known {
@@ -171,6 +177,8 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             last_prompt: None,
             now,
             known: None,
+            copy: None,
+            deferred: None,
         })
     }
 
@@ -212,6 +220,9 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                 Ok(())
             })?;
             w.known = Some(known);
+            if ex.is_postgres() {
+                w.copy = Some(RefCell::new(CopyRows::default()));
+            }
         }
         Ok(w)
     }
@@ -231,13 +242,17 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         let Some(k) = &mut self.known else {
             return Ok(());
         };
-        // SQLite's way; PostgreSQL's import goes as it is.
-        let Ex::Lite(conn) = self.ex else {
-            return Ok(());
-        };
         if k.indexes_deferred {
             return Ok(());
         }
+        let Ex::Lite(conn) = self.ex else {
+            // PostgreSQL: its own way, when this role owns the tables.
+            if self.copy.is_some() {
+                self.deferred = super::copy::defer(self.ex)?;
+                k.indexes_deferred = self.deferred.is_some();
+            }
+            return Ok(());
+        };
         if conn.is_autocommit() {
             return Err(StoreError::Invalid(
                 "indexes can only be deferred inside a transaction".into(),
@@ -259,6 +274,11 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
     /// Builds the indexes `defer_indexes` dropped, and says whether there were any.
     /// Call before committing; the transaction must not commit without it.
     pub fn finish(&mut self) -> Result<bool> {
+        self.flush()?;
+        if let Some(d) = self.deferred.take() {
+            d.restore(self.ex)?;
+            return Ok(true);
+        }
         let deferred = self.known.as_ref().is_some_and(|k| k.indexes_deferred);
         if deferred && let Ex::Lite(conn) = self.ex {
             // Sorting for the index build stays in memory (a few tens of bytes a pair).
@@ -279,6 +299,15 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         Ok(deferred)
     }
 
+    /// Sends the rows waiting for `COPY` (PostgreSQL's bulk mode), so that queries
+    /// see them.
+    pub(super) fn flush(&self) -> Result<()> {
+        match &self.copy {
+            Some(c) => c.borrow_mut().flush(self.ex),
+            None => Ok(()),
+        }
+    }
+
     pub fn insert(&mut self, pair: &NewPair) -> Result<InsertOutcome> {
         self.insert_with(pair, &PairDigests::of(pair))
     }
@@ -295,6 +324,10 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             )?,
         };
         if let Some(id) = existing {
+            if pair.gold || pair.label.is_some() {
+                // What follows reads the stored pair.
+                self.flush()?;
+            }
             if pair.gold {
                 self.gold_existing(id)?;
             } else if let Some(choice) = pair.label {
@@ -319,6 +352,31 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         };
         let (ra, rb) = self.responses(prompt_id, pair, gen_a, gen_b)?;
         let json = |v: &Option<serde_json::Value>| v.as_ref().map(|v| v.to_string());
+        if let Some(c) = &self.copy {
+            let id = c.borrow_mut().next_id(self.ex, Table::Pairs)?;
+            let (meta, extra) = (json(&pair.meta), json(&pair.extra));
+            let gold = pair.gold.then(|| pair.label.map(Choice::as_str)).flatten();
+            let mut c = c.borrow_mut();
+            c.row(
+                Table::Pairs,
+                &[
+                    Val::Int(id),
+                    Val::Int(prompt_id),
+                    Val::Int(ra),
+                    Val::Int(rb),
+                    Val::Bytes(&hash),
+                    Val::Text(pair.ext_id.as_deref()),
+                    Val::Text(meta.as_deref()),
+                    Val::Text(extra.as_deref()),
+                    Val::Text(pair.source.as_deref()),
+                    Val::Text(Some(&self.now)),
+                    Val::Text(gold),
+                ],
+            );
+            let full = c.full();
+            drop(c);
+            return self.inserted(id, hash, pair, full);
+        }
         if self.known.is_none()
             && self.ex.is_postgres()
             && let Some(ext) = &pair.ext_id
@@ -332,10 +390,8 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             // A failed statement ends a PostgreSQL transaction: look first.
             return Err(duplicate_id(ext));
         }
-        let inserted = self.ex.query_one(
-            "INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at, gold)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
-            &[
+        let inserted = self.ex.insert_id("INSERT INTO pairs (prompt_id, response_a, response_b, content_hash, ext_id, meta, extra, source, created_at, gold)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", &[
                 &prompt_id,
                 &ra,
                 &rb,
@@ -346,9 +402,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                 &pair.source,
                 &self.now,
                 &pair.gold.then(|| pair.label.map(Choice::as_str)).flatten(),
-            ],
-            |r| r.get::<i64>(0),
-        );
+            ]);
         // On SQLite the id check rides on the unique index rather than a lookup per
         // record: the clash is rare, and then the two responses just written are
         // removed.
@@ -363,6 +417,18 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             }
             Err(e) => return Err(e),
         };
+        self.inserted(id, hash, pair, false)
+    }
+
+    /// Notes pair `id` as stored, with the judgement its record brings; sends the
+    /// `COPY` buffers when `full`.
+    fn inserted(
+        &mut self,
+        id: i64,
+        hash: Digest,
+        pair: &NewPair,
+        full: bool,
+    ) -> Result<InsertOutcome> {
         if let Some(k) = &mut self.known {
             k.pairs.insert(hash, id);
             if let Some(ext) = &pair.ext_id {
@@ -374,15 +440,31 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         {
             self.import_label(id, choice)?;
         }
+        if full {
+            self.flush()?;
+        }
         Ok(InsertOutcome::Inserted(id))
     }
 
     /// The judgement a labeled record brings, by annotator `import`.
-    fn import_label(&self, pair_id: i64, choice: Choice) -> Result<i64> {
+    fn import_label(&self, pair_id: i64, choice: Choice) -> Result<()> {
+        if let Some(c) = &self.copy {
+            c.borrow_mut().row(
+                Table::Labels,
+                &[
+                    Val::Int(pair_id),
+                    Val::Text(Some("import")),
+                    Val::Text(Some(choice.as_str())),
+                    Val::Text(Some("import")),
+                ],
+            );
+            return Ok(());
+        }
         super::labels::insert_label(
             self.ex,
             &NewLabel::plain(pair_id, "import", choice, "import"),
-        )
+        )?;
+        Ok(())
     }
 
     /// A gold record whose pair is already stored: fine if it is gold already; a pair
@@ -450,11 +532,26 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                     })?),
                     None => None,
                 };
-                let id: i64 = self.ex.query_one(
-                    "INSERT INTO prompts (hash, text, messages) VALUES (?1, ?2, ?3) RETURNING id",
-                    &[&&hash[..], &prompt.text, &messages],
-                    |r| r.get(0),
-                )?;
+                let id: i64 = match &self.copy {
+                    Some(c) => {
+                        let mut c = c.borrow_mut();
+                        let id = c.next_id(self.ex, Table::Prompts)?;
+                        c.row(
+                            Table::Prompts,
+                            &[
+                                Val::Int(id),
+                                Val::Bytes(&hash),
+                                Val::Text(Some(&prompt.text)),
+                                Val::Text(messages.as_deref()),
+                            ],
+                        );
+                        id
+                    }
+                    None => self.ex.insert_id(
+                        "INSERT INTO prompts (hash, text, messages) VALUES (?1, ?2, ?3)",
+                        &[&&hash[..], &prompt.text, &messages],
+                    )?,
+                };
                 if let Some(k) = &mut self.known {
                     k.prompts.insert(hash, id);
                 }
@@ -476,9 +573,26 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         gen_b: Option<&Generated>,
     ) -> Result<(i64, i64)> {
         let one = |text: &str, g: Option<&Generated>| -> Result<i64> {
-            self.ex.query_one(
+            if let Some(c) = &self.copy {
+                let mut c = c.borrow_mut();
+                let id = c.next_id(self.ex, Table::Responses)?;
+                let meta = g.map(|g| g.meta.to_string());
+                c.row(
+                    Table::Responses,
+                    &[
+                        Val::Int(id),
+                        Val::Int(prompt_id),
+                        Val::Text(Some(text)),
+                        Val::Text(g.map(|g| g.generator.as_str())),
+                        Val::Text(meta.as_deref()),
+                        Val::Text(Some(&self.now)),
+                    ],
+                );
+                return Ok(id);
+            }
+            self.ex.insert_id(
                 "INSERT INTO responses (prompt_id, text, generator, gen_meta, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 &[
                     &prompt_id,
                     &text,
@@ -486,7 +600,6 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                     &g.map(|g| g.meta.to_string()),
                     &self.now,
                 ],
-                |r| r.get(0),
             )
         };
         Ok((one(&pair.response_a, gen_a)?, one(&pair.response_b, gen_b)?))
@@ -541,12 +654,12 @@ impl Store {
     ) -> Result<Option<i64>> {
         let ids: Vec<i64> = self.read(|ex| {
             ex.query_all(
-                "SELECT p.id FROM pairs p
-                 WHERE p.gold IS NULL AND NOT EXISTS (SELECT 1 FROM labels l
+                &format!("SELECT p.id FROM pairs p
+                 WHERE {} AND NOT EXISTS (SELECT 1 FROM labels l
                                    WHERE l.pair_id = p.id AND l.annotator = ?1 AND l.undone_at IS NULL)
                    AND (SELECT count(DISTINCT l.annotator) FROM labels l
                         WHERE l.pair_id = p.id AND l.undone_at IS NULL) < ?2
-                 ORDER BY p.id LIMIT ?3",
+                 ORDER BY p.id LIMIT ?3", ex.gold_is(false)),
                 &[&annotator, &i64::from(overlap), &(exclude.len() as i64 + 1)],
                 |r| r.get(0),
             )

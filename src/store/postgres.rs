@@ -11,7 +11,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// PostgreSQL's schema, one SQL file per version. Append only.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_roles.sql"),
+    include_str!("migrations/postgres/0003_verdict_trigger.sql"),
+];
 
 /// The schema version this build writes on PostgreSQL.
 pub fn schema_version() -> i64 {
@@ -122,6 +126,34 @@ fn check_and_migrate(client: &mut ::postgres::Client, name: &str, migrate: bool)
 }
 
 impl Store {
+    /// On PostgreSQL, the role this connection is: the one name it may judge as.
+    /// `None` on SQLite, where the annotator is whoever the command line says.
+    pub fn server_role(&self) -> Result<Option<String>> {
+        if !self.is_postgres() {
+            return Ok(None);
+        }
+        self.read(|ex| ex.query_one("SELECT CAST(current_user AS TEXT)", &[], |r| r.get(0)))
+            .map(Some)
+    }
+
+    /// Whether this connection may train the live model (take the lease, write
+    /// metrics and scores): always on SQLite; on PostgreSQL, a lead or the owner,
+    /// not an annotator.
+    pub fn may_train(&self) -> Result<bool> {
+        if !self.is_postgres() {
+            return Ok(true);
+        }
+        self.read(|ex| {
+            ex.query_one(
+                "SELECT has_table_privilege('train_lease', 'INSERT')
+                    AND has_table_privilege('train_metrics', 'INSERT')
+                    AND has_table_privilege('pair_scores', 'INSERT')",
+                &[],
+                |r| r.get(0),
+            )
+        })
+    }
+
     /// The schema version of the database and the one this build writes.
     pub fn schema_versions(&self) -> Result<(i64, i64)> {
         match &self.db {

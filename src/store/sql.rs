@@ -109,6 +109,18 @@ impl Ex<'_, '_> {
         }
     }
 
+    /// Whether pair `p` is a gold pair (`true`) or not, asked as an annotator may:
+    /// on PostgreSQL annotators may not read the known answer, `p.gold`, only
+    /// `p.is_gold`.
+    pub fn gold_is(&self, gold: bool) -> &'static str {
+        match (self.is_postgres(), gold) {
+            (false, false) => "p.gold IS NULL",
+            (false, true) => "p.gold IS NOT NULL",
+            (true, false) => "NOT p.is_gold",
+            (true, true) => "p.is_gold",
+        }
+    }
+
     fn pg_text(texts: &RefCell<HashMap<String, String>>, sql: &str) -> String {
         let mut t = texts.borrow_mut();
         if let Some(s) = t.get(sql) {
@@ -130,6 +142,38 @@ impl Ex<'_, '_> {
                 let p: Vec<_> = params.iter().map(|p| p.pg()).collect();
                 let text = Self::pg_text(texts, sql);
                 Ok(tx.borrow_mut().execute(text.as_str(), &p)? as usize)
+            }
+        }
+    }
+
+    /// Runs the `INSERT` statement `sql` and returns the new row's `id`: SQLite's
+    /// last row id (with a `RETURNING` clause instead, an import into SQLite took
+    /// twice as long: 60,000 against 125,000 pairs/s),
+    /// PostgreSQL's `RETURNING id`.
+    pub fn insert_id(&self, sql: &str, params: &[&dyn Param]) -> Result<i64> {
+        match self {
+            Ex::Lite(c) => {
+                let p: Vec<&dyn rusqlite::ToSql> = params.iter().map(|p| p.lite()).collect();
+                c.prepare_cached(sql)?.execute(p.as_slice())?;
+                Ok(c.last_insert_rowid())
+            }
+            Ex::Pg { .. } => self.query_one(&format!("{sql} RETURNING id"), params, |r| r.get(0)),
+        }
+    }
+
+    /// Sends `data` (rows in COPY's text format) with the `COPY … FROM STDIN`
+    /// statement `sql`; PostgreSQL's only.
+    pub fn copy_in(&self, sql: &str, data: &[u8]) -> Result<()> {
+        match self {
+            Ex::Lite(_) => Err(StoreError::Invalid("COPY is PostgreSQL's".into())),
+            Ex::Pg { tx, .. } => {
+                use std::io::Write;
+                let mut tx = tx.borrow_mut();
+                let mut w = tx.copy_in(sql)?;
+                w.write_all(data)
+                    .map_err(|e| StoreError::Invalid(format!("sending rows: {e}")))?;
+                w.finish()?;
+                Ok(())
             }
         }
     }

@@ -26,6 +26,9 @@ pub enum TrainerState {
         labels: usize,
     },
     Paused,
+    /// This process may not train (an annotator's role on a PostgreSQL server)
+    /// and no other process trains yet.
+    NoTrainer,
     /// Another process holds the training lease; its model is shown.
     Following {
         holder: String,

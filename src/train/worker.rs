@@ -9,7 +9,9 @@
 use super::live::{self, Exposure};
 use super::{Encoded, Example, TrainConfig, Trainer, is_heldout};
 use crate::model::checkpoint;
-use crate::store::{EvalMetrics, LEASE_HEARTBEAT, LabelMarks, StepMetrics, Store, TakeLease};
+use crate::store::{
+    EvalMetrics, LEASE_HEARTBEAT, LabelMarks, StepMetrics, Store, TakeLease, unix_now,
+};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +44,10 @@ pub struct TrainerConfig {
     /// Who trains, as the lease and `duel stats` say (an annotator, or
     /// `train --follow`).
     pub holder: String,
+    /// Whether this process may train (take the lease, write metrics and scores);
+    /// when not (an annotator's role on PostgreSQL), it only shows the model another
+    /// process trains.
+    pub may_train: bool,
 }
 
 pub struct TrainerHandle {
@@ -332,9 +338,24 @@ impl Worker {
         let mut seen = store.last_metric_rowid()?;
         let mut following: Option<String> = None;
         loop {
-            match store.take_lease(&self.cfg.holder, &self.session)? {
-                TakeLease::Taken => break,
-                TakeLease::HeldBy(l) => {
+            let lease = if self.cfg.may_train {
+                Some(store.take_lease(&self.cfg.holder, &self.session)?)
+            } else {
+                store
+                    .lease()?
+                    .filter(|l| l.is_live(unix_now()))
+                    .map(TakeLease::HeldBy)
+            };
+            match lease {
+                Some(TakeLease::Taken) => break,
+                // This process may not train, and nobody does.
+                None => {
+                    if following.as_deref() != Some("") {
+                        self.emit(TrainerEvent::State(TrainerState::NoTrainer))?;
+                        following = Some(String::new());
+                    }
+                }
+                Some(TakeLease::HeldBy(l)) => {
                     if following.as_deref() != Some(l.session.as_str()) {
                         self.emit(TrainerEvent::State(TrainerState::Following {
                             holder: l.holder.clone(),

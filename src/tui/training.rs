@@ -87,6 +87,9 @@ impl TrainView {
                 host.as_deref()
                     .map_or(String::new(), |h| format!(" on {}", sanitize(h)))
             ),
+            Some(TrainerState::NoTrainer) => {
+                "no one trains the model yet (a lead's `duel train --follow` would); it shows here when one does".into()
+            }
             Some(TrainerState::Stopped) => "stopped".into(),
         }
     }
@@ -146,6 +149,7 @@ impl TrainView {
                     Some(TrainerState::Following { holder, .. }) => {
                         format!("{} trains", sanitize(holder))
                     }
+                    Some(TrainerState::NoTrainer) => "no trainer".into(),
                     _ => "off".into(),
                 };
                 Line::from(format!("model: {short} ")).dark_gray()
