@@ -29,11 +29,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to `<db>.log`, never to the terminal (the TUI owns it); `RUST_LOG` sets
-/// the level.
+/// Logs go to `<db>.log` (`<dbname>.log` for PostgreSQL), never to the terminal
+/// (the TUI owns it); `RUST_LOG` sets the level.
 fn init_logging(db: &std::path::Path) {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".log");
+    let name = duel::store::log_path_for(db);
     let Ok(file) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

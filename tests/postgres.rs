@@ -735,3 +735,147 @@ fn kill_9_during_an_import_into_postgres_leaves_all_or_nothing() {
     );
     assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), n);
 }
+
+/// `duel` in folder `cwd` (where it keeps `<dbname>.model/` and `<dbname>.log` for a
+/// PostgreSQL database).
+fn duel_in(cwd: &Path, db: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new(bin())
+        .current_dir(cwd)
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("run duel");
+    assert!(
+        out.status.success(),
+        "duel {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The rest of the commands on PostgreSQL: generate, report, train and review from
+/// the database, and the live trainer of a team server (`train --follow`), which
+/// holds the lease, records its metrics and checkpoints to `<dbname>.model/`.
+#[test]
+fn generate_report_train_review_and_follow_on_postgres() {
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let cwd = dir.path();
+    let model = cwd.join("tiny-model");
+    common::write_tiny_model(&model, 5);
+    let gguf = cwd.join("tiny.gguf");
+    common::write_tiny_gguf(&gguf, |_, _| {});
+    let prompts = cwd.join("prompts.txt");
+    std::fs::write(&prompts, "Say hello.\nName a colour.\n").expect("write");
+    let s = |p: &Path| p.to_str().expect("utf8").to_owned();
+
+    duel_in(cwd, &pg, &["import", &s(&demo())]);
+    duel_in(
+        cwd,
+        &pg,
+        &[
+            "generate",
+            &s(&prompts),
+            "--generator",
+            &s(&gguf),
+            "--max-new-tokens",
+            "8",
+        ],
+    );
+    assert_eq!(
+        sql_i64(
+            &pg,
+            "SELECT count(*) FROM responses WHERE generator IS NOT NULL"
+        ),
+        4
+    );
+    duel_in(cwd, &pg, &["label", "--script", &"12".repeat(12)]);
+    let report = cwd.join("report");
+    duel_in(cwd, &pg, &["report", "--out", &s(&report)]);
+    assert!(
+        std::fs::read_to_string(report.join("index.html"))
+            .expect("report")
+            .contains("<svg")
+    );
+    let rm = cwd.join("rm");
+    duel_in(
+        cwd,
+        &pg,
+        &[
+            "train",
+            "--model-dir",
+            &s(&model),
+            "--epochs",
+            "1",
+            "--holdout",
+            "0",
+            "--max-length",
+            "32",
+            "--out",
+            &s(&rm),
+        ],
+    );
+    assert!(rm.join("model.safetensors").exists());
+    duel_in(cwd, &pg, &["review", "--model", &s(&rm), "--script", "q"]);
+    assert!(
+        sql_i64(&pg, "SELECT count(*) FROM pair_scores") > 0,
+        "review scored the pairs"
+    );
+
+    // The team server's trainer.
+    let before = sql_i64(
+        &pg,
+        "SELECT count(*) FROM train_metrics WHERE kind = 'train'",
+    );
+    let mut follow = Command::new(bin())
+        .current_dir(cwd)
+        .arg("--db")
+        .arg(&pg)
+        .args([
+            "train",
+            "--follow",
+            "--model-dir",
+            &s(&model),
+            "--max-length",
+            "32",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while sql_i64(
+        &pg,
+        "SELECT count(*) FROM train_metrics WHERE kind = 'train'",
+    ) == before
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no training step recorded"
+        );
+        assert!(
+            follow.try_wait().expect("wait").is_none(),
+            "the trainer quit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM train_lease"), 1);
+    let _ = Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status();
+    assert!(follow.wait().expect("wait").success());
+    assert_eq!(
+        sql_i64(&pg, "SELECT count(*) FROM train_lease"),
+        0,
+        "the lease is handed back"
+    );
+    let name = url(&pg).rsplit('/').next().expect("a name");
+    assert!(
+        cwd.join(format!("{name}.model"))
+            .join("model.safetensors")
+            .exists(),
+        "the checkpoint is in <dbname>.model/"
+    );
+    assert!(cwd.join(format!("{name}.log")).exists());
+}

@@ -144,21 +144,38 @@ enum Db {
     },
 }
 
+/// A PostgreSQL URL's database name, for the files a process keeps beside it
+/// (`duel` when the URL names none).
+fn database_name(db: &Path) -> String {
+    let s = db.to_string_lossy();
+    s.split('?')
+        .next()
+        .and_then(|s| s.split_once("://"))
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, name)| name)
+        .filter(|n| !n.is_empty())
+        .map_or_else(|| "duel".to_owned(), str::to_owned)
+}
+
 /// Where the live model of database `db` is checkpointed: beside a SQLite file
 /// (`duel.db` → `duel.model/`); for a PostgreSQL database, `<dbname>.model/` in the
 /// current folder (the trainer's machine).
 pub fn model_dir_for(db: &Path) -> PathBuf {
     if is_postgres_url(db) {
-        let s = db.to_string_lossy();
-        let name = s
-            .split('?')
-            .next()
-            .and_then(|s| s.rsplit('/').next())
-            .filter(|n| !n.is_empty() && !n.contains('@') && !n.contains(':'))
-            .unwrap_or("duel");
-        return PathBuf::from(format!("{name}.model"));
+        return PathBuf::from(format!("{}.model", database_name(db)));
     }
     db.with_extension("model")
+}
+
+/// Where a process working on database `db` logs: `<db>.log` beside a SQLite file;
+/// `<dbname>.log` in the current folder for a PostgreSQL database.
+pub fn log_path_for(db: &Path) -> PathBuf {
+    if is_postgres_url(db) {
+        return PathBuf::from(format!("{}.log", database_name(db)));
+    }
+    let mut name = db.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
 }
 
 /// Whether `db` (a `--db` value) names a PostgreSQL server rather than a file.
@@ -355,6 +372,25 @@ pub(crate) const NOW_POSTGRES: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_beside_a_database_are_named_after_it() {
+        let url = Path::new("postgres://ann:pw@db.example:5432/prefs?sslmode=require");
+        assert_eq!(model_dir_for(url), PathBuf::from("prefs.model"));
+        assert_eq!(log_path_for(url), PathBuf::from("prefs.log"));
+        assert_eq!(
+            model_dir_for(Path::new("postgres://db.example")),
+            PathBuf::from("duel.model")
+        );
+        assert_eq!(
+            model_dir_for(Path::new("/srv/d.db")),
+            PathBuf::from("/srv/d.model")
+        );
+        assert_eq!(
+            log_path_for(Path::new("/srv/d.db")),
+            PathBuf::from("/srv/d.db.log")
+        );
+    }
 
     #[test]
     fn migrations_are_valid() {
