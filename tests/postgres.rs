@@ -88,11 +88,17 @@ fn timeless(mut v: Value) -> Value {
     v
 }
 
-/// `v` without the keys that hold times (how long judgements took, when).
+/// `v` without the keys that hold times (how long judgements took, when, how
+/// many an hour).
 fn strip_times(v: &mut Value) {
     match v {
         Value::Object(o) => {
-            o.retain(|k, _| !(k.contains("ms") || k.contains("time") || k.contains("second")));
+            o.retain(|k, _| {
+                !(k.contains("ms")
+                    || k.contains("time")
+                    || k.contains("second")
+                    || k.contains("per_hour"))
+            });
             o.values_mut().for_each(strip_times);
         }
         Value::Array(a) => a.iter_mut().for_each(strip_times),
@@ -878,4 +884,60 @@ fn generate_report_train_review_and_follow_on_postgres() {
         "the checkpoint is in <dbname>.model/"
     );
     assert!(cwd.join(format!("{name}.log")).exists());
+}
+
+/// TLS as libpq spells it: `sslmode=require` encrypts, `verify-full` with
+/// `sslrootcert` checks the server's certificate and its name, a certificate from
+/// another authority is refused, `disable` is plain. The test server's certificate
+/// is made by `scripts/with-postgres.sh`.
+#[test]
+fn tls_with_libpqs_options() {
+    let Some(pg) = pg_db() else { return };
+    let (Some(ca), Some(other)) = (
+        std::env::var_os("DUEL_TEST_PG_CA"),
+        std::env::var_os("DUEL_TEST_PG_OTHER_CA"),
+    ) else {
+        panic!("DUEL_TEST_PG_CA and DUEL_TEST_PG_OTHER_CA come with DUEL_TEST_PG");
+    };
+    let (ca, other) = (
+        ca.into_string().expect("utf8"),
+        other.into_string().expect("utf8"),
+    );
+    let with = |base: &str, q: &str| PathBuf::from(format!("{base}?{q}"));
+    let base = url(&pg).to_owned();
+    let encrypted = |db: &Path| {
+        Store::open(db)
+            .unwrap_or_else(|e| panic!("{}: {e}", db.display()))
+            .encrypted()
+            .expect("encrypted")
+    };
+    assert!(encrypted(&with(&base, "sslmode=require")));
+    assert!(encrypted(&with(
+        &base,
+        &format!("sslmode=verify-full&sslrootcert={ca}")
+    )));
+    let by_name = base.replace("127.0.0.1", "localhost");
+    assert!(encrypted(&with(
+        &by_name,
+        &format!("sslmode=verify-full&sslrootcert={ca}")
+    )));
+    assert!(encrypted(&with(
+        &base,
+        &format!("sslmode=verify-ca&sslrootcert={ca}")
+    )));
+    assert!(!encrypted(&with(&base, "sslmode=disable")));
+    for mode in ["verify-ca", "verify-full", "require"] {
+        let err = Store::open(&with(&base, &format!("sslmode={mode}&sslrootcert={other}")))
+            .expect_err("a certificate another authority issued");
+        assert!(err.to_string().contains("certificate"), "{mode}: {err}");
+    }
+    let out = duel(&with(&base, "sslmode=require"), &["migrate"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("connected over TLS"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = duel(&with(&base, "sslmode=sometimes"), &["stats"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sslmode=sometimes"));
 }

@@ -105,8 +105,13 @@ pub(crate) fn annotator(store: &Store, given: Option<&str>) -> Result<String> {
 fn migrate(db: &Path) -> Result<ExitCode> {
     let store = open(db)?;
     let (found, known) = store.schema_versions()?;
+    let link = match (store.is_postgres(), store.encrypted()?) {
+        (false, _) => "",
+        (true, true) => ", connected over TLS",
+        (true, false) => ", connected without encryption",
+    };
     println!(
-        "{}: schema version {found} (this duel writes version {known})",
+        "{}: schema version {found} (this duel writes version {known}){link}",
         store.path().display()
     );
     Ok(ExitCode::SUCCESS)

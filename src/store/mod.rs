@@ -19,6 +19,7 @@ mod pairs;
 mod postgres;
 pub(crate) mod sql;
 mod summary;
+mod tls;
 
 pub use claims::{CLAIM_TTL, QueueOrder, QueueWalk, unix_now};
 pub use labels::{LabelFilter, LabelMarks, LabelRow, Progress, ReviewItem};

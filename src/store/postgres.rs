@@ -64,11 +64,21 @@ fn shown(url: &str) -> String {
 pub(super) fn open(url: &Path, migrate: bool) -> Result<Store> {
     let raw = url.to_string_lossy().into_owned();
     let name = shown(&raw);
-    let mut client = ::postgres::Client::connect(&raw, ::postgres::NoTls).map_err(|source| {
-        StoreError::Connect {
-            url: name.clone(),
-            source,
-        }
+    let (client_url, tls) =
+        super::tls::split(&raw).map_err(|msg| StoreError::Invalid(format!("{name}: {msg}")))?;
+    let connected = if tls.mode == super::tls::Mode::Disable {
+        ::postgres::Client::connect(&client_url, ::postgres::NoTls)
+    } else {
+        let config = super::tls::client_config(&tls)
+            .map_err(|msg| StoreError::Invalid(format!("{name}: {msg}")))?;
+        ::postgres::Client::connect(
+            &client_url,
+            tokio_postgres_rustls::MakeRustlsConnect::new(config),
+        )
+    };
+    let mut client = connected.map_err(|source| StoreError::Connect {
+        url: name.clone(),
+        source,
     })?;
     // A judgement is on the server's disk when its commit returns, whatever the
     // server's default.
@@ -148,6 +158,21 @@ impl Store {
                 "SELECT has_table_privilege('train_lease', 'INSERT')
                     AND has_table_privilege('train_metrics', 'INSERT')
                     AND has_table_privilege('pair_scores', 'INSERT')",
+                &[],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Whether the connection to the server is encrypted (TLS); `false` for a
+    /// SQLite file, which has no connection.
+    pub fn encrypted(&self) -> Result<bool> {
+        if !self.is_postgres() {
+            return Ok(false);
+        }
+        self.read(|ex| {
+            ex.query_one(
+                "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
                 &[],
                 |r| r.get(0),
             )
