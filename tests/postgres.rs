@@ -941,3 +941,27 @@ fn tls_with_libpqs_options() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sslmode=sometimes"));
 }
+
+/// A NUL character, which SQLite stores and PostgreSQL text cannot hold, is the
+/// record's fault on PostgreSQL: the error names the line, the import changes
+/// nothing, and `--skip-invalid` skips just that record.
+#[test]
+fn a_nul_in_the_text_is_a_record_error_on_postgres() {
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("nul.jsonl");
+    std::fs::write(
+        &file,
+        "{\"prompt\": \"p1\", \"response_a\": \"a\", \"response_b\": \"b\"}\n\
+         {\"prompt\": \"p2\", \"response_a\": \"a\\u0000b\", \"response_b\": \"c\"}\n",
+    )
+    .expect("write");
+    let f = file.to_str().expect("utf8");
+    let out = duel(&pg, &["import", f]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nul.jsonl:2") && err.contains("NUL"), "{err}");
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), 0);
+    assert!(duel(&pg, &["import", "--skip-invalid", f]).status.success());
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), 1);
+}

@@ -348,7 +348,9 @@ fn write_one(
             match writer.insert_with(&pair, &digests) {
                 Ok(o) => Ok((o, pair.label.is_some())),
                 // A gold record without an answer, or for a pair stored to label.
-                Err(StoreError::Gold(msg)) => Err(RecordError::new(None, msg)),
+                Err(StoreError::Gold(msg) | StoreError::Unstorable(msg)) => {
+                    Err(RecordError::new(None, msg))
+                }
                 // A clash of ids is the record's fault; anything else (disk full, a
                 // read-only file) stops the import whatever --skip-invalid says.
                 Err(StoreError::Invalid(msg)) => Err(RecordError::field("id", msg)),

@@ -22,7 +22,7 @@ impl Store {
 
     /// Sets this connection's page cache to `kib` KiB (SQLite; nothing on PostgreSQL).
     pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
-        if let Ok(conn) = self.lite("") {
+        if let Some(conn) = self.lite() {
             conn.pragma_update(None, "cache_size", -kib)?;
         }
         Ok(())
@@ -31,7 +31,7 @@ impl Store {
     /// Turns checking foreign keys on this connection on or off (SQLite; nothing on
     /// PostgreSQL).
     pub fn set_foreign_keys(&self, on: bool) -> Result<()> {
-        if let Ok(conn) = self.lite("") {
+        if let Some(conn) = self.lite() {
             conn.pragma_update(None, "foreign_keys", if on { "ON" } else { "OFF" })?;
         }
         Ok(())
@@ -39,7 +39,7 @@ impl Store {
 
     /// Puts the database in WAL mode (SQLite; nothing on PostgreSQL).
     pub fn set_wal(&self) -> Result<()> {
-        if let Ok(conn) = self.lite("") {
+        if let Some(conn) = self.lite() {
             conn.pragma_update(None, "journal_mode", "WAL")?;
         }
         Ok(())
@@ -53,7 +53,7 @@ impl Store {
     /// Switches the database to a rollback journal when no other connection has it
     /// open, without waiting for them, and says whether it did.
     pub fn try_rollback_journal(&self) -> bool {
-        let Ok(conn) = self.lite("") else {
+        let Some(conn) = self.lite() else {
             return false;
         };
         if conn.busy_timeout(Duration::ZERO).is_err() {

@@ -96,13 +96,14 @@ pub enum StoreError {
         url: String,
         source: ::postgres::Error,
     },
-    #[error("{what} is not available on PostgreSQL yet")]
-    NotOnPostgres { what: &'static str },
     #[error("{0}")]
     Invalid(String),
     /// A gold record that cannot be stored as one.
     #[error("{0}")]
     Gold(String),
+    /// A record this engine cannot store (a NUL character in PostgreSQL text).
+    #[error("{0}")]
+    Unstorable(String),
 }
 
 /// A name for one process's claims and lease, unique per labeler: process, start
@@ -294,11 +295,12 @@ impl Store {
         }
     }
 
-    /// SQLite's connection, or what to say when the store is on PostgreSQL.
-    pub(crate) fn lite(&self, what: &'static str) -> Result<&Connection> {
+    /// SQLite's connection (`None` on PostgreSQL), for what only SQLite has: its
+    /// pragmas.
+    pub(crate) fn lite(&self) -> Option<&Connection> {
         match &self.db {
-            Db::Lite(c) => Ok(c),
-            Db::Pg { .. } => Err(StoreError::NotOnPostgres { what }),
+            Db::Lite(c) => Some(c),
+            Db::Pg { .. } => None,
         }
     }
 

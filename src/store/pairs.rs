@@ -314,6 +314,20 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
 
     /// Inserts with digests computed beforehand (on another thread, by import).
     pub fn insert_with(&mut self, pair: &NewPair, digests: &PairDigests) -> Result<InsertOutcome> {
+        if self.ex.is_postgres() {
+            let texts = [
+                Some(pair.prompt.text.as_str()),
+                Some(pair.response_a.as_str()),
+                Some(pair.response_b.as_str()),
+                pair.ext_id.as_deref(),
+                pair.source.as_deref(),
+            ];
+            if texts.into_iter().flatten().any(|t| t.contains('\0')) {
+                return Err(StoreError::Unstorable(
+                    "a NUL character (\\u0000) in the text, which PostgreSQL cannot store".into(),
+                ));
+            }
+        }
         let hash = digests.pair;
         let existing: Option<i64> = match &self.known {
             Some(k) => k.pairs.get(&hash).copied(),
