@@ -325,6 +325,13 @@ fn lease_and_metrics_on_postgres() {
     );
     a.record_checkpoint(run, 3, Path::new("/tmp/x"), Some(0.75))
         .expect("checkpoint");
+    assert_eq!(
+        sql_i64(
+            &pg,
+            &format!("SELECT count(*) FROM checkpoints WHERE run_id = {run} AND step = 3")
+        ),
+        1
+    );
 }
 
 /// `duel migrate` creates the schema and says its version; a database from a newer
@@ -393,19 +400,7 @@ fn four_labelers_on_postgres_lose_and_duplicate_nothing() {
     let Some(pg) = pg_db() else { return };
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("pairs.jsonl");
-    let mut text = String::new();
-    for i in 0..8_100 {
-        text.push_str(
-            &serde_json::json!({
-                "prompt": format!("question {i}: what is {i} + {i}?"),
-                "response_a": format!("It is {}.", 2 * i),
-                "response_b": format!("Probably {}, or so.", 2 * i + 1),
-            })
-            .to_string(),
-        );
-        text.push('\n');
-    }
-    std::fs::write(&file, text).expect("write");
+    common::pairs_file(&file, 8_100, "c");
     assert!(
         duel(&pg, &["import", file.to_str().expect("utf8")])
             .status
@@ -680,16 +675,7 @@ fn kill_9_during_an_import_into_postgres_leaves_all_or_nothing() {
     let dir = tempfile::tempdir().expect("tmp");
     let file = dir.path().join("big.jsonl");
     let n = 200_000;
-    let mut text = String::new();
-    for i in 0..n {
-        text.push_str(
-            &serde_json::json!({"prompt": format!("q{i}"), "response_a": format!("a{i}"),
-                                "response_b": format!("b{i}")})
-            .to_string(),
-        );
-        text.push('\n');
-    }
-    std::fs::write(&file, text).expect("write");
+    common::pairs_file(&file, n as usize, "k");
     assert!(duel(&pg, &["migrate"]).status.success());
     let mut inside = 0;
     for delay_ms in [0u64, 200, 600] {

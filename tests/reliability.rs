@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bin, duel};
+use common::{bin, duel, pairs_file};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -18,22 +18,6 @@ fn rounds(quick: usize) -> usize {
         quick * 20
     } else {
         quick
-    }
-}
-
-fn pairs_file(path: &Path, n: usize, tag: &str) {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
-    for i in 0..n {
-        writeln!(
-            f,
-            "{}",
-            serde_json::json!({
-                "prompt": format!("{tag} question {i}: what is {i} + {i}?"),
-                "response_a": format!("It is {}.", 2 * i),
-                "response_b": format!("Probably {}, or so.", 2 * i + 1),
-            })
-        )
-        .expect("write");
     }
 }
 

@@ -98,6 +98,14 @@ fn blob_digest(b: &[u8]) -> Digest {
     d
 }
 
+/// Reads `(digest, id)` rows of `sql` into `into`.
+fn load_digests(ex: &Ex<'_, '_>, sql: &str, into: &mut HashMap<Digest, i64>) -> Result<()> {
+    ex.query_each::<StoreError>(sql, &[], |r| {
+        into.insert(blob_digest(&r.get::<Vec<u8>>(0)?), r.get(1)?);
+        Ok(())
+    })
+}
+
 /// The identities of a pair and of its prompt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PairDigests {
@@ -207,18 +215,8 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                     Ok(())
                 },
             )?;
-            ex.query_each::<StoreError>("SELECT content_hash, id FROM pairs", &[], |r| {
-                known
-                    .pairs
-                    .insert(blob_digest(&r.get::<Vec<u8>>(0)?), r.get(1)?);
-                Ok(())
-            })?;
-            ex.query_each::<StoreError>("SELECT hash, id FROM prompts", &[], |r| {
-                known
-                    .prompts
-                    .insert(blob_digest(&r.get::<Vec<u8>>(0)?), r.get(1)?);
-                Ok(())
-            })?;
+            load_digests(ex, "SELECT content_hash, id FROM pairs", &mut known.pairs)?;
+            load_digests(ex, "SELECT hash, id FROM prompts", &mut known.prompts)?;
             w.known = Some(known);
             if ex.is_postgres() {
                 w.copy = Some(RefCell::new(CopyRows::default()));

@@ -143,32 +143,41 @@ pub(super) fn client_config(tls: &Tls) -> Result<ClientConfig, String> {
         Mode::VerifyFull => builder
             .with_root_certificates(roots(tls)?)
             .with_no_client_auth(),
-        Mode::VerifyCa => {
-            let inner =
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots(tls)?), provider)
+        Mode::VerifyCa | Mode::Require | Mode::Prefer | Mode::Disable => {
+            let chain = match mode {
+                Mode::VerifyCa => Some(
+                    WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(roots(tls)?),
+                        provider.clone(),
+                    )
                     .build()
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| e.to_string())?,
+                ),
+                _ => None,
+            };
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyName(inner)))
+                .with_custom_certificate_verifier(Arc::new(Verifier {
+                    chain,
+                    algorithms: provider.signature_verification_algorithms,
+                }))
                 .with_no_client_auth()
         }
-        Mode::Require | Mode::Prefer | Mode::Disable => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unchecked(
-                provider.signature_verification_algorithms,
-            )))
-            .with_no_client_auth(),
     };
     Ok(config)
 }
 
-/// `verify-ca`: the chain must lead to a trusted certificate; the name is not
-/// checked.
+/// What `verify-ca` and `require` check of the server's certificate: for
+/// `verify-ca`, that its chain leads to a trusted certificate (the name is not
+/// checked); for `require` without a root certificate, nothing (libpq's meaning).
+/// The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Verifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -177,10 +186,10 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -194,7 +203,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -203,51 +212,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `require` without a root certificate: encrypted, the certificate not checked
-/// (libpq's meaning); the handshake's signatures still are.
-#[derive(Debug)]
-struct Unchecked(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unchecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 

@@ -5,6 +5,7 @@ use duel::store::{NewPair, Store};
 use duel::tui::{App, Config};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
@@ -93,6 +94,23 @@ pub fn screen_text(t: &Terminal<TestBackend>) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `n` distinct pairs `({tag} question i, …)` written to `path` as JSON Lines.
+pub fn pairs_file(path: &Path, n: usize, tag: &str) {
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for i in 0..n {
+        writeln!(
+            f,
+            "{}",
+            serde_json::json!({
+                "prompt": format!("{tag} question {i}: what is {i} + {i}?"),
+                "response_a": format!("It is {}.", 2 * i),
+                "response_b": format!("Probably {}, or so.", 2 * i + 1),
+            })
+        )
+        .expect("write");
+    }
 }
 
 /// A store with `n` pairs `(q{i}, a{i}, b{i})`, ids 1..=n.
