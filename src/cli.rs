@@ -253,7 +253,7 @@ pub struct ExportArgs {
     /// renamed, so a failed export leaves no half file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// How `trl`, `trl-conversational` and `csv` write a pair several annotators
+    /// How `trl`, `trl-conversational`, `parquet`, `kto` and `csv` write a pair several annotators
     /// judged: its strict majority once (contested pairs left out), its unanimous
     /// choice once, or every judgement. `raw` always has every row.
     #[arg(long, value_enum, default_value = "majority")]
@@ -264,6 +264,10 @@ pub struct ExportArgs {
     /// Only judgements made at or after this time (2026-11-28 or RFC 3339).
     #[arg(long)]
     pub since: Option<String>,
+    /// Also write a dataset card (the Hub's README.md layout) to FILE: counts,
+    /// annotators, agreement, position bias, formats; the licence is left to fill in.
+    #[arg(long, value_name = "FILE")]
+    pub card: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +410,14 @@ pub struct MeasureArgs {
     pub json: bool,
 }
 
+/// The file `duel bench import` writes and imports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchFile {
+    Jsonl,
+    JsonlGz,
+    Parquet,
+}
+
 /// A queue order that `duel bench live` can simulate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -505,11 +517,14 @@ pub enum BenchCommand {
     /// (folds by prompt), the live model measured as labels arrive, against
     /// `duel train` on the same labels.
     Live(LiveArgs),
-    /// Import speed: writes a synthetic JSON Lines file and imports it into a new
+    /// Import speed: writes a synthetic file of pairs and imports it into a new
     /// SQLite file, or into the empty PostgreSQL database `--db` names.
     Import {
         #[arg(long, default_value_t = 1_000_000)]
         pairs: u64,
+        /// The file's form: JSON Lines, gzipped JSON Lines or Parquet.
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: BenchFile,
         #[arg(long)]
         json: bool,
     },

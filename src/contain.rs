@@ -96,15 +96,19 @@ pub fn ui_ended() {
 /// Runs `f` on this thread, contained: a panic becomes `Err` holding its message
 /// and, where the hook saw it, its location.
 pub fn run<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    catch(f).map_err(|msg| format!("the {name} thread {msg}"))
+}
+
+/// Runs `f` contained, as `run` does, for code that may panic on what it reads (a
+/// library decoding an untrusted file): `Err` holds `panicked at <where>: <message>`.
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     let was = CONTAINED.with(|c| c.replace(true));
     LAST.with(|l| l.borrow_mut().take());
     let result = std::panic::catch_unwind(AssertUnwindSafe(f));
     CONTAINED.with(|c| c.set(was));
     result.map_err(|payload| {
-        let msg = LAST
-            .with(|l| l.borrow_mut().take())
-            .unwrap_or_else(|| format!("panicked: {}", payload_text(payload.as_ref())));
-        format!("the {name} thread {msg}")
+        LAST.with(|l| l.borrow_mut().take())
+            .unwrap_or_else(|| format!("panicked: {}", payload_text(payload.as_ref())))
     })
 }
 

@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("parse_record", parse_record),
     ("csv_file", csv_file),
     ("jsonl_file", jsonl_file),
+    ("parquet_file", parquet_file),
     ("gguf_file", gguf_file),
     ("model_files", model_files),
     ("sanitize", sanitize),
@@ -64,6 +65,23 @@ pub fn csv_file(data: &[u8]) {
 /// A whole JSON Lines file: line splitting, blank lines, CRLF, a byte-order mark.
 pub fn jsonl_file(data: &[u8]) {
     records(data, Format::Jsonl);
+}
+
+/// A whole Parquet file: footer, schema, pages (compressed or not), nested columns
+/// turned into records.
+pub fn parquet_file(data: &[u8]) {
+    let mut handle = |_row: u64, rec: Result<NewPair, RecordError>| {
+        if let Ok(pair) = rec {
+            check_pair(&pair);
+        }
+        Ok(())
+    };
+    let _ = crate::io::parquet::read_rows(
+        bytes::Bytes::copy_from_slice(data),
+        1 << 20,
+        &indicatif::ProgressBar::hidden(),
+        &mut handle,
+    );
 }
 
 /// A GGUF file: the header walk, candle's parser on what it lets through, the

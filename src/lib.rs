@@ -4,6 +4,7 @@
 //! judgements live in SQLite (`store`) and come out in the formats the Hugging Face
 //! ecosystem reads (`io::export`).
 
+pub mod cards;
 pub mod cli;
 pub mod commands;
 pub mod consensus;

@@ -6,7 +6,6 @@ use common::*;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use duel::tui::{App, keys};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn press(app: &mut App, code: KeyCode, m: KeyModifiers) {
@@ -25,19 +24,6 @@ fn lines(out: &Output) -> Vec<Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect()
-}
-
-/// The Python with `datasets`, made by `scripts/pyenv.sh` (which `make test` runs).
-fn python() -> PathBuf {
-    let p = std::env::var_os("DUEL_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"));
-    assert!(
-        p.exists(),
-        "{} missing: run `make test` (it creates .venv with `datasets`)",
-        p.display()
-    );
-    p
 }
 
 #[test]

@@ -48,7 +48,14 @@ fn fixture_model() -> RewardModel {
 #[ignore]
 fn write_fixture_model() {
     let out = fixture().join("model");
-    checkpoint::save(&fixture_model(), &fixture(), &out, &serde_json::json!({})).expect("save");
+    checkpoint::save(
+        &fixture_model(),
+        &fixture(),
+        &out,
+        &serde_json::json!({}),
+        None,
+    )
+    .expect("save");
 }
 
 fn max_abs(t: &Tensor) -> f32 {
@@ -336,9 +343,23 @@ fn a_checkpoint_round_trips_bit_for_bit() {
     )
     .expect("copy");
     let out = dir.path().join("ckpt");
-    checkpoint::save(&tr.model, &base, &out, &serde_json::json!({"step": 1})).expect("save");
+    checkpoint::save(
+        &tr.model,
+        &base,
+        &out,
+        &serde_json::json!({"step": 1}),
+        None,
+    )
+    .expect("save");
     // Saving again over it replaces it atomically.
-    checkpoint::save(&tr.model, &base, &out, &serde_json::json!({"step": 1})).expect("save again");
+    checkpoint::save(
+        &tr.model,
+        &base,
+        &out,
+        &serde_json::json!({"step": 1}),
+        None,
+    )
+    .expect("save again");
     let cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("config.json")).expect("read"))
             .expect("json");
@@ -521,7 +542,14 @@ fn an_exported_model_loads_in_transformers_and_scores_the_same() {
         tr.step(&batch).expect("step");
     }
     let out = dir.path().join("exported");
-    checkpoint::save(&tr.model, &encoder_dir(), &out, &serde_json::json!({})).expect("save");
+    checkpoint::save(
+        &tr.model,
+        &encoder_dir(),
+        &out,
+        &serde_json::json!({}),
+        None,
+    )
+    .expect("save");
 
     let long_prompt = "Earlier in this conversation we talked about many things. ".repeat(12)
         + "Now: what is the capital of France?";

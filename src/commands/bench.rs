@@ -1,5 +1,6 @@
 //! `duel bench import`: import speed and the next-pair time at scale.
 
+use crate::cli::BenchFile;
 use crate::io::import::{ImportOptions, import_file};
 use crate::store::{QueueOrder, QueueWalk, Store};
 use anyhow::Result;
@@ -13,38 +14,114 @@ pub(super) fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Imports `pairs` synthetic pairs into a new SQLite file, or into `db` when it
-/// names an empty PostgreSQL database, and times the import and the next-pair claims.
-pub(super) fn bench_import(pairs: u64, json: bool, db: &std::path::Path) -> Result<ExitCode> {
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("pairs.jsonl");
-    {
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
-        for i in 0..pairs {
-            // Realistic shapes: a prompt shared by a few pairs, responses of a few
-            // hundred bytes with escapes and non-ASCII text.
-            let rec = serde_json::json!({
-                "id": format!("bench-{i}"),
-                "prompt": format!("Question {}: explain how a heat pump moves heat from a cold place to a warm one, in plain words.", i / 4),
-                "response_a": format!("Answer {i}. A heat pump uses a refrigerant that evaporates at low temperature, absorbing heat outside; a compressor raises its pressure and temperature, and it releases that heat indoors as it condenses. \"Efficiency\" is measured as COP — often 3 or more.\n"),
-                "response_b": format!("Reply {i}: it works like a fridge in reverse. It pulls warmth from outdoor air (even at −10 °C) and pumps it inside; the electricity runs the compressor, not a heater.\n"),
-            });
-            serde_json::to_writer(&mut w, &rec)?;
-            w.write_all(b"\n")?;
+/// Pair `i` of the synthetic file: realistic shapes, a prompt shared by a few
+/// pairs, responses of a few hundred bytes with escapes and non-ASCII text.
+fn bench_pair(i: u64) -> [String; 4] {
+    [
+        format!("bench-{i}"),
+        format!(
+            "Question {}: explain how a heat pump moves heat from a cold place to a warm one, in plain words.",
+            i / 4
+        ),
+        format!(
+            "Answer {i}. A heat pump uses a refrigerant that evaporates at low temperature, absorbing heat outside; a compressor raises its pressure and temperature, and it releases that heat indoors as it condenses. \"Efficiency\" is measured as COP — often 3 or more.\n"
+        ),
+        format!(
+            "Reply {i}: it works like a fridge in reverse. It pulls warmth from outdoor air (even at −10 °C) and pumps it inside; the electricity runs the compressor, not a heater.\n"
+        ),
+    ]
+}
+
+const BENCH_COLUMNS: [&str; 4] = ["id", "prompt", "response_a", "response_b"];
+
+/// Writes the synthetic file of `pairs` pairs in `form` to `file`.
+fn write_bench_file(file: &std::path::Path, pairs: u64, form: BenchFile) -> Result<()> {
+    let out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    match form {
+        BenchFile::Parquet => {
+            let mut w = crate::io::parquet::TableWriter::new(out, &BENCH_COLUMNS, None)?;
+            for i in 0..pairs {
+                let p = bench_pair(i);
+                w.push(&[&p[0], &p[1], &p[2], &p[3]], None)?;
+            }
+            w.finish()?.flush()?;
         }
-        w.flush()?;
+        BenchFile::Jsonl | BenchFile::JsonlGz => {
+            let mut w: Box<dyn Write> = if form == BenchFile::JsonlGz {
+                Box::new(flate2::write::GzEncoder::new(
+                    out,
+                    flate2::Compression::default(),
+                ))
+            } else {
+                Box::new(out)
+            };
+            for i in 0..pairs {
+                let p = bench_pair(i);
+                let rec: serde_json::Map<String, serde_json::Value> = BENCH_COLUMNS
+                    .iter()
+                    .zip(p)
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::String(v)))
+                    .collect();
+                serde_json::to_writer(&mut w, &rec)?;
+                w.write_all(b"\n")?;
+            }
+            w.flush()?;
+        }
     }
+    Ok(())
+}
+
+/// Imports `pairs` synthetic pairs from a file in `form` into a new SQLite file, or
+/// into `db` when it names an empty PostgreSQL database, and times the import and
+/// the next-pair claims.
+pub(super) fn bench_import(
+    pairs: u64,
+    form: BenchFile,
+    json: bool,
+    db: &std::path::Path,
+) -> Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let name = match form {
+        BenchFile::Jsonl => "pairs.jsonl",
+        BenchFile::JsonlGz => "pairs.jsonl.gz",
+        BenchFile::Parquet => "pairs.parquet",
+    };
+    let file = dir.path().join(name);
+    write_bench_file(&file, pairs, form)?;
     let bytes = std::fs::metadata(&file)?.len();
     // Parsing alone (one thread), to see how the time splits.
     let parse_start = std::time::Instant::now();
     {
-        use std::io::BufRead;
-        let r = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
-        for line in r.split(b'\n') {
-            let p =
-                crate::io::import::parse_json_line(&line?).map_err(|e| anyhow::anyhow!("{e}"))?;
-            std::hint::black_box(crate::store::PairDigests::of(&p));
+        let mut n = 0u64;
+        let r = std::io::BufReader::new(std::fs::File::open(&file)?);
+        let mut count = |_: u64, p: Result<crate::store::NewPair, _>| {
+            if let Ok(p) = p {
+                std::hint::black_box(crate::store::PairDigests::of(&p));
+            }
+            n += 1;
+            Ok(())
+        };
+        match form {
+            BenchFile::Jsonl => crate::io::import::read_records(
+                r,
+                crate::io::import::Format::Jsonl,
+                usize::MAX,
+                &mut count,
+            ),
+            BenchFile::JsonlGz => crate::io::import::read_records(
+                std::io::BufReader::new(flate2::bufread::MultiGzDecoder::new(r)),
+                crate::io::import::Format::Jsonl,
+                usize::MAX,
+                &mut count,
+            ),
+            BenchFile::Parquet => crate::io::parquet::read_rows(
+                std::fs::File::open(&file)?,
+                usize::MAX,
+                &indicatif::ProgressBar::hidden(),
+                &mut count,
+            ),
         }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let parse_secs = parse_start.elapsed().as_secs_f64();
     let mut store = if crate::store::is_postgres_url(db) {
@@ -84,6 +161,7 @@ pub(super) fn bench_import(pairs: u64, json: bool, db: &std::path::Path) -> Resu
     );
     let result = serde_json::json!({
         "engine": if store.is_postgres() { "postgres" } else { "sqlite" },
+        "file": name,
         "pairs": report.inserted,
         "claim_ms": claim_ms,
         "file_mb": bytes as f64 / 1e6,

@@ -24,6 +24,43 @@ fn parse_since(s: &str) -> Result<String, BadInput> {
     )))
 }
 
+/// Writes `text` to `path` through a temporary file renamed into place.
+fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    std::io::Write::write_all(&mut tmp, text)
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// What a row of `format` holds, for the dataset card.
+fn columns(format: export::ExportFormat) -> &'static str {
+    use export::ExportFormat as F;
+    match format {
+        F::Trl | F::Parquet => {
+            "`prompt`, `chosen`, `rejected` (and `margin` where a judgement had a strength)"
+        }
+        F::TrlConversational => {
+            "`prompt` as a list of messages, `chosen` and `rejected` as assistant turns"
+        }
+        F::Kto => "`prompt`, `completion` and `label` (true: desirable)",
+        F::Csv => {
+            "`prompt`, `chosen`, `rejected`, `margin`, `annotator`, `pair_id`, `id`, `created_at`, `votes`"
+        }
+        F::Raw => "every judgement as recorded, undone ones included",
+        F::Pairs => "every pair as `duel import` reads it, judged or not",
+    }
+}
+
 pub(super) fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
     let since = args.since.as_deref().map(parse_since).transpose()?;
     let store = open_existing(db)?;
@@ -39,7 +76,7 @@ pub(super) fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
             args.format,
             &filter,
             args.consensus,
-            std::io::stdout().lock(),
+            std::io::stdout(),
         )?,
         Some(path) => {
             let dir = path
@@ -56,10 +93,13 @@ pub(super) fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
         }
     };
     eprintln!("{} rows exported", report.rows);
+
     let consensus = matches!(
         args.format,
         export::ExportFormat::Trl
             | export::ExportFormat::TrlConversational
+            | export::ExportFormat::Parquet
+            | export::ExportFormat::Kto
             | export::ExportFormat::Csv
     ) && args.consensus != crate::consensus::Rule::All;
     if consensus {
@@ -71,5 +111,38 @@ pub(super) fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
             format!("{:?}", args.consensus).to_lowercase()
         );
     }
+    if let Some(card_path) = &args.card {
+        let stats = crate::stats::compute(&store)?;
+        let format = format!("{:?}", args.format);
+        let format = clap::ValueEnum::to_possible_value(&args.format)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or(format);
+        let rule = clap::ValueEnum::to_possible_value(&args.consensus)
+            .map(|v| v.get_name().to_owned())
+            .unwrap_or_default();
+        // The data file as the card's folder sees it: its name, when beside it.
+        let data_file = args
+            .out
+            .as_deref()
+            .filter(|out| folder_of(out) == folder_of(card_path))
+            .and_then(|out| out.file_name()?.to_str());
+        let card = crate::cards::DatasetCard {
+            stats: &stats,
+            format: &format,
+            columns: columns(args.format),
+            rule: &rule,
+            rows: report.rows,
+            data_file,
+        }
+        .render();
+        write_atomic(card_path, card.as_bytes())?;
+        eprintln!("dataset card written to {}", card_path.display());
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The folder a file is (or will be) in, resolved.
+fn folder_of(file: &Path) -> Option<std::path::PathBuf> {
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty());
+    std::fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()
 }

@@ -42,7 +42,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Eval(args) => model::eval(args),
         Command::Score(args) => model::score(args),
         Command::Bench { what } => match what {
-            BenchCommand::Import { pairs, json } => bench::bench_import(pairs, json, &cli.db),
+            BenchCommand::Import {
+                pairs,
+                format,
+                json,
+            } => bench::bench_import(pairs, format, json, &cli.db),
             BenchCommand::Learn(args) => learn::bench_learn(args),
             BenchCommand::Live(args) => live::bench_live(args),
             BenchCommand::Train {

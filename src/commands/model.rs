@@ -130,7 +130,7 @@ impl Measures<'_> {
         step: u64,
         bar: Option<&indicatif::ProgressBar>,
     ) -> Result<()> {
-        let point = |e: &crate::train::EvalStats| serde_json::json!({"epoch": epoch, "step": step, "accuracy": e.accuracy, "loss": e.loss});
+        let point = |e: &crate::train::EvalStats| serde_json::json!({"epoch": epoch, "step": step, "pairs": e.pairs, "accuracy": e.accuracy, "loss": e.loss});
         let batch = trainer.config.batch_pairs;
         if !self.heldout.is_empty() {
             let e = trainer.evaluate(self.heldout, batch)?;
@@ -258,6 +258,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
     let mut last_loss = f64::NAN;
     let mut last_lr = f64::NAN;
     let mut skipped = 0u64;
+    let mut losses = Vec::with_capacity(total as usize);
     let mut measures = Measures {
         run_id,
         labels: data.len(),
@@ -281,8 +282,10 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
             if s.skipped {
                 skipped += 1;
                 tracing::warn!(step, "non-finite loss or gradient: batch skipped");
+                losses.push(f64::NAN);
             } else {
                 last_loss = s.loss;
+                losses.push(s.loss);
             }
             store.record_train_step(
                 run_id,
@@ -316,7 +319,43 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         "trained_pairs": data.len(),
         "evals": evals, "eval_per_epoch": file_evals,
     });
-    checkpoint::save(&trainer.model, &base, &args.out, &meta)?;
+    let card = crate::cards::ModelCard {
+        base_model: bundled(&base).then_some(crate::cards::BUNDLED_ENCODER),
+        base_dir: &base.display().to_string(),
+        data: crate::cards::DataSummary::of(&crate::stats::compute(&store)?),
+        train_pairs: data.len(),
+        heldout_pairs: held_data.len(),
+        holdout_share: args.holdout,
+        options: card_options(&args, &config, trainer.warmup_steps()),
+        steps: step,
+        seconds: start.elapsed().as_secs_f64(),
+        heldout_accuracy: evals.last().and_then(|e| e["accuracy"].as_f64()),
+        per_epoch: evals
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e["epoch"].as_u64()?,
+                    e["step"].as_u64()?,
+                    e["accuracy"].as_f64()?,
+                ))
+            })
+            .collect(),
+        loss_curve: crate::cards::loss_curve(&losses, 10),
+        eval_file: args
+            .eval
+            .as_deref()
+            .zip(file_evals.last())
+            .and_then(|(p, e)| {
+                Some((
+                    p.display().to_string(),
+                    e["pairs"].as_u64()? as usize,
+                    e["accuracy"].as_f64()?,
+                ))
+            }),
+        max_length: config.max_length,
+    }
+    .render();
+    checkpoint::save(&trainer.model, &base, &args.out, &meta, Some(&card))?;
     store.record_checkpoint(
         run_id,
         step,
@@ -347,6 +386,65 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether `dir` is the encoder `scripts/fetch-models.sh` fetched.
+fn bundled(dir: &Path) -> bool {
+    let canonical = |p: &Path| std::fs::canonicalize(p).ok();
+    canonical(dir).is_some() && canonical(dir) == canonical(Path::new(DEFAULT_ENCODER_DIR))
+}
+
+/// The training options as the model card lists them.
+fn card_options(args: &TrainArgs, c: &TrainConfig, warmup_steps: u64) -> Vec<(String, String)> {
+    let mut rows = vec![
+        ("learning rate".to_string(), format!("{:e}", c.lr)),
+        (
+            "schedule".into(),
+            match args.schedule {
+                Schedule::Linear => {
+                    format!("linear: {warmup_steps} warm-up step(s), then decay to 0")
+                }
+                Schedule::Constant => format!("constant after {warmup_steps} warm-up step(s)"),
+            },
+        ),
+        (
+            "length of training".into(),
+            match args.steps {
+                Some(s) => format!("{s} steps"),
+                None => format!("{} epochs", args.epochs),
+            },
+        ),
+        ("pairs per batch".into(), c.batch_pairs.to_string()),
+        ("longest input (tokens)".into(), c.max_length.to_string()),
+        (
+            "optimizer".into(),
+            format!(
+                "AdamW, weight decay {}, gradient norm clipped at {}",
+                c.weight_decay, c.max_grad_norm
+            ),
+        ),
+        (
+            "dropout".into(),
+            if c.dropout { "on" } else { "off" }.into(),
+        ),
+        (
+            "loss".into(),
+            if c.use_margin {
+                "Bradley-Terry with margins"
+            } else {
+                "Bradley-Terry"
+            }
+            .into(),
+        ),
+    ];
+    if c.center_coef > 0.0 {
+        rows.push(("reward centering".into(), c.center_coef.to_string()));
+    }
+    if c.length_aux > 0.0 {
+        rows.push(("length objective weight".into(), c.length_aux.to_string()));
+    }
+    rows.push(("seed".into(), c.seed.to_string()));
+    rows
 }
 
 fn load_trained(dir: &Path, args: &crate::cli::ModelArgs) -> Result<Trainer> {

@@ -12,6 +12,12 @@ pub enum ExportFormat {
     Trl,
     /// The same with `prompt` a message list and `chosen`/`rejected` assistant turns.
     TrlConversational,
+    /// The `trl` rows as a Parquet file (`--out` or standard output).
+    Parquet,
+    /// TRL's unpaired form, `{prompt, completion, label}`: a decisive judgement gives
+    /// its chosen response as desirable and the other as undesirable, both-bad gives
+    /// both as undesirable; ties carry no preference and are left out.
+    Kto,
     /// The `trl` columns plus annotator and time, as CSV.
     Csv,
     /// Every label row as recorded, undone ones included.
@@ -27,6 +33,8 @@ pub enum ExportError {
     Io(#[from] io::Error),
     #[error("writing the export: {0}")]
     Csv(#[from] csv::Error),
+    #[error("writing the export: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -102,18 +110,63 @@ impl Votes {
 }
 
 /// Writes the labels matching `filter` to `out`, one row at a time; `trl`,
-/// `trl-conversational` and `csv` write one row per pair under `rule`.
+/// `trl-conversational`, `parquet`, `kto` and `csv` write one pair's verdict under
+/// `rule` (every judgement with `Rule::All`).
 pub fn export(
     store: &Store,
     format: ExportFormat,
     filter: &LabelFilter,
     rule: Rule,
-    out: impl Write,
+    out: impl Write + Send,
 ) -> Result<ExportReport, ExportError> {
     let mut out = io::BufWriter::new(out);
     let mut report = ExportReport::default();
     let mut rows = 0;
     match format {
+        ExportFormat::Parquet => {
+            // The margin column is there when a row has a margin, as in `trl`'s
+            // JSON Lines (where it is a key of those rows): a first pass looks.
+            let mut with_margin = false;
+            for_each_row(
+                store,
+                filter,
+                rule,
+                &mut ExportReport::default(),
+                |_, choice, margin, _| {
+                    with_margin |= margin.is_some() && choice.winner().is_some();
+                    Ok(())
+                },
+            )?;
+            let mut w = super::parquet::TableWriter::new(
+                &mut out,
+                &["prompt", "chosen", "rejected"],
+                with_margin.then_some("margin"),
+            )?;
+            for_each_row(
+                store,
+                filter,
+                rule,
+                &mut report,
+                |row, choice, margin, _| {
+                    if let Some((chosen, rejected)) = row.chosen_rejected_for(choice) {
+                        w.push(&[&row.prompt.text, chosen, rejected], margin)?;
+                        rows += 1;
+                    }
+                    Ok(())
+                },
+            )?;
+            w.finish()?;
+        }
+        ExportFormat::Kto => {
+            for_each_row(store, filter, rule, &mut report, |row, choice, _, _| {
+                for v in kto_records(row, choice) {
+                    serde_json::to_writer(&mut out, &v).map_err(io::Error::from)?;
+                    out.write_all(b"\n")?;
+                    rows += 1;
+                }
+                Ok(())
+            })?;
+        }
         ExportFormat::Trl | ExportFormat::TrlConversational => {
             let conversational = format == ExportFormat::TrlConversational;
             for_each_row(
@@ -259,6 +312,20 @@ pub fn trl_record(
         m.insert("margin".into(), json!(margin));
     }
     Some(v)
+}
+
+/// The `kto` lines for `row`'s pair decided as `choice`: the winner desirable and
+/// the loser not; both responses undesirable when both are bad; none for a tie.
+pub fn kto_records(row: &LabelRow, choice: Choice) -> Vec<Value> {
+    let line = |completion: &str, label: bool| json!({"prompt": row.prompt.text, "completion": completion, "label": label});
+    match choice {
+        Choice::Tie => Vec::new(),
+        Choice::BothBad => vec![line(&row.response_a, false), line(&row.response_b, false)],
+        Choice::A | Choice::B => match row.chosen_rejected_for(choice) {
+            Some((chosen, rejected)) => vec![line(chosen, true), line(rejected, false)],
+            None => Vec::new(),
+        },
+    }
 }
 
 fn raw_record(row: &LabelRow) -> Value {

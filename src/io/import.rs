@@ -1,4 +1,5 @@
-//! `duel import`: JSON Lines or CSV, validated, streamed, one transaction per file.
+//! `duel import`: JSON Lines, CSV (either gzipped) or Parquet, validated, streamed,
+//! one transaction per file.
 
 use crate::domain::{Choice, Message, Prompt, split_at_last_assistant};
 use crate::store::{InsertOutcome, NewPair, PairDigests, PairWriter, Store, StoreError};
@@ -12,13 +13,20 @@ use std::path::{Path, PathBuf};
 pub enum Format {
     Jsonl,
     Csv,
+    Parquet,
 }
 
 impl Format {
-    /// By extension: `.csv` is CSV, anything else (`.jsonl`, `.json`, `.ndjson`) JSON Lines.
+    /// By extension, a last `.gz` aside: `.csv` is CSV, `.parquet` Parquet, anything
+    /// else (`.jsonl`, `.json`, `.ndjson`) JSON Lines. Whether a file is gzipped is
+    /// read from its first bytes, not its name.
     pub fn from_path(path: &Path) -> Format {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some(e) if e.eq_ignore_ascii_case("csv") => Format::Csv,
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let lower = name.to_ascii_lowercase();
+        let stem = lower.strip_suffix(".gz").unwrap_or(&lower);
+        match Path::new(stem).extension().and_then(|e| e.to_str()) {
+            Some("csv") => Format::Csv,
+            Some("parquet" | "pq") => Format::Parquet,
             _ => Format::Jsonl,
         }
     }
@@ -65,14 +73,14 @@ pub struct RecordError {
 }
 
 impl RecordError {
-    fn new(field: Option<&str>, message: impl Into<String>) -> RecordError {
+    pub(crate) fn new(field: Option<&str>, message: impl Into<String>) -> RecordError {
         RecordError {
             field: field.map(str::to_owned),
             message: message.into(),
             not_a_pair: false,
         }
     }
-    fn field(field: &str, message: impl Into<String>) -> RecordError {
+    pub(crate) fn field(field: &str, message: impl Into<String>) -> RecordError {
         Self::new(Some(field), message)
     }
     fn not_a_pair(field: &str, message: impl Into<String>) -> RecordError {
@@ -93,17 +101,29 @@ impl fmt::Display for RecordError {
     }
 }
 
-/// A bad record, located.
+/// A bad record, located: by its line in a text file, by its row in a Parquet file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
     pub file: PathBuf,
     pub line: u64,
     pub error: RecordError,
+    /// `line` counts Parquet rows (from 1), not lines.
+    pub row: bool,
 }
 
 impl fmt::Display for LineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.file.display(), self.line, self.error)
+        if self.row {
+            write!(
+                f,
+                "{}: row {}: {}",
+                self.file.display(),
+                self.line,
+                self.error
+            )
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.error)
+        }
     }
 }
 
@@ -154,15 +174,46 @@ pub fn import_file(
     let file = File::open(path).map_err(io_err)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     bar.set_message(path.display().to_string());
-    let reader = BufReader::with_capacity(1 << 20, bar.wrap_read(file));
-    let format = opts.format.unwrap_or_else(|| Format::from_path(path));
+    let mut reader = BufReader::with_capacity(1 << 20, bar.wrap_read(file));
+    let head = reader.fill_buf().map_err(io_err)?;
+    let gzipped = head.starts_with(&GZIP_MAGIC);
+    let format = opts
+        .format
+        .unwrap_or_else(|| match Format::from_path(path) {
+            // A Parquet file under another name is still one.
+            Format::Jsonl if super::parquet::is_parquet(head) => Format::Parquet,
+            f => f,
+        });
+    let input = match format {
+        Format::Parquet if gzipped => {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a gzipped Parquet file: decompress it first (Parquet compresses inside)",
+            )));
+        }
+        Format::Parquet => {
+            drop(reader);
+            Input::Parquet(File::open(path).map_err(io_err)?)
+        }
+        text if gzipped => Input::Text(
+            Box::new(BufReader::with_capacity(
+                1 << 20,
+                flate2::bufread::MultiGzDecoder::new(reader),
+            )),
+            text,
+        ),
+        text => Input::Text(Box::new(reader), text),
+    };
+    let template = match input {
+        // Rows, counted by the reader: the file is read by seeking, not in order.
+        Input::Parquet(_) => "{msg} [{bar:30}] {pos}/{len} rows {per_sec} eta {eta}",
+        Input::Text(..) => "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let source = path.display().to_string();
 
     // A larger page cache keeps the random-keyed hash indexes in memory while a file
@@ -172,7 +223,7 @@ pub fn import_file(
     // so foreign keys are not checked row by row; they are back on afterwards.
     store.set_foreign_keys(false)?;
     let rollback = rollback_journal(store)?;
-    let result = import_in_tx(store, path, opts, reader, format, &source, &bar);
+    let result = import_in_tx(store, path, opts, input, &source, &bar);
     if rollback {
         // Back to WAL, which the labeler relies on; should this fail, the next
         // `Store::open` sets it again.
@@ -208,6 +259,15 @@ fn rollback_journal(store: &Store) -> Result<bool, ImportError> {
     Ok(store.holds_no_pairs()? && store.try_rollback_journal())
 }
 
+/// The first two bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// What an import reads: text (perhaps decompressed on the way) or a Parquet file.
+enum Input {
+    Text(Box<dyn BufRead + Send>, Format),
+    Parquet(File),
+}
+
 /// Page cache used while importing, in KiB.
 const IMPORT_CACHE_KIB: i64 = 64 * 1024;
 
@@ -221,8 +281,7 @@ fn import_in_tx(
     store: &mut Store,
     path: &Path,
     opts: &ImportOptions,
-    reader: impl BufRead + Send,
-    format: Format,
+    input: Input,
     source: &str,
     bar: &indicatif::ProgressBar,
 ) -> Result<ImportReport, ImportError> {
@@ -234,6 +293,7 @@ fn import_in_tx(
         file: path.to_owned(),
         ..Default::default()
     };
+    let rows = matches!(input, Input::Parquet(_));
     // Parsing and hashing run on a second thread while this one writes.
     store.import(|writer| {
         std::thread::scope(|scope| -> Result<(), ImportError> {
@@ -262,7 +322,10 @@ fn import_in_tx(
                     }
                     Ok(())
                 };
-                read_records(reader, format, limit, &mut sink)?;
+                match input {
+                    Input::Text(reader, format) => read_records(reader, format, limit, &mut sink)?,
+                    Input::Parquet(file) => super::parquet::read_rows(file, limit, bar, &mut sink)?,
+                }
                 if !batch.is_empty() {
                     let _ = send.send(batch);
                 }
@@ -272,8 +335,8 @@ fn import_in_tx(
             let mut decided = false;
             'outer: for batch in recv.iter() {
                 for (line, parsed) in batch {
-                    if let Err(e) = write_one(writer, &mut report, opts, path, source, line, parsed)
-                    {
+                    let at = (path, line, rows);
+                    if let Err(e) = write_one(writer, &mut report, opts, at, source, parsed) {
                         written = Err(e);
                         break 'outer;
                     }
@@ -302,6 +365,11 @@ fn import_in_tx(
             written?;
             parsed.map_err(|e| match e {
                 ImportError::Io { source, .. } => io_err(source),
+                ImportError::Record(located) => ImportError::Record(LineError {
+                    file: path.to_owned(),
+                    row: rows,
+                    ..located
+                }),
                 other => other,
             })
         })
@@ -334,9 +402,8 @@ fn write_one(
     writer: &mut PairWriter<'_, '_, '_>,
     report: &mut ImportReport,
     opts: &ImportOptions,
-    path: &Path,
+    (path, line, row): (&Path, u64, bool),
     source: &str,
-    line: u64,
     parsed: Result<(NewPair, PairDigests), RecordError>,
 ) -> Result<(), ImportError> {
     report.records += 1;
@@ -369,6 +436,7 @@ fn write_one(
                 file: path.to_owned(),
                 line,
                 error,
+                row,
             };
             if located.error.not_a_pair {
                 report.not_pairs.push(located);
@@ -433,7 +501,7 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
     hay.iter().position(|&b| b == needle)
 }
 
-fn too_long(len: usize, limit: usize) -> RecordError {
+pub(crate) fn too_long(len: usize, limit: usize) -> RecordError {
     RecordError::new(
         None,
         format!(
@@ -486,6 +554,10 @@ pub fn read_records(
     match format {
         Format::Jsonl => read_jsonl(r, limit, handle),
         Format::Csv => read_csv(r, limit, handle),
+        Format::Parquet => Err(ImportError::Io {
+            file: PathBuf::new(),
+            source: io::Error::other("Parquet is read from a file, not a stream"),
+        }),
     }
 }
 
@@ -500,7 +572,7 @@ pub fn parse_json_line(bytes: &[u8]) -> Result<NewPair, RecordError> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| RecordError::new(None, format!("invalid JSON: {e}")))?;
     match value {
-        Value::Object(map) => parse_record(map),
+        Value::Object(map) => parse_map(map),
         other => Err(RecordError::new(
             None,
             format!("expected a JSON object, found {}", type_name(&other)),
@@ -529,8 +601,8 @@ const KNOWN: [&str; 7] = [
     "meta",
 ];
 
-/// Turns one record (from JSON or CSV) into a pair.
-fn parse_record(mut map: Map<String, Value>) -> Result<NewPair, RecordError> {
+/// Turns one record (from JSON, CSV or a Parquet row) into a pair.
+pub(crate) fn parse_map(mut map: Map<String, Value>) -> Result<NewPair, RecordError> {
     let has = |m: &Map<String, Value>, k: &str| m.contains_key(k);
     let unlabeled = has(&map, "response_a") || has(&map, "response_b");
     let labeled = has(&map, "chosen") || has(&map, "rejected");
@@ -798,6 +870,7 @@ fn read_csv(
                 file: PathBuf::new(),
                 line,
                 error: RecordError::new(None, format!("CSV: {other:?}")),
+                row: false,
             }),
         }
     };
@@ -869,7 +942,7 @@ fn csv_record(headers: &[String], rec: &csv::ByteRecord) -> Result<NewPair, Reco
         };
         map.insert(name.clone(), value);
     }
-    parse_record(map)
+    parse_map(map)
 }
 
 #[cfg(test)]

@@ -1,4 +1,6 @@
-//! Files in and out: import (formats, validation) and export (trl, csv, raw).
+//! Files in and out: import (formats, validation), export (trl, kto, csv, raw) and
+//! Parquet both ways.
 
 pub mod export;
 pub mod import;
+pub mod parquet;

@@ -79,6 +79,7 @@ pub fn save(
     base_dir: &Path,
     out: &Path,
     meta: &serde_json::Value,
+    card: Option<&str>,
 ) -> Result<(), CheckpointError> {
     let parent = out
         .parent()
@@ -144,6 +145,9 @@ pub fn save(
     }
     let meta_bytes = serde_json::to_vec_pretty(meta).unwrap_or_default();
     write_synced(&tmp.join("duel.json"), &meta_bytes)?;
+    if let Some(card) = card {
+        write_synced(&tmp.join("README.md"), card.as_bytes())?;
+    }
 
     // Swap: out -> old, tmp -> out, drop old.
     let old = parent.join(format!(".{name}.old-{}", std::process::id()));

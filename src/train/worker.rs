@@ -515,6 +515,7 @@ impl Worker {
             &self.cfg.base_dir,
             &self.cfg.out_dir,
             &meta,
+            None,
         )?;
         *dirty = false;
         let e = TrainerEvent::Checkpointed {

@@ -23,6 +23,47 @@ pub fn write_tiny_model(dir: &Path, seed: u64) {
     .expect("tiny model");
 }
 
+/// The Python with `datasets`, `trl` and `huggingface_hub`, made by
+/// `scripts/pyenv.sh` (which `make test` runs).
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("DUEL_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"));
+    assert!(
+        p.exists(),
+        "{} missing: run `make test` (it creates .venv with `datasets`)",
+        p.display()
+    );
+    p
+}
+
+/// Runs `script` with `args` in that Python, offline, and returns the JSON value
+/// it printed last.
+pub fn py_json(script: &str, args: &[&Path]) -> serde_json::Value {
+    let home = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(python())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", home.path().join("hf"))
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(
+        out.stdout
+            .rsplit(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .expect("output"),
+    )
+    .expect("json")
+}
+
 pub fn demo() -> PathBuf {
     repo().join("data/demo_pairs.jsonl")
 }
