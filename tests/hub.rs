@@ -406,3 +406,30 @@ print(json.dumps({"dataset": d.data.to_dict(), "dataset_text": d.text,
     assert!(text.contains("| 1 | 0."), "{text}");
     assert!(text.contains("47 judgements by 4 annotators"), "{text}");
 }
+
+/// A large Parquet import sets the indexes aside as a JSON Lines one does (the bar
+/// that decides it counts rows, not the bytes read to recognise the file).
+#[test]
+fn a_large_parquet_import_defers_its_indexes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("many.parquet");
+    let mut w = duel::io::parquet::TableWriter::new(
+        std::fs::File::create(&file).expect("create"),
+        &["prompt", "response_a", "response_b"],
+        None,
+    )
+    .expect("writer");
+    for i in 0..12_000 {
+        w.push(&[&format!("q{i}"), "yes", "no"], None).expect("row");
+    }
+    w.finish().expect("finish");
+    let mut store = Store::open(&dir.path().join("d.db")).expect("open");
+    let report = duel::io::import::import_file(
+        &mut store,
+        &file,
+        &duel::io::import::ImportOptions::default(),
+    )
+    .expect("import");
+    assert_eq!(report.inserted, 12_000);
+    assert!(report.rebuilt_indexes);
+}

@@ -124,6 +124,8 @@ pub(super) fn bench_import(
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let parse_secs = parse_start.elapsed().as_secs_f64();
+    // The reader's memory (and the writer's before it), before the database has any.
+    let parse_rss = peak_rss_mb();
     let mut store = if crate::store::is_postgres_url(db) {
         let s = Store::open(db)?;
         if s.pair_count()? > 0 {
@@ -169,6 +171,7 @@ pub(super) fn bench_import(
         "import_pairs_per_s": report.inserted as f64 / secs,
         "peak_rss_mb": peak_rss_mb(),
         "parse_only_pairs_per_s": pairs as f64 / parse_secs,
+        "parse_only_peak_rss_mb": parse_rss,
     });
     if json {
         println!("{result}");

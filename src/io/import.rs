@@ -193,7 +193,10 @@ pub fn import_file(
             )));
         }
         Format::Parquet => {
+            // The bar counts rows from here (the reader sets the length), not the
+            // bytes read to look at the file's start.
             drop(reader);
+            bar.set_position(0);
             Input::Parquet(File::open(path).map_err(io_err)?)
         }
         text if gzipped => Input::Text(
