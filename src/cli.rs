@@ -30,7 +30,7 @@ pub enum Command {
     /// Create or upgrade the database's schema and print its version (every other
     /// command does this too when it opens the database).
     Migrate,
-    /// Import pairs from JSON Lines or CSV files.
+    /// Import pairs from JSON Lines, CSV or Parquet files (JSON Lines and CSV may be gzipped).
     Import(ImportArgs),
     /// Judge pairs in the terminal.
     Label(LabelArgs),
@@ -68,7 +68,8 @@ pub struct ImportArgs {
     /// Files to import; each is one transaction.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
-    /// Force the format instead of going by extension.
+    /// Force the format instead of going by extension (`.parquet`, `.csv`, else JSON Lines;
+    /// a trailing `.gz` is looked past, and gzip is known by the file's first bytes).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     /// Import the good records and report the bad ones instead of stopping.

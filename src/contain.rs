@@ -19,7 +19,7 @@ use std::thread::ThreadId;
 
 thread_local! {
     static CONTAINED: Cell<bool> = const { Cell::new(false) };
-    static LAST: RefCell<Option<String>> = const { RefCell::new(None) };
+    static LAST: RefCell<Option<Panic>> = const { RefCell::new(None) };
 }
 
 /// The thread that draws the labeler and how to give the terminal back, while the
@@ -41,16 +41,28 @@ fn payload_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic with no message".into())
 }
 
-fn describe(info: &PanicHookInfo<'_>) -> String {
-    let msg = payload_text(info.payload());
-    match info.location() {
-        Some(l) => format!(
-            "panicked at {}:{}:{}: {msg}",
-            l.file(),
-            l.line(),
-            l.column()
-        ),
-        None => format!("panicked: {msg}"),
+/// A caught panic: its message and, where the hook saw it, the source place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Panic {
+    pub message: String,
+    pub place: Option<String>,
+}
+
+impl std::fmt::Display for Panic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.place {
+            Some(place) => write!(f, "panicked at {place}: {}", self.message),
+            None => write!(f, "panicked: {}", self.message),
+        }
+    }
+}
+
+fn describe(info: &PanicHookInfo<'_>) -> Panic {
+    Panic {
+        message: payload_text(info.payload()),
+        place: info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
     }
 }
 
@@ -67,10 +79,10 @@ pub fn install_hook() {
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if contained_here() {
-            let msg = describe(info);
+            let panic = describe(info);
             let thread = std::thread::current();
-            tracing::error!(thread = thread.name().unwrap_or("unnamed"), "{msg}");
-            LAST.with(|l| *l.borrow_mut() = Some(msg));
+            tracing::error!(thread = thread.name().unwrap_or("unnamed"), "{panic}");
+            LAST.with(|l| *l.borrow_mut() = Some(panic));
         } else {
             if let Some((_, restore)) = ui() {
                 restore();
@@ -96,19 +108,23 @@ pub fn ui_ended() {
 /// Runs `f` on this thread, contained: a panic becomes `Err` holding its message
 /// and, where the hook saw it, its location.
 pub fn run<T>(name: &str, f: impl FnOnce() -> T) -> Result<T, String> {
-    catch(f).map_err(|msg| format!("the {name} thread {msg}"))
+    catch(f).map_err(|panic| format!("the {name} thread {panic}"))
 }
 
 /// Runs `f` contained, as `run` does, for code that may panic on what it reads (a
-/// library decoding an untrusted file): `Err` holds `panicked at <where>: <message>`.
-pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+/// library decoding an untrusted file): `Err` holds the panic's message and place
+/// (the place is logged too).
+pub fn catch<T>(f: impl FnOnce() -> T) -> Result<T, Panic> {
     let was = CONTAINED.with(|c| c.replace(true));
     LAST.with(|l| l.borrow_mut().take());
     let result = std::panic::catch_unwind(AssertUnwindSafe(f));
     CONTAINED.with(|c| c.set(was));
     result.map_err(|payload| {
         LAST.with(|l| l.borrow_mut().take())
-            .unwrap_or_else(|| format!("panicked: {}", payload_text(payload.as_ref())))
+            .unwrap_or_else(|| Panic {
+                message: payload_text(payload.as_ref()),
+                place: None,
+            })
     })
 }
 

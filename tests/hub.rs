@@ -200,6 +200,9 @@ data = open(out + "/whole.parquet", "rb").read()
 open(out + "/cut.parquet", "wb").write(data[: len(data) // 2])
 z = gzip.compress(b''.join(b'{"prompt": "q%d", "chosen": "a", "rejected": "b"}\n' % i for i in range(2000)))
 open(out + "/cut.jsonl.gz", "wb").write(z[: len(z) // 2])
+open(out + "/gzipped.parquet.gz", "wb").write(gzip.compress(data))
+pq.write_table(pa.Table.from_pylist([{"prompt": "p", "chosen": "a", "rejected": "b"}] * 3),
+               out + "/brotli.parquet", compression="brotli")
 print("{}")
 "#;
     py_json(script, &[dir.path()]);
@@ -222,13 +225,22 @@ print("{}")
         dir.path().join("crash.parquet"),
     )
     .expect("copy");
-    for cut in ["cut.parquet", "cut.jsonl.gz", "crash.parquet"] {
+    for cut in [
+        "cut.parquet",
+        "cut.jsonl.gz",
+        "crash.parquet",
+        "gzipped.parquet.gz",
+    ] {
         let path = dir.path().join(cut);
-        let out = duel(&db, &["import", s(&path)]);
-        assert_eq!(out.status.code(), Some(2), "{cut}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&path.display().to_string()), "{err}");
-        assert!(!err.contains("RUST_BACKTRACE"), "{err}");
+        // --skip-invalid skips records, never a file that cannot be read whole.
+        for args in [vec!["import"], vec!["import", "--skip-invalid"]] {
+            let out = duel(&db, &[&args[..], &[s(&path)]].concat());
+            assert_eq!(out.status.code(), Some(2), "{cut} {args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(!err.contains("RUST_BACKTRACE"), "{err}");
+            assert!(!err.contains("panicked"), "{err}");
+        }
     }
     assert_eq!(pair_count(&db), pairs);
     assert_eq!(exports(&db), before);
@@ -237,6 +249,12 @@ print("{}")
     let said = ok(&out);
     assert!(said.contains("row 3: field `chosen`"), "{said}");
     assert_eq!(pair_count(&db), pairs + 4);
+    // Every compression pyarrow writes is read (its three rows are one pair).
+    ok(&duel(
+        &db,
+        &["import", s(&dir.path().join("brotli.parquet"))],
+    ));
+    assert_eq!(pair_count(&db), pairs + 5);
 }
 
 /// Judgements of every kind on the demo pairs: decisive ones (one with a strength),

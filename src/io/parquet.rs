@@ -46,10 +46,12 @@ pub fn read_rows<R: ChunkReader + 'static>(
     progress: &indicatif::ProgressBar,
     handle: &mut impl FnMut(u64, Result<NewPair, RecordError>) -> Result<(), ImportError>,
 ) -> Result<(), ImportError> {
+    // The panic's place is inside the crate, of no use to the user: it goes to the log.
     crate::contain::catch(|| read_rows_unguarded(file, limit, progress, handle)).unwrap_or_else(
-        |msg| {
+        |panic| {
             Err(bad_file(format!(
-                "not a readable Parquet file: the reader {msg}"
+                "not a readable Parquet file: the reader failed ({})",
+                panic.message
             )))
         },
     )
