@@ -354,6 +354,12 @@ pub struct TrainArgs {
     #[arg(long, value_name = "on|off", default_value = "on", action = clap::ArgAction::Set,
           hide_possible_values = true, value_parser = clap::builder::BoolishValueParser::new())]
     pub dropout: bool,
+    /// How a model trained from the base encoder reads its tokens: `cls` (the first
+    /// token, as BERT classifiers do) or `mean` (their mean, through one added
+    /// encoder layer; the model stays a BertForSequenceClassification). A trained
+    /// model, resumed, keeps its own.
+    #[arg(long, value_enum, default_value = "cls")]
+    pub pooling: crate::train::Pooling,
     /// Also measure accuracy on this labeled file after each epoch
     /// (JSON Lines with `prompt`, `chosen`, `rejected`, as `duel eval` reads).
     #[arg(long, value_name = "FILE")]
@@ -373,7 +379,7 @@ pub struct LearnArgs {
     pub file: PathBuf,
     /// A set of training options to measure, as `NAME=OPTIONS` with the options of
     /// `duel train` that shape learning (`--lr`, `--length-aux`, `--schedule`,
-    /// `--warmup`, `--dropout`, `--center`, `--epochs`); what it leaves out is the
+    /// `--warmup`, `--dropout`, `--pooling`, `--center`, `--epochs`); what it leaves out is the
     /// default. Repeat to compare: each is compared with the first.
     /// [default: `defaults=`]
     #[arg(long = "option", value_name = "NAME=OPTIONS")]
@@ -518,6 +524,31 @@ pub enum BenchCommand {
     /// (folds by prompt), the live model measured as labels arrive, against
     /// `duel train` on the same labels.
     Live(LiveArgs),
+    /// What the annotator waits for: the real labeler, drawing off screen, on a
+    /// database of many pairs with the live trainer and the generator feed running;
+    /// keys are timed from sending to the end of the next frame (p50, p99, max) on a
+    /// pair with 1 MB responses and on ordinary pairs.
+    Ui {
+        #[arg(long, default_value_t = 1_000_000)]
+        pairs: u64,
+        /// Judgement keys sent on ordinary pairs (and up to 100 scrolling keys on the
+        /// 1 MB pair before them).
+        #[arg(long, default_value_t = 300)]
+        keys: usize,
+        /// Pause after each key's frame, in milliseconds (a quick annotator's pace).
+        #[arg(long, default_value_t = 150)]
+        gap_ms: u64,
+        /// Without the live trainer.
+        #[arg(long)]
+        no_train: bool,
+        /// Without the generator feed.
+        #[arg(long)]
+        no_feed: bool,
+        #[command(flatten)]
+        sampling: GenOptions,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import speed: writes a synthetic file of pairs and imports it into a new
     /// SQLite file, or into the empty PostgreSQL database `--db` names.
     Import {

@@ -8,7 +8,7 @@ use common::repo;
 use duel::model::bert::RewardModel;
 use duel::model::ops::log_sigmoid;
 use duel::model::{TextEncoder, checkpoint};
-use duel::train::{Encoded, Example, TrainConfig, Trainer, epoch_batches};
+use duel::train::{Encoded, Example, Pooling, TrainConfig, Trainer, epoch_batches};
 use std::path::PathBuf;
 
 fn fixture() -> PathBuf {
@@ -522,8 +522,16 @@ fn python() -> PathBuf {
 /// inputs long enough to be cut: the Python side cuts them by the documented rule
 /// (the response first, then the end of the prompt), so a difference in truncation,
 /// tokenization, pooling or the head fails it.
+/// With each pooling: mean pooling's added layer must run in `transformers` as it
+/// runs here.
 #[test]
 fn an_exported_model_loads_in_transformers_and_scores_the_same() {
+    for pooling in [Pooling::Cls, Pooling::Mean] {
+        exported_model_scores_the_same_in_transformers(pooling);
+    }
+}
+
+fn exported_model_scores_the_same_in_transformers(pooling: Pooling) {
     let dir = tempfile::tempdir().expect("tmp");
     let max_length = 64;
     let mut tr = Trainer::load(
@@ -532,10 +540,13 @@ fn an_exported_model_loads_in_transformers_and_scores_the_same() {
             lr: 1e-4,
             max_length,
             warmup_ratio: 0.0,
+            pooling,
             ..Default::default()
         },
     )
     .expect("load MiniLM");
+    let layers = if pooling == Pooling::Mean { 7 } else { 6 };
+    assert_eq!(tr.model.config.num_hidden_layers, layers);
     let data = tr.encode(&rule_examples(8)).expect("encode");
     let batch: Vec<&Encoded> = data.iter().collect();
     for _ in 0..2 {
@@ -550,6 +561,10 @@ fn an_exported_model_loads_in_transformers_and_scores_the_same() {
         None,
     )
     .expect("save");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).expect("config"))
+            .expect("json");
+    assert_eq!(config["num_hidden_layers"], layers);
 
     let long_prompt = "Earlier in this conversation we talked about many things. ".repeat(12)
         + "Now: what is the capital of France?";
@@ -655,7 +670,7 @@ print(json.dumps({"rewards": out, "untruncated_lengths": lengths}))
     for (a, b) in ours.iter().zip(&theirs) {
         assert!(
             (a - b).abs() < 1e-4,
-            "duel {ours:?} vs transformers {theirs:?}"
+            "{pooling:?}: duel {ours:?} vs transformers {theirs:?}"
         );
     }
     // The rewards differ between inputs (the head was trained, the cut kept content).
@@ -1223,4 +1238,44 @@ fn dropout_off_makes_training_steps_deterministic() {
     };
     assert!(step_with(false, 1) == step_with(false, 2));
     assert!(step_with(true, 1) != step_with(true, 2));
+}
+
+/// Mean pooling's added layer: every token attends to every other equally before
+/// training and after it (its queries and keys stay exactly zero), while the rest of
+/// the layer, and the model under it, learn.
+#[test]
+fn the_mean_layer_keeps_its_attention_uniform_while_the_rest_learns() {
+    let mut tr = tiny_trainer(
+        3,
+        TrainConfig {
+            lr: 1e-3,
+            warmup_ratio: 0.0,
+            ..Default::default()
+        },
+    );
+    let base_layers = tr.model.config.num_hidden_layers;
+    tr.model.add_mean_layer().expect("mean layer");
+    // The optimizer must see the added layer's tensors.
+    let mut tr = Trainer::new(tr.model, tr.encoder, tr.config).expect("trainer");
+    assert_eq!(tr.model.config.num_hidden_layers, base_layers + 1);
+    let prefix = format!("bert.encoder.layer.{base_layers}.");
+    let start = snapshot(&tr);
+    let data = tr.encode(&rule_examples(16)).expect("encode");
+    let batch: Vec<&Encoded> = data.iter().collect();
+    for _ in 0..5 {
+        tr.step(&batch).expect("step");
+    }
+    let end = snapshot(&tr);
+    for ((name, a), (_, b)) in start.iter().zip(&end) {
+        let in_mean_layer = name.starts_with(&prefix);
+        let attention =
+            name.contains("attention.self.query") || name.contains("attention.self.key");
+        if in_mean_layer && attention {
+            assert!(b.iter().all(|&x| x == 0.0), "{name} left zero");
+        } else if (in_mean_layer && name.ends_with("attention.self.value.weight"))
+            || (!in_mean_layer && !zero_by_math(name))
+        {
+            assert!(a != b, "{name} did not change");
+        }
+    }
 }

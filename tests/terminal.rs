@@ -310,3 +310,46 @@ fn three_labelers_with_training_on_train_one_model() {
     assert!(cat.quit().success());
     assert_eq!(holder(), None, "handed back on quit");
 }
+
+/// `duel bench ui` drives the real labeler: every key it times reached the app (the
+/// judgements it counts are the ones the keys made, the 1 MB pair's among them), and
+/// the live trainer ran beside it.
+#[test]
+fn bench_ui_times_every_key_it_sends_to_the_real_labeler() {
+    let out = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "ui",
+            "--pairs",
+            "2000",
+            "--keys",
+            "20",
+            "--gap-ms",
+            "0",
+            "--no-feed",
+            "--json",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    // 20 scrolling keys and the judgement on the 1 MB pair; 20 keys on ordinary pairs,
+    // of which every fifth scrolls.
+    assert_eq!(r["one_megabyte_pair"]["keys"], 21, "{r}");
+    assert_eq!(r["ordinary_pairs"]["keys"], 20, "{r}");
+    assert_eq!(r["judgements"], 1 + 16, "{r}");
+    for phase in ["one_megabyte_pair", "ordinary_pairs"] {
+        let p = &r[phase];
+        let (p50, p99, max) = (
+            p["p50_ms"].as_f64().expect("p50"),
+            p["p99_ms"].as_f64().expect("p99"),
+            p["max_ms"].as_f64().expect("max"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+    }
+    assert_eq!(r["trainer"], true, "{r}");
+}

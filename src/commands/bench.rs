@@ -16,7 +16,7 @@ pub(super) fn peak_rss_mb() -> Option<f64> {
 
 /// Pair `i` of the synthetic file: realistic shapes, a prompt shared by a few
 /// pairs, responses of a few hundred bytes with escapes and non-ASCII text.
-fn bench_pair(i: u64) -> [String; 4] {
+pub(super) fn bench_pair(i: u64) -> [String; 4] {
     [
         format!("bench-{i}"),
         format!(
@@ -35,7 +35,7 @@ fn bench_pair(i: u64) -> [String; 4] {
 const BENCH_COLUMNS: [&str; 4] = ["id", "prompt", "response_a", "response_b"];
 
 /// Writes the synthetic file of `pairs` pairs in `form` to `file`.
-fn write_bench_file(file: &std::path::Path, pairs: u64, form: BenchFile) -> Result<()> {
+pub(super) fn write_bench_file(file: &std::path::Path, pairs: u64, form: BenchFile) -> Result<()> {
     let out = std::io::BufWriter::new(std::fs::File::create(file)?);
     match form {
         BenchFile::Parquet => {

@@ -24,7 +24,7 @@ pub(crate) fn load_generator(arg: Option<&Path>) -> Result<Generator> {
     Generator::load(&existing_generator(arg)?).map_err(bad_gguf)
 }
 
-fn existing_generator(arg: Option<&Path>) -> Result<PathBuf> {
+pub(super) fn existing_generator(arg: Option<&Path>) -> Result<PathBuf> {
     let path = generator_path(arg);
     if !path.exists() {
         anyhow::bail!(super::BadInput(format!(

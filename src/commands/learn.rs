@@ -37,6 +37,8 @@ struct Variant {
     #[arg(long, action = clap::ArgAction::Set,
           value_parser = clap::builder::BoolishValueParser::new())]
     dropout: Option<bool>,
+    #[arg(long, value_enum)]
+    pooling: Option<crate::train::Pooling>,
     #[arg(long, allow_negative_numbers = true)]
     center: Option<f64>,
     #[arg(long)]
@@ -97,6 +99,7 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
             warmup_ratio,
             center_coef,
             dropout: v.dropout.unwrap_or(defaults.dropout),
+            pooling: v.pooling.unwrap_or(defaults.pooling),
             batch_pairs: args.measure.model.batch as usize,
             max_length: args.measure.model.max_length,
             ..defaults

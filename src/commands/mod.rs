@@ -1,6 +1,7 @@
 //! What each subcommand does, for the thin binary.
 
 mod bench;
+mod bench_ui;
 mod export;
 mod generate;
 mod import;
@@ -47,6 +48,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 format,
                 json,
             } => bench::bench_import(pairs, format, json, &cli.db),
+            BenchCommand::Ui {
+                pairs,
+                keys,
+                gap_ms,
+                no_train,
+                no_feed,
+                sampling,
+                json,
+            } => bench_ui::bench_ui(bench_ui::UiBench {
+                pairs,
+                keys,
+                gap: std::time::Duration::from_millis(gap_ms),
+                train: !no_train,
+                feed: !no_feed,
+                sampling,
+                json,
+            }),
             BenchCommand::Learn(args) => learn::bench_learn(args),
             BenchCommand::Live(args) => live::bench_live(args),
             BenchCommand::Train {

@@ -222,6 +222,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         center_coef: args.center,
         warmup_ratio,
         dropout: args.dropout,
+        pooling: args.pooling,
         length_aux,
         ..Default::default()
     };
@@ -426,6 +427,14 @@ fn card_options(args: &TrainArgs, c: &TrainConfig, warmup_steps: u64) -> Vec<(St
         (
             "dropout".into(),
             if c.dropout { "on" } else { "off" }.into(),
+        ),
+        (
+            "pooling".into(),
+            match c.pooling {
+                crate::train::Pooling::Cls => "the first token ([CLS])",
+                crate::train::Pooling::Mean => "the mean of the tokens (an added encoder layer)",
+            }
+            .into(),
         ),
         (
             "loss".into(),

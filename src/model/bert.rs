@@ -472,6 +472,9 @@ pub struct RewardModel {
     pub layers: Vec<Layer>,
     pub pooler: Linear,
     pub classifier: Linear,
+    /// The reward head was read from the folder (a trained model), not initialised
+    /// (a base encoder).
+    pub head_from_file: bool,
 }
 
 /// Tensors by their names in the Hugging Face layout.
@@ -541,10 +544,12 @@ impl RewardModel {
             layers.push(Layer::from_vars(vars));
         }
         let h = config.hidden_size;
-        let classifier = match (
+        let found = (
             weights.get(CLASSIFIER_TENSORS[0]),
             weights.get(CLASSIFIER_TENSORS[1]),
-        ) {
+        );
+        let head_from_file = matches!(found, (Some(_), Some(_)));
+        let classifier = match found {
             (Some(w), Some(b)) => Linear {
                 weight: Var::from_tensor(&w.to_dtype(DType::F32)?)?,
                 bias: Var::from_tensor(&b.to_dtype(DType::F32)?)?,
@@ -570,6 +575,7 @@ impl RewardModel {
                 bias: get(pb)?,
             },
             classifier,
+            head_from_file,
             config,
         })
     }
@@ -689,6 +695,46 @@ impl RewardModel {
         let dropped = dropout(&pooled, cfg.hidden_dropout_prob, &mut rng)?;
         let rewards = self.classifier.forward(&dropped)?.squeeze(D::Minus1)?;
         Ok((rewards, pooled))
+    }
+}
+
+/// How many times the mean layer weighs the tokens' mean against the first token's
+/// own state (its residual) before the layer norm.
+pub const MEAN_LAYER_GAIN: f64 = 8.0;
+
+impl RewardModel {
+    /// Appends an encoder layer that gives the first position the mean of all the
+    /// tokens' states (mean pooling, which the bundled sentence encoder was trained
+    /// for), while the model stays a plain `BertForSequenceClassification` that
+    /// `transformers` runs unchanged. Its queries and keys are zero, so every token
+    /// attends to all the others equally; zero queries and keys also get zero
+    /// gradients, so the attention stays uniform while the rest trains. Its values
+    /// pass the states through, its output weighs their mean `MEAN_LAYER_GAIN` times
+    /// the first token's own state, and its feed-forward part starts at zero.
+    pub fn add_mean_layer(&mut self) -> Result<()> {
+        let (h, f) = (self.config.hidden_size, self.config.intermediate_size);
+        let cpu = &Device::Cpu;
+        let zeros = |shape: &[usize]| Var::zeros(shape, DType::F32, cpu);
+        let eye = |gain: f64| Var::from_tensor(&(Tensor::eye(h, DType::F32, cpu)? * gain)?);
+        let lin = |weight, bias| Linear { weight, bias };
+        let norm = || -> Result<Norm> {
+            Ok(Norm {
+                weight: Var::ones(h, DType::F32, cpu)?,
+                bias: zeros(&[h])?,
+            })
+        };
+        self.layers.push(Layer {
+            query: lin(zeros(&[h, h])?, zeros(&[h])?),
+            key: lin(zeros(&[h, h])?, zeros(&[h])?),
+            value: lin(eye(1.0)?, zeros(&[h])?),
+            attn_out: lin(eye(MEAN_LAYER_GAIN)?, zeros(&[h])?),
+            attn_norm: norm()?,
+            intermediate: lin(zeros(&[f, h])?, zeros(&[f])?),
+            output: lin(zeros(&[h, f])?, zeros(&[h])?),
+            out_norm: norm()?,
+        });
+        self.config.num_hidden_layers += 1;
+        Ok(())
     }
 }
 

@@ -127,6 +127,11 @@ pub fn save(
         m.insert("id2label".into(), serde_json::json!({"0": "LABEL_0"}));
         m.insert("label2id".into(), serde_json::json!({"LABEL_0": 0}));
         m.insert("num_labels".into(), serde_json::json!(1));
+        // Training may have added a layer (mean pooling).
+        m.insert(
+            "num_hidden_layers".into(),
+            serde_json::json!(model.config.num_hidden_layers),
+        );
         m.entry("model_type")
             .or_insert_with(|| serde_json::json!("bert"));
         m.remove("_name_or_path");

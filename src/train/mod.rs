@@ -45,6 +45,17 @@ impl Encoded {
 /// cross-validation on two development sets (docs/PERFORMANCE.md, "Learning").
 pub const DEFAULT_LR: f64 = 5e-5;
 
+/// How a fresh model reads the encoder's tokens (a trained model keeps its own way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The first token's state, as `BertForSequenceClassification` reads it.
+    Cls,
+    /// The mean of the tokens' states, through one more encoder layer
+    /// (`RewardModel::add_mean_layer`): still a `BertForSequenceClassification`.
+    Mean,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
     pub lr: f64,
@@ -63,6 +74,8 @@ pub struct TrainConfig {
     pub dropout: bool,
     /// Weight of the auxiliary length objective (`length::LengthProbe`), 0 for none.
     pub length_aux: f64,
+    /// How a fresh model pools the tokens (ignored when resuming a trained model).
+    pub pooling: Pooling,
 }
 
 impl Default for TrainConfig {
@@ -79,6 +92,7 @@ impl Default for TrainConfig {
             center_coef: 0.0,
             dropout: true,
             length_aux: 0.0,
+            pooling: Pooling::Cls,
         }
     }
 }
@@ -168,7 +182,10 @@ impl Trainer {
     /// checked against each other: every id the tokenizer gives has an embedding
     /// row, and `max_length` fits the position embeddings.
     pub fn load(dir: &Path, config: TrainConfig) -> std::result::Result<Trainer, ModelError> {
-        let model = crate::model::checkpoint::load(dir, config.seed)?;
+        let mut model = crate::model::checkpoint::load(dir, config.seed)?;
+        if config.pooling == Pooling::Mean && !model.head_from_file {
+            model.add_mean_layer()?;
+        }
         let tok = dir.join("tokenizer.json");
         let encoder = TextEncoder::load(&tok).map_err(|e| ModelError::file(&tok, e))?;
         let cfg = &model.config;

@@ -112,20 +112,40 @@ pub fn run(
     if mouse {
         execute!(std::io::stdout(), EnableMouseCapture)?;
     }
+    let input = spawn_input();
+    event_loop(&mut terminal, app, input, trainer, feed, |_| {})
+}
+
+/// The labeler's loop on any drawing backend: draw, wait for the next event (a key,
+/// the trainer, the generator feed, a tick), update, until the annotator quits.
+/// `drew` is called after each frame with whether the event before it was input
+/// (`duel bench ui` times key-to-frame with it).
+pub fn event_loop<B: ratatui::backend::Backend>(
+    terminal: &mut ratatui::Terminal<B>,
+    app: &mut App,
+    input: Receiver<Event>,
+    trainer: Option<Receiver<crate::train::messages::TrainerEvent>>,
+    feed: Option<Receiver<crate::generator::feed::FeedEvent>>,
+    mut drew: impl FnMut(bool),
+) -> anyhow::Result<()>
+where
+    B::Error: Send + Sync + 'static,
+{
     let size = terminal.size()?;
     app.update(Action::Resize {
         width: size.width,
         height: size.height,
     });
-    let input = spawn_input();
     let ticker = tick(Duration::from_millis(500));
     let mut trainer = trainer.unwrap_or_else(crossbeam_channel::never);
     let mut feed = feed.unwrap_or_else(crossbeam_channel::never);
     let mut cache = view::Cache::default();
+    let mut after_input = false;
     loop {
         let mut drawn = app::Drawn::default();
         terminal.draw(|f| drawn = view::draw(app, f, &mut cache))?;
         app.drawn(drawn);
+        drew(after_input);
         crate::contain::fault_point("ui");
         let ev = select! {
             recv(input) -> ev => match ev {
@@ -149,6 +169,7 @@ pub fn run(
             },
             recv(ticker) -> _ => AppEvent::Tick,
         };
+        after_input = matches!(ev, AppEvent::Input(_));
         match ev {
             AppEvent::Input(ev) => {
                 if let Some(action) = keys::action(&ev, &app.mode) {
