@@ -575,8 +575,15 @@ impl RewardModel {
         let bias: Vec<f32> = batch.mask.iter().map(|m| (m - 1.0) * 1e4).collect();
         let scale = 1.0 / (d.hd as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        // Without a tape only the first token's state leaves the last layer.
+        let mut first_only = false;
         for l in 0..cfg.num_hidden_layers {
             let lw = |i| w.layer(l, i);
+            if !keep && rng.is_none() && l + 1 == cfg.num_hidden_layers {
+                x = first_token_layer(d, &lw, &x, &bias, scale, eps);
+                first_only = true;
+                break;
+            }
             let q = linear(&x, d.n, h, lw(p::WQ), lw(p::BQ));
             let k = linear(&x, d.n, h, lw(p::WK), lw(p::BK));
             let v = linear(&x, d.n, h, lw(p::WV), lw(p::BV));
@@ -628,10 +635,15 @@ impl RewardModel {
             }
         }
 
-        let mut cls = buf(d.b * h);
-        for (b, c) in cls.chunks_mut(h).enumerate() {
-            c.copy_from_slice(&x[b * t * h..][..h]);
-        }
+        let cls = if first_only {
+            x
+        } else {
+            let mut cls = buf(d.b * h);
+            for (b, c) in cls.chunks_mut(h).enumerate() {
+                c.copy_from_slice(&x[b * t * h..][..h]);
+            }
+            cls
+        };
         let mut pooled = linear(&cls, d.b, h, w.tail(0), w.tail(1));
         for v in pooled.iter_mut() {
             *v = v.tanh();
@@ -854,6 +866,65 @@ fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
     (&mut lo[a], &mut hi[0])
 }
 
+/// An encoder layer (no dropout) computed for the first token of each sequence
+/// only, attending to all of them: what the pooler reads of the last layer. Keys and
+/// values are needed for every token, the rest for one row a sequence, so the last
+/// layer costs about a sixth of a full one when scoring.
+fn first_token_layer<'a>(
+    d: Dims,
+    lw: &impl Fn(usize) -> &'a [f32],
+    x: &[f32],
+    bias: &[f32],
+    scale: f32,
+    eps: f32,
+) -> Buf {
+    let (t, h, hd) = (d.t, d.h, d.hd);
+    let k = linear(x, d.n, h, lw(p::WK), lw(p::BK));
+    let v = linear(x, d.n, h, lw(p::WV), lw(p::BV));
+    let mut x0 = buf(d.b * h);
+    for (b, c) in x0.chunks_mut(h).enumerate() {
+        c.copy_from_slice(&x[b * t * h..][..h]);
+    }
+    let q = linear(&x0, d.b, h, lw(p::WQ), lw(p::BQ));
+    let mut ctx = buf(d.b * h);
+    ctx.par_chunks_mut(h).enumerate().for_each(|(b, c)| {
+        let bias = &bias[b * t..][..t];
+        let mut probs = vec![0f32; t];
+        for head in 0..d.nh {
+            let qh = &q[b * h + head * hd..][..hd];
+            let row = |j: usize| (b * t + j) * h + head * hd;
+            let mut max = f32::NEG_INFINITY;
+            for (j, pj) in probs.iter_mut().enumerate() {
+                let kj = &k[row(j)..][..hd];
+                let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum();
+                *pj = dot * scale + bias[j];
+                max = max.max(*pj);
+            }
+            let mut sum = 0f32;
+            for pj in probs.iter_mut() {
+                *pj = exp(*pj - max);
+                sum += *pj;
+            }
+            let out = &mut c[head * hd..][..hd];
+            out.fill(0.0);
+            for (j, &pj) in probs.iter().enumerate() {
+                let w = pj / sum;
+                for (o, &vj) in out.iter_mut().zip(&v[row(j)..][..hd]) {
+                    *o += w * vj;
+                }
+            }
+        }
+    });
+    drop((k, v, q));
+    let mut attn = linear(&ctx, d.b, h, lw(p::WO), lw(p::BO));
+    add_in_place(&mut attn, &x0);
+    let (x1, _, _) = ln_fwd(&attn, lw(p::G1), lw(p::B1), eps);
+    let act = gelu(&linear(&x1, d.b, h, lw(p::WI), lw(p::BI)));
+    let mut out = linear(&act, d.b, d.inter, lw(p::WOUT), lw(p::BOUT));
+    add_in_place(&mut out, &x1);
+    ln_fwd(&out, lw(p::G2), lw(p::B2), eps).0
+}
+
 /// Softmax attention per sequence and head: keeps the probabilities (before and,
 /// with a dropout `key`, after dropout) and writes the heads' outputs side by side
 /// into `ctx`.
@@ -1047,6 +1118,20 @@ mod tests {
 
     /// Padding gets exactly zero attention, not subnormal numbers: products over
     /// subnormals ran nine times slower on real (padded) batches.
+    /// Scoring computes the last layer for the first tokens only: the rewards are
+    /// those of the full forward, padding included, with and without a mean layer.
+    #[test]
+    fn scoring_gives_the_rewards_of_the_full_forward() {
+        let padded = padded();
+        let mut m = model(0.0);
+        for _ in 0..2 {
+            let (full, _) = m.forward_tape(&padded.batch(), None).expect("full");
+            let scored = m.rewards(&padded.batch()).expect("scored");
+            close(&scored, &full, 1e-5, "rewards");
+            m.add_mean_layer().expect("mean layer");
+        }
+    }
+
     #[test]
     fn padding_gets_zero_attention_and_nothing_is_subnormal() {
         let m = model(0.1);
