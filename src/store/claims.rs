@@ -340,9 +340,13 @@ mod tests {
 
     /// A store holding `n` pairs with ids 1 to `n`, each with its own prompt.
     fn store_with_pairs(n: usize) -> Store {
+        with_pairs(Store::open_in_memory().expect("store"), n)
+    }
+
+    /// `store`, empty, given `n` pairs with ids 1 to `n`, each with its own prompt.
+    fn with_pairs(mut store: Store, n: usize) -> Store {
         use crate::domain::Prompt;
         use crate::store::NewPair;
-        let mut store = Store::open_in_memory().expect("store");
         let pairs: Vec<NewPair> = (0..n)
             .map(|i| {
                 NewPair::new(
@@ -517,7 +521,13 @@ mod tests {
     /// passed over while another labeler held it.
     #[test]
     fn the_shuffled_walk_starts_by_salt_and_comes_round_to_passed_pairs() {
-        let mut store = store_with_pairs(20);
+        for store in crate::store::test_stores() {
+            the_shuffled_walk_starts_by_salt_and_comes_round_to_passed_pairs_on(store);
+        }
+    }
+
+    fn the_shuffled_walk_starts_by_salt_and_comes_round_to_passed_pairs_on(store: Store) {
+        let mut store = with_pairs(store, 20);
         let none = HashSet::new();
         let mut by_position: Vec<i64> = (1..=20).collect();
         by_position.sort_by_key(|&id| shuffle_position(id));
@@ -575,7 +585,17 @@ mod tests {
     /// round to a pair it passed over while another labeler held it.
     #[test]
     fn the_sequential_walk_comes_round_to_passed_pairs() {
-        let mut store = store_with_pairs(6);
+        for store in crate::store::test_stores() {
+            let engine = crate::store::engine(&store);
+            assert_eq!(
+                sequential_walk_on(with_pairs(store, 6)),
+                [1, 3, 4, 5, 6, 2],
+                "{engine}"
+            );
+        }
+    }
+
+    fn sequential_walk_on(mut store: Store) -> Vec<i64> {
         store.claim_pair("z", "zz", 2).expect("hold");
         let none = HashSet::new();
         let mut walk = QueueWalk::new(99);
@@ -590,6 +610,6 @@ mod tests {
             }
             judge(&mut store, "y", id);
         }
-        assert_eq!(served, [1, 3, 4, 5, 6, 2]);
+        served
     }
 }

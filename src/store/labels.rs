@@ -441,7 +441,12 @@ mod tests {
 
     #[test]
     fn labels_round_trip_and_undo_keeps_the_row() {
-        let mut s = Store::open_in_memory().expect("store");
+        for mut s in crate::store::test_stores() {
+            labels_round_trip_and_undo_keeps_the_row_on(&mut s);
+        }
+    }
+
+    fn labels_round_trip_and_undo_keeps_the_row_on(s: &mut Store) {
         s.insert_pairs(&[NewPair::new(
             Prompt::from_text("q".into()),
             "x".into(),
@@ -490,7 +495,13 @@ mod tests {
 
     #[test]
     fn a_label_for_a_missing_pair_is_refused() {
-        let mut s = Store::open_in_memory().expect("store");
-        assert!(s.record_label(&label(42, "ann", Choice::A)).is_err());
+        for mut s in crate::store::test_stores() {
+            let engine = crate::store::engine(&s);
+            assert!(
+                s.record_label(&label(42, "ann", Choice::A)).is_err(),
+                "{engine}"
+            );
+            assert_eq!(s.progress("ann").expect("progress").judged, 0, "{engine}");
+        }
     }
 }

@@ -372,6 +372,46 @@ pub(crate) const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 pub(crate) const NOW_POSTGRES: &str =
     "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')";
 
+/// The stores the store's own tests run on: a SQLite database in memory and, when
+/// the test server is there (`DUEL_TEST_PG`, which `scripts/with-postgres.sh` sets), a
+/// new database on it. With `DUEL_REQUIRE_PG` set the server must be there.
+#[cfg(test)]
+pub(crate) fn test_stores() -> Vec<Store> {
+    let mut stores = vec![Store::open_in_memory().expect("SQLite in memory")];
+    match std::env::var("DUEL_TEST_PG") {
+        Ok(admin) => {
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let name = format!(
+                "duel_unit_{}_{}",
+                std::process::id(),
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let mut c = ::postgres::Client::connect(&admin, ::postgres::NoTls)
+                .expect("connect to the test server");
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+                .expect("create a database");
+            let base = admin.rsplit_once('/').expect("a URL with a database").0;
+            let url = format!("{base}/{name}");
+            stores.push(Store::open(Path::new(&url)).expect("open the PostgreSQL database"));
+        }
+        Err(_) => assert!(
+            std::env::var_os("DUEL_REQUIRE_PG").is_none(),
+            "DUEL_REQUIRE_PG is set but DUEL_TEST_PG is not: run under scripts/with-postgres.sh"
+        ),
+    }
+    stores
+}
+
+/// The engine's name, for the messages of tests that run on both.
+#[cfg(test)]
+pub(crate) fn engine(s: &Store) -> &'static str {
+    if s.is_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
