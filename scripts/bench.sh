@@ -59,6 +59,9 @@ baseline() { # name command...
 step "import: $PAIRS pairs"
 "$BIN" bench import --db "$tmp/import.db" --pairs "$PAIRS" --json >"$OUT/import.json"
 
+step "the labeler: key to frame with the trainer and generator feed running"
+"$BIN" bench ui --pairs "$PAIRS" --json >"$OUT/ui.json"
+
 # Each duel figure right before its baseline, so the pair sees the same machine.
 step "reward model: training step and scoring"
 "$BIN" bench train --json >"$OUT/train.json"
@@ -132,6 +135,11 @@ if imp:
     print(f"| import, {imp['pairs']:,} pairs | {imp['import_pairs_per_s']:,.0f} pairs/s, peak RSS {imp['peak_rss_mb']:.0f} MB | target ≥ 100,000 pairs/s | |")
     for order, ms in imp["claim_ms"].items():
         print(f"| next pair at {imp['pairs']:,} pairs, {order} | {ms:.2f} ms | target < 5 ms | |")
+ui = load("ui")
+if ui:
+    for phase, what in (("ordinary_pairs", "ordinary pairs"), ("one_megabyte_pair", "a pair of 1 MB responses")):
+        p = ui[phase]
+        print(f"| key to frame, {what}, trainer and feed running ({p['keys']} keys) | p50 {p['p50_ms']:.1f} ms, p99 {p['p99_ms']:.1f} ms, max {p['max_ms']:.1f} ms | target p99 < 16 ms, max < 50 ms | |")
 tr, to = load("train"), load("torch")
 if tr:
     for seq, s in tr["train_step"].items():
