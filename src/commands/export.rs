@@ -24,14 +24,19 @@ fn parse_since(s: &str) -> Result<String, BadInput> {
     )))
 }
 
-/// Writes `text` to `path` through a temporary file renamed into place.
-fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
+/// A temporary file in `path`'s folder, to be renamed to `path` once written whole.
+fn temp_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))
+}
+
+/// Writes `text` to `path` through a temporary file renamed into place.
+fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
+    let mut tmp = temp_beside(path)?;
     std::io::Write::write_all(&mut tmp, text)
         .with_context(|| format!("writing {}", path.display()))?;
     tmp.as_file()
@@ -79,12 +84,7 @@ pub(super) fn export_cmd(db: &Path, args: ExportArgs) -> Result<ExitCode> {
             std::io::stdout(),
         )?,
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)
-                .with_context(|| format!("creating a file in {}", dir.display()))?;
+            let mut tmp = temp_beside(path)?;
             let report = export::export(&store, args.format, &filter, args.consensus, &mut tmp)?;
             tmp.as_file().sync_all().map_err(ExportError::from)?;
             tmp.persist(path)
