@@ -352,4 +352,5 @@ fn bench_ui_times_every_key_it_sends_to_the_real_labeler() {
         assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
     }
     assert_eq!(r["trainer"], true, "{r}");
+    assert!(r["pairs_scored"].as_u64().is_some(), "{r}");
 }

@@ -2,7 +2,8 @@
 //! event loop, drawing into an off-screen buffer) on a database of many pairs, with
 //! the live trainer training and the generator feed generating beside it; keys are
 //! sent as a person would send them and each is timed from the moment it is sent to
-//! the end of the frame drawn after it.
+//! the end of the frame drawn after it. It also counts the pairs the trainer's
+//! background scorer scored meanwhile.
 
 use super::bench::{bench_pair, peak_rss_mb};
 use crate::cli::GenOptions;
@@ -255,6 +256,9 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
         // The last step the trainer reported a loss at.
         app.train.losses.last().map(|&(step, _)| step)
     });
+    // What the trainer's background scorer got through meanwhile (it scores the
+    // queue for `--order uncertain` and `--show-model`).
+    let scored = Store::open(&db)?.pair_scores()?.len();
     let result = serde_json::json!({
         "pairs": b.pairs,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
@@ -265,6 +269,8 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
         "one_megabyte_pair": summary(&mut big),
         "ordinary_pairs": summary(&mut ordinary),
         "judgements": app.session_labels,
+        "pairs_scored": scored,
+        "pairs_scored_per_min": scored as f64 / seconds * 60.0,
         "seconds": seconds,
         "peak_rss_mb": peak_rss_mb(),
     });
