@@ -14,6 +14,7 @@ pub mod fuzzing;
 pub mod generator;
 pub mod io;
 pub mod model;
+pub mod priority;
 pub mod ratings;
 pub mod report;
 pub mod stats;

@@ -88,6 +88,8 @@ fn build_db(dir: &Path, pairs: u64) -> Result<std::path::PathBuf> {
 }
 
 pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
+    // As `duel label` does.
+    crate::priority::background_compute_pool();
     let dir = tempfile::tempdir()?;
     eprintln!("building a database of {} pairs...", b.pairs);
     let db = build_db(dir.path(), b.pairs)?;

@@ -52,6 +52,8 @@ pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // The trainer's and scorer's products give way to the labeler's thread.
+    crate::priority::background_compute_pool();
     let trainer = if args.no_train {
         None
     } else {

@@ -80,6 +80,8 @@ pub fn spawn(cfg: FeedConfig) -> FeedHandle {
     let thread = std::thread::Builder::new()
         .name("generator-feed".into())
         .spawn(move || {
+            // Threads it starts (the generator's pool) inherit the priority.
+            crate::priority::background();
             let outcome = crate::contain::run("generator feed", || {
                 crate::contain::fault_point("feed");
                 run(cfg, &crx, &etx, &flag)

@@ -215,6 +215,15 @@ impl Trainer {
         self.opt.step
     }
 
+    /// The margin an example trains with: its strength's, when margins are on.
+    pub fn margin_of(&self, e: &Example) -> f32 {
+        if self.config.use_margin {
+            e.margin.unwrap_or(0.0)
+        } else {
+            0.0
+        }
+    }
+
     pub fn encode(&self, examples: &[Example]) -> anyhow::Result<Vec<Encoded>> {
         examples
             .iter()
@@ -228,11 +237,7 @@ impl Trainer {
                         &e.rejected,
                         self.config.max_length,
                     )?,
-                    margin: if self.config.use_margin {
-                        e.margin.unwrap_or(0.0)
-                    } else {
-                        0.0
-                    },
+                    margin: self.margin_of(e),
                 })
             })
             .collect()

@@ -13,6 +13,7 @@ use crate::store::{
     EvalMetrics, LEASE_HEARTBEAT, LabelMarks, StepMetrics, Store, TakeLease, unix_now,
 };
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +79,7 @@ pub fn spawn(cfg: TrainerConfig) -> TrainerHandle {
     let thread = std::thread::Builder::new()
         .name("trainer".into())
         .spawn(move || {
+            crate::priority::background();
             let events = etx.clone();
             let mut w = Worker {
                 cfg,
@@ -288,6 +290,8 @@ struct Data {
     /// `live::key` of each training pair.
     keys: Vec<u64>,
     held: Vec<Encoded>,
+    /// `live::key` of each held-out pair.
+    held_keys: Vec<u64>,
 }
 
 /// What the training loop should do after looking at the commands.
@@ -421,19 +425,49 @@ impl Worker {
         Ok(super::examples_from_store(&store)?)
     }
 
-    fn load_data(&self, trainer: &Trainer) -> Result<Data, Stop> {
+    /// The judgements as the trainer reads them. Labels arrive one at a time while
+    /// the annotator works and each makes the trainer load them again: the token ids
+    /// of the judgements `previous` held are taken over, and only new ones encoded.
+    fn load_data(&self, trainer: &Trainer, previous: Option<Data>) -> Result<Data, Stop> {
         let (held, train): (Vec<Example>, Vec<Example>) = self
             .load_examples()?
             .into_iter()
             .partition(|e| is_heldout(&e.prompt, self.cfg.holdout));
+        let mut known: HashMap<u64, Encoded> = match previous {
+            Some(d) => d
+                .keys
+                .into_iter()
+                .zip(d.train)
+                .chain(d.held_keys.into_iter().zip(d.held))
+                .collect(),
+            None => HashMap::new(),
+        };
+        let mut encode = |examples: &[Example]| -> Result<(Vec<u64>, Vec<Encoded>), Stop> {
+            let keys: Vec<u64> = examples.iter().map(live::key).collect();
+            let mut out = Vec::with_capacity(examples.len());
+            for (e, k) in examples.iter().zip(&keys) {
+                let enc = match known.remove(k) {
+                    // The key is the texts; the margin may have changed with the strength.
+                    Some(mut enc) => {
+                        enc.margin = trainer.margin_of(e);
+                        enc
+                    }
+                    None => trainer
+                        .encode(std::slice::from_ref(e))
+                        .map_err(|err| Stop::Failed(err.to_string()))?
+                        .remove(0),
+                };
+                out.push(enc);
+            }
+            Ok((keys, out))
+        };
+        let (keys, train) = encode(&train)?;
+        let (held_keys, held) = encode(&held)?;
         Ok(Data {
-            keys: train.iter().map(live::key).collect(),
-            train: trainer
-                .encode(&train)
-                .map_err(|e| Stop::Failed(e.to_string()))?,
-            held: trainer
-                .encode(&held)
-                .map_err(|e| Stop::Failed(e.to_string()))?,
+            keys,
+            train,
+            held,
+            held_keys,
         })
     }
 
@@ -613,8 +647,10 @@ impl Worker {
         })?;
         let mut dirty = false;
         let mut last_eval = t.step;
+        let mut loaded: Option<Data> = None;
         'reload: loop {
-            let data = self.load_data(&t.trainer)?;
+            let fresh = self.load_data(&t.trainer, loaded.take())?;
+            let data = loaded.insert(fresh);
             if data.train.len() < self.cfg.min_labels.max(1) {
                 self.emit(TrainerEvent::State(TrainerState::Waiting {
                     have: data.train.len(),
@@ -637,7 +673,7 @@ impl Worker {
                     // Caught up: evaluate what was learnt since the last look, make
                     // sure a crash loses none of it, and wait for new labels.
                     if t.step >= last_eval + CAUGHT_UP_EVAL_STEPS {
-                        self.evaluate(&t.trainer, &data, t.step)?;
+                        self.evaluate(&t.trainer, data, t.step)?;
                         self.score_queue(&t.trainer, t.step)?;
                         last_eval = t.step;
                     }
@@ -668,7 +704,7 @@ impl Worker {
                     labels_used: data.train.len(),
                 })?;
                 if self.cfg.eval_every > 0 && step.is_multiple_of(self.cfg.eval_every) {
-                    self.evaluate(&t.trainer, &data, step)?;
+                    self.evaluate(&t.trainer, data, step)?;
                     self.score_queue(&t.trainer, step)?;
                     last_eval = step;
                 }
