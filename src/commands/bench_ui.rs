@@ -30,6 +30,14 @@ pub(super) struct UiBench {
     pub json: bool,
 }
 
+/// Which figure a key's latency goes to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    OneMegabytePair,
+    OrdinaryPairs,
+    Quit,
+}
+
 /// Percentiles of a set of latencies, in milliseconds.
 fn summary(ms: &mut [f64]) -> serde_json::Value {
     ms.sort_by(f64::total_cmp);
@@ -118,20 +126,15 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
         "the labeler served {first:?} first, not the 1 MB pair"
     );
     let trainer = b.train.then(|| {
-        let h = crate::train::worker::spawn(crate::train::worker::TrainerConfig {
-            db: db.clone(),
-            base_dir: crate::model::DEFAULT_ENCODER_DIR.into(),
-            out_dir: crate::store::model_dir_for(&db),
-            train: crate::train::TrainConfig::default(),
-            min_labels: 16,
-            holdout: 0.15,
-            eval_every: 25,
-            checkpoint_every: 100,
-            score_queue: 128,
-            passes: crate::train::live::DEFAULT_PASSES,
-            holder: annotator.clone(),
+        let h = crate::train::worker::spawn(super::label::labeler_trainer(
+            &db,
+            crate::model::DEFAULT_ENCODER_DIR.into(),
+            crate::train::TrainConfig::default(),
+            16,
+            crate::train::live::DEFAULT_PASSES,
+            &annotator,
             may_train,
-        });
+        ));
         app.attach_trainer(h.commands.clone());
         h
     });
@@ -164,12 +167,12 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
     // The keys and when each was sent; the loop's `drew` takes the oldest sent key
     // off for each frame drawn after input.
     let (tx, rx) = crossbeam_channel::unbounded::<Event>();
-    let sent: Arc<Mutex<VecDeque<(Instant, &'static str)>>> = Arc::default();
+    let sent: Arc<Mutex<VecDeque<(Instant, Phase)>>> = Arc::default();
     let mut big = Vec::new();
     let mut ordinary = Vec::new();
     let key = |c: KeyCode| Event::Key(KeyEvent::new(c, KeyModifiers::NONE));
     let scroll = b.keys.min(100);
-    let mut script: Vec<(Event, &'static str)> = Vec::new();
+    let mut script: Vec<(Event, Phase)> = Vec::new();
     // On the 1 MB pair: scroll down and up through it, swap panes, then judge it.
     for i in 0..scroll {
         let c = match i % 4 {
@@ -177,9 +180,9 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
             2 => KeyCode::Tab,
             _ => KeyCode::Down,
         };
-        script.push((key(c), "one_megabyte_pair"));
+        script.push((key(c), Phase::OneMegabytePair));
     }
-    script.push((key(KeyCode::Char('1')), "one_megabyte_pair"));
+    script.push((key(KeyCode::Char('1')), Phase::OneMegabytePair));
     // Then judge ordinary pairs, one key each, now and then looking further down.
     for i in 0..b.keys {
         let c = match i % 5 {
@@ -187,9 +190,9 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
             n if n % 2 == 0 => KeyCode::Char('1'),
             _ => KeyCode::Char('2'),
         };
-        script.push((key(c), "ordinary_pairs"));
+        script.push((key(c), Phase::OrdinaryPairs));
     }
-    script.push((key(KeyCode::Char('q')), "quit"));
+    script.push((key(KeyCode::Char('q')), Phase::Quit));
 
     let (trainer_events, feed_events) = (
         trainer.as_ref().map(|h| h.events.clone()),
@@ -235,9 +238,9 @@ pub(super) fn bench_ui(b: UiBench) -> Result<ExitCode> {
             if let Some((at, phase)) = front {
                 let ms = at.elapsed().as_secs_f64() * 1e3;
                 match phase {
-                    "one_megabyte_pair" => big.push(ms),
-                    "ordinary_pairs" => ordinary.push(ms),
-                    _ => {}
+                    Phase::OneMegabytePair => big.push(ms),
+                    Phase::OrdinaryPairs => ordinary.push(ms),
+                    Phase::Quit => {}
                 }
                 let _ = done_tx.send(());
             }

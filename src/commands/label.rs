@@ -7,6 +7,36 @@ use anyhow::{Result, bail};
 use std::path::Path;
 use std::process::ExitCode;
 
+/// The live trainer a labeler starts (`duel bench ui` starts the same one).
+pub(super) fn labeler_trainer(
+    db: &Path,
+    base_dir: std::path::PathBuf,
+    train: crate::train::TrainConfig,
+    min_labels: usize,
+    passes: u32,
+    annotator: &str,
+    may_train: bool,
+) -> crate::train::worker::TrainerConfig {
+    crate::train::worker::TrainerConfig {
+        db: db.to_owned(),
+        base_dir,
+        // The checkpoint folder belongs to the database: whichever process holds the
+        // training lease writes it, and the next resumes from it.
+        out_dir: crate::store::model_dir_for(db),
+        train,
+        min_labels,
+        holdout: 0.15,
+        eval_every: 25,
+        checkpoint_every: 100,
+        // One trainer serves every labeler on the database: it scores the queue for
+        // the orders and `--show-model` of any of them.
+        score_queue: 128,
+        passes,
+        holder: annotator.to_owned(),
+        may_train,
+    }
+}
+
 pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     let guidelines = match &args.guidelines {
         Some(p) => {
@@ -57,31 +87,21 @@ pub(super) fn label(db: &Path, args: LabelArgs) -> Result<ExitCode> {
     let trainer = if args.no_train {
         None
     } else {
-        let cfg = crate::train::worker::TrainerConfig {
-            db: db.to_owned(),
-            base_dir: args
-                .model_dir
+        let cfg = labeler_trainer(
+            db,
+            args.model_dir
                 .clone()
                 .unwrap_or_else(|| crate::model::DEFAULT_ENCODER_DIR.into()),
-            // The checkpoint folder belongs to the database: whichever process
-            // holds the training lease writes it, and the next resumes from it.
-            out_dir: crate::store::model_dir_for(db),
-            train: crate::train::TrainConfig {
+            crate::train::TrainConfig {
                 lr: args.lr,
                 max_length: args.max_length,
                 ..Default::default()
             },
-            min_labels: args.min_labels as usize,
-            holdout: 0.15,
-            eval_every: 25,
-            checkpoint_every: 100,
-            // One trainer serves every labeler on the database: it scores the queue
-            // for the orders and `--show-model` of any of them.
-            score_queue: 128,
-            passes: args.passes,
-            holder: annotator.clone(),
+            args.min_labels as usize,
+            args.passes,
+            &annotator,
             may_train,
-        };
+        );
         let h = crate::train::worker::spawn(cfg);
         app.attach_trainer(h.commands.clone());
         Some(h)

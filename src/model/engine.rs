@@ -893,24 +893,16 @@ fn first_token_layer<'a>(
         for head in 0..d.nh {
             let qh = &q[b * h + head * hd..][..hd];
             let row = |j: usize| (b * t + j) * h + head * hd;
-            let mut max = f32::NEG_INFINITY;
             for (j, pj) in probs.iter_mut().enumerate() {
                 let kj = &k[row(j)..][..hd];
-                let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum();
-                *pj = dot * scale + bias[j];
-                max = max.max(*pj);
+                *pj = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
             }
-            let mut sum = 0f32;
-            for pj in probs.iter_mut() {
-                *pj = exp(*pj - max);
-                sum += *pj;
-            }
+            softmax_biased(&mut probs, bias);
             let out = &mut c[head * hd..][..hd];
             out.fill(0.0);
             for (j, &pj) in probs.iter().enumerate() {
-                let w = pj / sum;
                 for (o, &vj) in out.iter_mut().zip(&v[row(j)..][..hd]) {
-                    *o += w * vj;
+                    *o += pj * vj;
                 }
             }
         }
@@ -923,6 +915,25 @@ fn first_token_layer<'a>(
     let mut out = linear(&act, d.b, d.inter, lw(p::WOUT), lw(p::BOUT));
     add_in_place(&mut out, &x1);
     ln_fwd(&out, lw(p::G2), lw(p::B2), eps).0
+}
+
+/// Adds the padding `bias` to a row of attention scores and makes them
+/// probabilities (the row's maximum taken out first, so `exp` cannot overflow).
+fn softmax_biased(row: &mut [f32], bias: &[f32]) {
+    let mut max = f32::NEG_INFINITY;
+    for (x, bj) in row.iter_mut().zip(bias) {
+        *x += bj;
+        max = max.max(*x);
+    }
+    let mut sum = 0f32;
+    for x in row.iter_mut() {
+        *x = exp(*x - max);
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
 }
 
 /// Softmax attention per sequence and head: keeps the probabilities (before and,
@@ -967,20 +978,7 @@ fn attention_fwd(
                     Par::Serial,
                 );
                 for row in s.chunks_mut(t) {
-                    let mut max = f32::NEG_INFINITY;
-                    for (x, bj) in row.iter_mut().zip(bias) {
-                        *x += bj;
-                        max = max.max(*x);
-                    }
-                    let mut sum = 0f32;
-                    for x in row.iter_mut() {
-                        *x = exp(*x - max);
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    for x in row.iter_mut() {
-                        *x *= inv;
-                    }
+                    softmax_biased(row, bias);
                 }
                 let used: &[f32] = match key {
                     Some(key) => {
@@ -1116,8 +1114,6 @@ mod tests {
         }
     }
 
-    /// Padding gets exactly zero attention, not subnormal numbers: products over
-    /// subnormals ran nine times slower on real (padded) batches.
     /// Scoring computes the last layer for the first tokens only: the rewards are
     /// those of the full forward, padding included, with and without a mean layer.
     #[test]
@@ -1132,6 +1128,8 @@ mod tests {
         }
     }
 
+    /// Padding gets exactly zero attention, not subnormal numbers: products over
+    /// subnormals ran nine times slower on real (padded) batches.
     #[test]
     fn padding_gets_zero_attention_and_nothing_is_subnormal() {
         let m = model(0.1);

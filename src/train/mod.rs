@@ -225,22 +225,20 @@ impl Trainer {
     }
 
     pub fn encode(&self, examples: &[Example]) -> anyhow::Result<Vec<Encoded>> {
-        examples
-            .iter()
-            .map(|e| {
-                Ok(Encoded {
-                    chosen: self
-                        .encoder
-                        .encode(&e.prompt, &e.chosen, self.config.max_length)?,
-                    rejected: self.encoder.encode(
-                        &e.prompt,
-                        &e.rejected,
-                        self.config.max_length,
-                    )?,
-                    margin: self.margin_of(e),
-                })
-            })
-            .collect()
+        examples.iter().map(|e| self.encode_one(e)).collect()
+    }
+
+    /// Token ids of both sides of one example, and its margin.
+    pub fn encode_one(&self, e: &Example) -> anyhow::Result<Encoded> {
+        Ok(Encoded {
+            chosen: self
+                .encoder
+                .encode(&e.prompt, &e.chosen, self.config.max_length)?,
+            rejected: self
+                .encoder
+                .encode(&e.prompt, &e.rejected, self.config.max_length)?,
+            margin: self.margin_of(e),
+        })
     }
 
     /// How many steps the learning rate rises over before it holds or decays.

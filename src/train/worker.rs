@@ -453,9 +453,8 @@ impl Worker {
                         enc
                     }
                     None => trainer
-                        .encode(std::slice::from_ref(e))
-                        .map_err(|err| Stop::Failed(err.to_string()))?
-                        .remove(0),
+                        .encode_one(e)
+                        .map_err(|err| Stop::Failed(err.to_string()))?,
                 };
                 out.push(enc);
             }
