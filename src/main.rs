@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use duel::cli::Cli;
 use duel::commands::{BadInput, EXIT_BAD_INPUT};
 use std::process::ExitCode;
@@ -12,7 +12,12 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     keep_freed_memory();
     duel::contain::install_hook();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A team server's `pg_stat_activity` then says which command each connection is.
+    if let Some(name) = matches.subcommand_name() {
+        duel::store::set_application_name(&format!("duel {name}"));
+    }
     set_compute_threads(cli.threads);
     init_logging(&cli.db);
     match duel::commands::run(cli) {

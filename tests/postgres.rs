@@ -853,6 +853,38 @@ fn generate_report_train_review_and_follow_on_postgres() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     assert_eq!(sql_i64(&pg, "SELECT count(*) FROM train_lease"), 1);
+
+    // Judgements arriving make the trainer load them again, through the connection
+    // it has: no new server process per judgement. Its connections carry the
+    // command's name, so `pg_stat_activity` tells them from the labelers'.
+    let followers = "FROM pg_stat_activity WHERE application_name = 'duel train'";
+    assert!(sql_i64(&pg, &format!("SELECT count(*) {followers}")) > 0);
+    let since = sql_i64(
+        &pg,
+        "SELECT CAST(extract(epoch FROM now()) * 1e6 AS BIGINT)",
+    );
+    let used = "SELECT coalesce(max(labels_used), 0) FROM train_metrics WHERE kind = 'train'";
+    let used_before = sql_i64(&pg, used);
+    for _ in 0..3 {
+        duel_in(cwd, &pg, &["label", "--script", "1212"]);
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while sql_i64(&pg, used) <= used_before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the trainer did not train on the new judgements"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        sql_i64(
+            &pg,
+            &format!("SELECT count(*) {followers} AND backend_start > to_timestamp({since} / 1e6)")
+        ),
+        0,
+        "the trainer connected again as judgements arrived"
+    );
     let _ = Command::new("kill")
         .args(["-INT", &follow.id().to_string()])
         .status();

@@ -125,6 +125,19 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+static APPLICATION_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process to a PostgreSQL server (`application_name`, which
+/// `pg_stat_activity` shows), unless the URL names it; `duel` until set. The first
+/// call wins.
+pub fn set_application_name(name: &str) {
+    let _ = APPLICATION_NAME.set(name.to_owned());
+}
+
+fn application_name() -> &'static str {
+    APPLICATION_NAME.get().map_or("duel", String::as_str)
+}
+
 pub struct Store {
     db: Db,
     /// The SQLite file, or the PostgreSQL URL (without its password).

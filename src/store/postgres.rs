@@ -66,20 +66,22 @@ pub(super) fn open(url: &Path, migrate: bool) -> Result<Store> {
     let name = shown(&raw);
     let (client_url, tls) =
         super::tls::split(&raw).map_err(|msg| StoreError::Invalid(format!("{name}: {msg}")))?;
-    let connected = if tls.mode == super::tls::Mode::Disable {
-        ::postgres::Client::connect(&client_url, ::postgres::NoTls)
-    } else {
-        let config = super::tls::client_config(&tls)
-            .map_err(|msg| StoreError::Invalid(format!("{name}: {msg}")))?;
-        ::postgres::Client::connect(
-            &client_url,
-            tokio_postgres_rustls::MakeRustlsConnect::new(config),
-        )
-    };
-    let mut client = connected.map_err(|source| StoreError::Connect {
+    let connect_error = |source| StoreError::Connect {
         url: name.clone(),
         source,
-    })?;
+    };
+    let mut config: ::postgres::Config = client_url.parse().map_err(connect_error)?;
+    if config.get_application_name().is_none() {
+        config.application_name(super::application_name());
+    }
+    let connected = if tls.mode == super::tls::Mode::Disable {
+        config.connect(::postgres::NoTls)
+    } else {
+        let tls_config = super::tls::client_config(&tls)
+            .map_err(|msg| StoreError::Invalid(format!("{name}: {msg}")))?;
+        config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config))
+    };
+    let mut client = connected.map_err(connect_error)?;
     // A judgement is on the server's disk when its commit returns, whatever the
     // server's default.
     client.batch_execute("SET synchronous_commit = on")?;

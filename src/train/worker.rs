@@ -89,6 +89,7 @@ pub fn spawn(cfg: TrainerConfig) -> TrainerHandle {
                 heartbeat: None,
                 sink: None,
                 watch: std::cell::RefCell::new(None),
+                reader: std::cell::RefCell::new(None),
             };
             let outcome = crate::contain::run("trainer", || {
                 crate::contain::fault_point("trainer");
@@ -138,6 +139,10 @@ struct Worker {
     sink: Option<Sink>,
     /// Notices judgements made by other processes on the database.
     watch: std::cell::RefCell<Option<LabelWatch>>,
+    /// The read-only connection the judgements are loaded through, kept across
+    /// reloads (on PostgreSQL a connection per judgement would be a server process
+    /// started and stopped each time), and opened again after an error.
+    reader: std::cell::RefCell<Option<Store>>,
 }
 
 /// Notices when the judgements in the database change, whoever made them: the
@@ -421,8 +426,14 @@ impl Worker {
     }
 
     fn load_examples(&self) -> Result<Vec<Example>, Stop> {
-        let store = Store::open_readonly(&self.cfg.db)?;
-        Ok(super::examples_from_store(&store)?)
+        let mut reader = self.reader.borrow_mut();
+        let store = match reader.take() {
+            Some(store) => store,
+            None => Store::open_readonly(&self.cfg.db)?,
+        };
+        let examples = super::examples_from_store(&store)?;
+        *reader = Some(store);
+        Ok(examples)
     }
 
     /// The judgements as the trainer reads them. Labels arrive one at a time while
