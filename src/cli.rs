@@ -326,6 +326,10 @@ pub struct TrainArgs {
     pub model_dir: Option<PathBuf>,
     #[arg(long, default_value_t = crate::train::DEFAULT_LR)]
     pub lr: f64,
+    /// The classifier head's learning rate [default: --lr]. The head starts from
+    /// random weights and the encoder from trained ones.
+    #[arg(long, value_name = "LR")]
+    pub head_lr: Option<f64>,
     /// Share of prompts held out for evaluation.
     #[arg(long, default_value_t = 0.15)]
     pub holdout: f64,
@@ -378,8 +382,9 @@ pub struct LearnArgs {
     /// JSON Lines with `prompt`, `chosen`, `rejected` (any labeled import form).
     pub file: PathBuf,
     /// A set of training options to measure, as `NAME=OPTIONS` with the options of
-    /// `duel train` that shape learning (`--lr`, `--length-aux`, `--schedule`,
-    /// `--warmup`, `--dropout`, `--pooling`, `--center`, `--epochs`); what it leaves out is the
+    /// `duel train` that shape learning (`--lr`, `--head-lr`, `--batch`, `--length-aux`,
+    /// `--schedule`, `--warmup`, `--dropout`, `--pooling`, `--center`, `--epochs`); what it
+    /// leaves out is the
     /// default. Repeat to compare: each is compared with the first.
     /// [default: `defaults=`]
     #[arg(long = "option", value_name = "NAME=OPTIONS")]

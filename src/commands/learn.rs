@@ -29,6 +29,10 @@ struct Variant {
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     #[arg(long, allow_negative_numbers = true)]
+    head_lr: Option<f64>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
     length_aux: Option<f64>,
     #[arg(long, value_enum)]
     schedule: Option<Schedule>,
@@ -79,6 +83,15 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
     if !(lr.is_finite() && lr > 0.0) {
         return Err(bad(format!("--lr {lr}: a rate above 0")));
     }
+    if let Some(h) = v.head_lr
+        && !(h.is_finite() && h > 0.0)
+    {
+        return Err(bad(format!("--head-lr {h}: a rate above 0")));
+    }
+    let batch_pairs = v.batch.unwrap_or(args.measure.model.batch as usize);
+    if batch_pairs == 0 {
+        return Err(bad("--batch 0: a batch holds at least one pair".into()));
+    }
     let schedule = v.schedule.unwrap_or(Schedule::Linear);
     let (warmup_ratio, length_aux) =
         learning_options(schedule, v.warmup, v.length_aux).map_err(|BadInput(e)| bad(e))?;
@@ -95,12 +108,13 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
         options: options.split_whitespace().collect::<Vec<_>>().join(" "),
         config: TrainConfig {
             lr,
+            head_lr: v.head_lr,
             length_aux,
             warmup_ratio,
             center_coef,
             dropout: v.dropout.unwrap_or(defaults.dropout),
             pooling: v.pooling.unwrap_or(defaults.pooling),
-            batch_pairs: args.measure.model.batch as usize,
+            batch_pairs,
             max_length: args.measure.model.max_length,
             ..defaults
         },

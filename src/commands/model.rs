@@ -213,8 +213,14 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         ))
         .into());
     }
+    if let Some(h) = args.head_lr
+        && !(h.is_finite() && h > 0.0)
+    {
+        return Err(BadInput(format!("--head-lr {h}: a rate above 0")).into());
+    }
     let config = TrainConfig {
         lr: args.lr,
+        head_lr: args.head_lr,
         batch_pairs: args.model.batch as usize,
         max_length: args.model.max_length,
         seed: args.seed,
@@ -399,6 +405,10 @@ fn bundled(dir: &Path) -> bool {
 fn card_options(args: &TrainArgs, c: &TrainConfig, warmup_steps: u64) -> Vec<(String, String)> {
     let mut rows = vec![
         ("learning rate".to_string(), format!("{:e}", c.lr)),
+        (
+            "classifier head's learning rate".into(),
+            format!("{:e}", c.head_lr.unwrap_or(c.lr)),
+        ),
         (
             "schedule".into(),
             match args.schedule {

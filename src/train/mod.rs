@@ -6,6 +6,7 @@ pub mod messages;
 pub mod optim;
 pub mod worker;
 
+use crate::model::bert::CLASSIFIER_TENSORS;
 use crate::model::engine::Padded;
 use crate::model::{DropoutRng, ModelError, RewardModel, TextEncoder};
 use candle_core::{Result, Tensor, Var};
@@ -59,6 +60,9 @@ pub enum Pooling {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
     pub lr: f64,
+    /// The classifier head's learning rate, when it differs from `lr` (the head
+    /// starts from random weights, the encoder from trained ones).
+    pub head_lr: Option<f64>,
     pub batch_pairs: usize,
     pub max_length: usize,
     /// Share of the steps spent warming the learning rate up from 0.
@@ -82,6 +86,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             lr: DEFAULT_LR,
+            head_lr: None,
             batch_pairs: 8,
             max_length: 256,
             warmup_ratio: 0.1,
@@ -152,18 +157,27 @@ pub struct Trainer {
 
 impl Trainer {
     pub fn new(model: RewardModel, encoder: TextEncoder, config: TrainConfig) -> Result<Trainer> {
-        let vars: Vec<Var> = model
-            .named_vars()
-            .into_iter()
-            .map(|(_, v)| v.clone())
+        let named = model.named_vars();
+        let head_scale = config.head_lr.map_or(1.0, |h| (h / config.lr) as f32);
+        let scales = named
+            .iter()
+            .map(|(n, _)| {
+                if CLASSIFIER_TENSORS.contains(&n.as_str()) {
+                    head_scale
+                } else {
+                    1.0
+                }
+            })
             .collect();
-        let opt = AdamW::new(
+        let vars: Vec<Var> = named.into_iter().map(|(_, v)| v.clone()).collect();
+        let mut opt = AdamW::new(
             vars,
             AdamWConfig {
                 weight_decay: config.weight_decay as f32,
                 ..Default::default()
             },
         )?;
+        opt.set_lr_scales(scales)?;
         let length_probe = (config.length_aux > 0.0)
             .then(|| LengthProbe::new(model.config.hidden_size, config.length_aux))
             .transpose()?;

@@ -30,6 +30,8 @@ pub struct AdamW {
     vars: Vec<Var>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// Each parameter's learning rate as a multiple of the step's rate.
+    lr_scale: Vec<f32>,
     pub step: u64,
 }
 
@@ -123,11 +125,26 @@ impl AdamW {
             .collect::<Result<Vec<_>>>()?;
         Ok(AdamW {
             config,
+            lr_scale: vec![1.0; vars.len()],
             vars,
             m,
             v,
             step: 0,
         })
+    }
+
+    /// Sets each parameter's learning rate as a multiple of the step's rate, in the
+    /// order the optimizer was given them.
+    pub fn set_lr_scales(&mut self, scales: Vec<f32>) -> Result<()> {
+        if scales.len() != self.vars.len() {
+            candle_core::bail!(
+                "{} rate scales for {} parameters",
+                scales.len(),
+                self.vars.len()
+            );
+        }
+        self.lr_scale = scales;
+        Ok(())
     }
 
     /// One step with learning rate `lr`; `grads` are the parameters' gradients in the
@@ -151,9 +168,20 @@ impl AdamW {
             eps: c.eps,
             wd: c.weight_decay,
         };
-        for (((var, m), v), g) in self.vars.iter().zip(&self.m).zip(&self.v).zip(grads) {
+        for ((((var, m), v), g), &scale) in self
+            .vars
+            .iter()
+            .zip(&self.m)
+            .zip(&self.v)
+            .zip(grads)
+            .zip(&self.lr_scale)
+        {
             let Some(g) = g else {
                 continue;
+            };
+            let upd = Update {
+                lr: upd.lr * scale,
+                ..upd
             };
             let g = g.contiguous()?;
             m.inplace_op2(
@@ -265,6 +293,30 @@ mod tests {
         let got: Vec<f32> = p.as_tensor().to_vec1().expect("v");
         for (a, b) in got.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    /// A parameter with a rate scale moves by that multiple of the step's rate (the
+    /// first Adam step moves every element by the rate itself).
+    #[test]
+    fn a_rate_scale_multiplies_that_parameters_step() {
+        let a = Var::from_slice(&[0.0f32, 0.0], 2, &Device::Cpu).expect("var");
+        let b = Var::from_slice(&[0.0f32, 0.0], 2, &Device::Cpu).expect("var");
+        let mut opt = AdamW::new(vec![a.clone(), b.clone()], AdamWConfig::default()).expect("opt");
+        assert!(
+            opt.set_lr_scales(vec![1.0]).is_err(),
+            "one scale per parameter"
+        );
+        opt.set_lr_scales(vec![1.0, 20.0]).expect("scales");
+        let g = Tensor::new(&[0.5f32, -1.5], &Device::Cpu).expect("g");
+        opt.step(&[Some(g.clone()), Some(g)], 1e-3, 1.0)
+            .expect("step");
+        let moved = |v: &Var| -> Vec<f32> { v.as_tensor().to_vec1().expect("v") };
+        for (x, want) in moved(&a).iter().zip([-1e-3f32, 1e-3]) {
+            assert!((x - want).abs() < 1e-7, "{x} vs {want}");
+        }
+        for (x, want) in moved(&b).iter().zip([-2e-2f32, 2e-2]) {
+            assert!((x - want).abs() < 1e-6, "{x} vs {want}");
         }
     }
 }
