@@ -376,6 +376,70 @@ fn migrate_and_a_newer_schema_is_refused() {
     assert_eq!(sql_i64(&pg, "SELECT version FROM duel_schema"), 999);
 }
 
+/// A database owner who is not the server's superuser migrates: with CREATEROLE it
+/// makes the roles and joins duel_lead itself; without, it is told what to ask the
+/// administrator for, nothing is written, and once that is done it migrates.
+#[test]
+fn a_database_owner_migrates_without_being_superuser() {
+    let Some(pg) = pg_db() else { return };
+    // Another test's migration, or this one, makes the groups; roles are the server's.
+    assert!(duel(&pg, &["migrate"]).status.success());
+    let admin = std::env::var("DUEL_TEST_PG").expect("server");
+    let base = admin.rsplit_once('/').expect("a URL").0.to_owned();
+    let host = base.split_once('@').expect("a user").1;
+    let tag = std::process::id();
+    let mut c = postgres::Client::connect(&admin, postgres::NoTls).expect("connect");
+    let owned_by = |c: &mut postgres::Client, role: &str, rights: &str| -> PathBuf {
+        let role = format!("{role}_{tag}");
+        c.batch_execute(&format!("CREATE ROLE {role} LOGIN {rights}"))
+            .expect("role");
+        c.batch_execute(&format!("CREATE DATABASE {role} OWNER {role}"))
+            .expect("database");
+        PathBuf::from(format!("postgres://{role}@{host}/{role}"))
+    };
+    let demo = demo();
+    let demo = demo.to_str().expect("utf8");
+
+    let lead = owned_by(&mut c, "owner_createrole", "CREATEROLE");
+    let out = duel(&lead, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(duel(&lead, &["import", demo]).status.success());
+    assert_eq!(sql_i64(&lead, "SELECT count(*) FROM pairs"), 36);
+
+    let plain = owned_by(&mut c, "owner_plain", "");
+    let out = duel(&plain, &["migrate"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    let role = format!("owner_plain_{tag}");
+    assert!(
+        said.contains(&format!("GRANT duel_lead TO \"{role}\";")),
+        "{said}"
+    );
+    assert!(said.contains("administrator"), "{said}");
+    assert_eq!(
+        sql_i64(
+            &plain,
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        0,
+        "nothing written"
+    );
+    c.batch_execute(&format!("GRANT duel_lead TO {role}"))
+        .expect("grant");
+    let out = duel(&plain, &["migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(duel(&plain, &["import", demo]).status.success());
+    assert_eq!(sql_i64(&plain, "SELECT count(*) FROM pairs"), 36);
+}
+
 /// A server that does not answer is a clear error naming it, without the password.
 #[test]
 fn an_unreachable_server_is_named_without_its_password() {

@@ -108,6 +108,53 @@ fn found_version(tx: &mut ::postgres::Transaction<'_>) -> Result<i64> {
         .map_or(0, |r| r.get(0)))
 }
 
+/// The version whose migration creates the team's roles and hands the tables to
+/// `duel_lead`.
+const ROLES_VERSION: i64 = 2;
+
+/// Before the roles' migration: whether the role migrating may do what it does
+/// (create `duel_lead` and `duel_annotator` when missing, join `duel_lead`), so that
+/// a role without the right gets, instead of the server's "permission denied" part
+/// way through, what to ask the server's administrator for. Nothing is written.
+fn check_role_rights(tx: &mut ::postgres::Transaction<'_>, name: &str) -> Result<()> {
+    let row = tx.query_one(
+        "SELECT CAST(current_user AS TEXT), r.rolsuper, r.rolcreaterole,
+                (SELECT array_agg(CAST(want AS TEXT)) FROM unnest(ARRAY['duel_lead', 'duel_annotator']) AS want
+                  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = want)),
+                coalesce((SELECT pg_has_role(current_user, oid, 'MEMBER')
+                            FROM pg_roles WHERE rolname = 'duel_lead'), false)
+           FROM pg_roles r WHERE r.rolname = current_user",
+        &[],
+    )?;
+    let (user, superuser, createrole): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
+    let missing: Vec<String> = row.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
+    let member: bool = row.get(4);
+    if superuser || createrole || (missing.is_empty() && member) {
+        return Ok(());
+    }
+    let mut sql: Vec<String> = missing
+        .iter()
+        .map(|r| format!("CREATE ROLE {r} NOLOGIN;"))
+        .collect();
+    sql.push(format!(
+        "GRANT duel_lead TO \"{}\";",
+        user.replace('"', "\"\"")
+    ));
+    Err(StoreError::Invalid(format!(
+        "{name}: the role {user} may not create roles (CREATEROLE), and the schema needs \
+         {}: ask the server's administrator to run `{}`, then migrate again",
+        if missing.is_empty() {
+            "it to be a member of duel_lead".to_owned()
+        } else {
+            format!(
+                "the roles {} and {user} a member of duel_lead",
+                missing.join(" and ")
+            )
+        },
+        sql.join(" ")
+    )))
+}
+
 fn check_and_migrate(client: &mut ::postgres::Client, name: &str, migrate: bool) -> Result<()> {
     let mut tx = client.transaction()?;
     if migrate {
@@ -124,6 +171,9 @@ fn check_and_migrate(client: &mut ::postgres::Client, name: &str, migrate: bool)
     if !migrate || found == schema_version() {
         tx.commit()?;
         return Ok(());
+    }
+    if found < ROLES_VERSION {
+        check_role_rights(&mut tx, name)?;
     }
     if found == 0 {
         tx.batch_execute("CREATE TABLE duel_schema (version BIGINT NOT NULL)")?;

@@ -8,18 +8,38 @@
 -- and the annotator name is that role's name. Roles belong to the server, not to
 -- the database, so they are created only when missing.
 
+-- Created only when missing, so that a database owner without CREATEROLE can
+-- migrate once an administrator has made them; the role that migrates becomes a
+-- member of duel_lead (it hands the tables to that role below, which only a member
+-- may), which needs CREATEROLE unless the administrator granted it. `duel migrate`
+-- checks both first and says what to ask for.
 DO $$
 BEGIN
-    CREATE ROLE duel_annotator NOLOGIN;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'duel_annotator') THEN
+        CREATE ROLE duel_annotator NOLOGIN;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
 DO $$
 BEGIN
-    CREATE ROLE duel_lead NOLOGIN;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'duel_lead') THEN
+        CREATE ROLE duel_lead NOLOGIN;
+    END IF;
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
+DO $$
+BEGIN
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+        AND NOT pg_has_role(current_user, 'duel_lead', 'MEMBER') THEN
+        EXECUTE format('GRANT duel_lead TO %I', current_user);
+    END IF;
+END
+$$;
+-- The new owner of a table needs CREATE on its schema (PostgreSQL 15 no longer
+-- grants it to everyone).
+GRANT CREATE ON SCHEMA public TO duel_lead;
 
 -- Whether a pair is a gold pair, readable by those who may not read its answer.
 ALTER TABLE pairs ADD COLUMN is_gold BOOLEAN GENERATED ALWAYS AS (gold IS NOT NULL) STORED;
