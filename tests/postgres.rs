@@ -440,6 +440,78 @@ fn a_database_owner_migrates_without_being_superuser() {
     assert_eq!(sql_i64(&plain, "SELECT count(*) FROM pairs"), 36);
 }
 
+/// A large import sets the tables' indexes aside only into a database nobody else
+/// is connected to: it locks the tables until it commits, and a labeler reading its
+/// next pair would wait for the whole import. Beside another session holding a
+/// read lock, the import goes the ordinary way and does not wait for it.
+#[test]
+fn a_large_import_locks_the_tables_only_when_nobody_else_is_connected() {
+    use duel::io::import::{ImportOptions, import_file};
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    // Set aside once 500 pairs are in, when the whole file (read at once, it is
+    // small) promises at least a quarter as many new pairs as are stored.
+    let opts = ImportOptions {
+        defer_indexes_after: 500,
+        ..Default::default()
+    };
+    let file = |tag: &str| {
+        let path = dir.path().join(format!("{tag}.jsonl"));
+        let rows: String = (0..600)
+            .map(|i| {
+                format!(
+                    "{{\"prompt\":\"q{}\",\"response_a\":\"{tag}a{i}\",\"response_b\":\"{tag}b{i}\"}}\n",
+                    i / 3
+                )
+            })
+            .collect();
+        std::fs::write(&path, rows).expect("write");
+        path
+    };
+    let mut store = Store::open(&pg).expect("open");
+    let quiet = import_file(&mut store, &file("a"), &opts).expect("import");
+    assert!(
+        quiet.rebuilt_indexes,
+        "a quiet database: set aside and built again"
+    );
+
+    // A labeler connected, between two pairs: it holds no lock yet, but would wait
+    // on its next read for the whole import if the tables were locked.
+    let mut labeler = postgres::Client::connect(url(&pg), postgres::NoTls).expect("connect");
+    let idle = import_file(&mut store, &file("c"), &opts).expect("import");
+    assert_eq!(idle.inserted, 600);
+    assert!(
+        !idle.rebuilt_indexes,
+        "the tables were locked beside a labeler"
+    );
+
+    // A labeler in a transaction that has read the pairs: its lock lasts until it
+    // ends, which it does only after the import.
+    let mut reading = labeler.transaction().expect("begin");
+    let seen: i64 = reading
+        .query_one("SELECT count(*) FROM pairs", &[])
+        .expect("read")
+        .get(0);
+    assert_eq!(seen, 1200);
+    let (done, finished) = std::sync::mpsc::channel();
+    let (path, url_b) = (file("b"), pg.clone());
+    std::thread::spawn(move || {
+        let mut store = Store::open(&url_b).expect("open");
+        let _ = done.send(import_file(&mut store, &path, &opts).map_err(|e| e.to_string()));
+    });
+    let busy = finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the import waited for the labeler's lock")
+        .expect("import");
+    assert_eq!(busy.inserted, 600);
+    assert!(
+        !busy.rebuilt_indexes,
+        "the tables were locked beside a labeler"
+    );
+    reading.commit().expect("end");
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), 1800);
+}
+
 /// A server that does not answer is a clear error naming it, without the password.
 #[test]
 fn an_unreachable_server_is_named_without_its_password() {

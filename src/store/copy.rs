@@ -143,21 +143,59 @@ pub(super) struct Deferred {
     restore: Vec<String>,
 }
 
+/// How long setting aside waits for another session's lock on the tables before
+/// it gives up and the import goes the ordinary way.
+const LOCK_WAIT: &str = "2s";
+
 /// Sets aside the tables' random-key indexes, their foreign keys (checked row by
 /// row by triggers, a third of an import's time) and the verdict trigger, inside the
 /// import's transaction, so that an interrupted import leaves them as they were.
-/// Only the tables' owner (`duel_lead`) may; for anyone else, `None`, and the import
-/// goes as it is. Uniqueness is meanwhile checked by the writer's digests in memory;
-/// `restore` checks everything again.
+/// Uniqueness is meanwhile checked by the writer's digests in memory; `restore`
+/// checks everything again.
+///
+/// Setting aside locks the tables (ACCESS EXCLUSIVE) until the import commits: a
+/// labeler would wait on its next pair for the whole import. So it is done only
+/// when no other session is connected to the database, and only by the tables'
+/// owner (`duel_lead`); otherwise `None`, and the import goes the ordinary way,
+/// beside the labelers. A session that connects meanwhile, or holds a lock already,
+/// waits at most `LOCK_WAIT` before the import gives up setting aside.
 pub(super) fn defer(ex: &Ex<'_, '_>) -> Result<Option<Deferred>> {
-    let owner: bool = ex.query_one(
-        "SELECT pg_has_role(current_user, relowner, 'USAGE') FROM pg_class WHERE oid = 'pairs'::regclass",
+    let (owner, others): (bool, i64) = ex.query_one(
+        "SELECT pg_has_role(current_user, relowner, 'USAGE'),
+                (SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND backend_type = 'client backend')
+           FROM pg_class WHERE oid = 'pairs'::regclass",
         &[],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     if !owner {
         return Ok(None);
     }
+    if others > 0 {
+        tracing::info!(
+            "import: {others} other session(s) on the database; the indexes stay, so labelers are not locked out"
+        );
+        return Ok(None);
+    }
+    ex.execute("SAVEPOINT duel_defer", &[])?;
+    ex.execute(&format!("SET LOCAL lock_timeout = '{LOCK_WAIT}'"), &[])?;
+    match ex.execute(
+        "LOCK TABLE prompts, responses, pairs, labels, pair_verdicts IN ACCESS EXCLUSIVE MODE",
+        &[],
+    ) {
+        Ok(_) => {}
+        Err(StoreError::Postgres(e))
+            if e.code() == Some(&::postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+        {
+            ex.execute("ROLLBACK TO SAVEPOINT duel_defer", &[])?;
+            tracing::info!("import: the tables are in use; the indexes stay");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    }
+    ex.execute("RELEASE SAVEPOINT duel_defer", &[])?;
+    ex.execute("SET LOCAL lock_timeout TO DEFAULT", &[])?;
     let mut restore = Vec::new();
     let mut drop = Vec::new();
     let indexes = ex.query_all(
