@@ -1279,3 +1279,69 @@ fn the_mean_layer_keeps_its_attention_uniform_while_the_rest_learns() {
         }
     }
 }
+
+/// The background scorer's fast rewards (bf16 products where the CPU has them)
+/// order pairs as the exact f32 rewards do: the real MiniLM, real texts, 256 and
+/// more rows per product so the bf16 path runs.
+#[test]
+fn fast_scoring_orders_pairs_as_exact_scoring_does() {
+    let mut tr = Trainer::load(
+        &encoder_dir(),
+        TrainConfig {
+            lr: 1e-4,
+            max_length: 128,
+            warmup_ratio: 0.0,
+            ..Default::default()
+        },
+    )
+    .expect("load MiniLM");
+    // A few steps, so the head reads the encoder and not only its random start.
+    let data = tr.encode(&rule_examples(8)).expect("encode");
+    let batch: Vec<&Encoded> = data.iter().collect();
+    for _ in 0..3 {
+        tr.step(&batch).expect("step");
+    }
+    let text = std::fs::read_to_string(common::demo()).expect("demo");
+    let mut seqs = Vec::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        // The conversations' prompts are lists of messages: their pairs are left out.
+        let (Some(prompt), Some(a), Some(b)) = (
+            v["prompt"].as_str(),
+            v["response_a"].as_str(),
+            v["response_b"].as_str(),
+        ) else {
+            continue;
+        };
+        for side in [a, b] {
+            seqs.push(tr.encoder.encode(prompt, side, 128).expect("encode"));
+        }
+    }
+    let exact = tr.score(&seqs, 64).expect("exact");
+    let fast = tr.score_fast(&seqs, 64).expect("fast");
+    if duel::model::bf16::Bf16::detect().is_none() {
+        assert_eq!(exact, fast, "without bf16, fast scoring is exact scoring");
+        return;
+    }
+    let mean = exact.iter().sum::<f32>() / exact.len() as f32;
+    let spread =
+        (exact.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / exact.len() as f32).sqrt();
+    let worst = exact
+        .iter()
+        .zip(&fast)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    eprintln!("spread {spread}, worst difference {worst}");
+    assert!(worst > 0.0, "the bf16 path did not run");
+    assert!(
+        worst < 0.05 * spread,
+        "spread {spread}, worst difference {worst}"
+    );
+    let margins = |r: &[f32]| -> Vec<f32> { r.chunks(2).map(|p| p[0] - p[1]).collect() };
+    for (e, f) in margins(&exact).iter().zip(margins(&fast)) {
+        assert!(
+            e.signum() == f.signum() || e.abs() < 2.0 * worst,
+            "a pair ordered the other way: {e} vs {f}"
+        );
+    }
+}

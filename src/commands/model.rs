@@ -675,6 +675,17 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         serde_json::json!(64.0 / (ms / 1000.0)),
     );
     out.insert("score_ms_per_64".into(), serde_json::json!(ms));
+    // The background scorer's and review's scoring: bf16 products where the CPU
+    // has them.
+    let fast_ms = median_ms(|| trainer.model.rewards_fast(&padded.batch()).map(drop))?;
+    out.insert(
+        "score_fast_texts_per_s".into(),
+        serde_json::json!(64.0 / (fast_ms / 1000.0)),
+    );
+    out.insert(
+        "score_fast_bf16".into(),
+        serde_json::json!(crate::model::bf16::Bf16::detect().is_some()),
+    );
     out.insert("train_step".into(), serde_json::Value::Object(steps));
     out.insert(
         "threads".into(),

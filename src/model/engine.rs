@@ -10,6 +10,7 @@
 //! counter-based masks, drawn in the same order).
 
 use super::bert::{DropoutRng, EMBEDDING_TENSORS, LAYER_TENSORS, RewardModel, draw, dropout_mask};
+use super::bf16::{Bf16, Packed};
 use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp, row_stats};
 use super::sgemm::{Par, View, ViewMut, matmul};
 use candle_core::{Result, Storage, Tensor, bail};
@@ -356,6 +357,31 @@ fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
     y
 }
 
+/// Rows below which a product stays in f32 even when scoring: packing the weights
+/// to bf16 costs about what multiplying this many rows by them does.
+const BF16_MIN_ROWS: usize = 256;
+
+/// `linear`, in bf16 when scoring on a CPU that multiplies it (`bf`) and there are
+/// rows enough to pay for packing the weights.
+fn linear_scoring(
+    bf: Option<Bf16>,
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    b: &[f32],
+) -> Buf {
+    match bf {
+        Some(bf) if rows >= BF16_MIN_ROWS => {
+            let out = b.len();
+            let mut y = buf(rows * out);
+            bf.linear(x, rows, &Packed::new(w, out, inp), b, &mut y);
+            y
+        }
+        _ => linear(x, rows, inp, w, b),
+    }
+}
+
 /// Gradients of `y = x · wᵀ + b`: `dw` and `db` are written; `dx` is written, or
 /// added to with `accumulate`.
 #[allow(clippy::too_many_arguments)]
@@ -532,7 +558,7 @@ impl RewardModel {
         batch: &Batch<'_>,
         rng: Option<&mut DropoutRng>,
     ) -> Result<(Vec<f32>, Tape)> {
-        self.forward_impl(batch, rng, true)
+        self.forward_impl(batch, rng, true, false)
     }
 
     /// The forward; with `keep` false each layer's activations are given back as soon
@@ -542,6 +568,7 @@ impl RewardModel {
         batch: &Batch<'_>,
         mut rng: Option<&mut DropoutRng>,
         keep: bool,
+        fast: bool,
     ) -> Result<(Vec<f32>, Tape)> {
         let d = self.dims(batch)?;
         let cfg = &self.config;
@@ -577,10 +604,19 @@ impl RewardModel {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         // Without a tape only the first token's state leaves the last layer.
         let mut first_only = false;
+        let scoring = !keep && rng.is_none();
+        // Fast scoring's products in bf16 where the CPU multiplies it.
+        let bf = if scoring && fast {
+            Bf16::detect()
+        } else {
+            None
+        };
+        let linear =
+            |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_scoring(bf, x, rows, inp, w, b);
         for l in 0..cfg.num_hidden_layers {
             let lw = |i| w.layer(l, i);
-            if !keep && rng.is_none() && l + 1 == cfg.num_hidden_layers {
-                x = first_token_layer(d, &lw, &x, &bias, scale, eps);
+            if scoring && l + 1 == cfg.num_hidden_layers {
+                x = first_token_layer(d, &lw, &x, &bias, scale, eps, bf);
                 first_only = true;
                 break;
             }
@@ -675,9 +711,16 @@ impl RewardModel {
         Ok((rewards, tape))
     }
 
-    /// Rewards only (dropout off).
+    /// Rewards only (dropout off), in f32: what `duel score` and `duel eval` report.
     pub fn rewards(&self, batch: &Batch<'_>) -> Result<Vec<f32>> {
-        Ok(self.forward_impl(batch, None, false)?.0)
+        Ok(self.forward_impl(batch, None, false, false)?.0)
+    }
+
+    /// Rewards for ordering pairs (the background scorer, `duel review`): the
+    /// large products in bf16 where the CPU multiplies it (`bf16.rs`), otherwise as
+    /// `rewards`. A reward moves by a few thousandths.
+    pub fn rewards_fast(&self, batch: &Batch<'_>) -> Result<Vec<f32>> {
+        Ok(self.forward_impl(batch, None, false, true)?.0)
     }
 
     /// Gradients of the loss with respect to every parameter, in `named_vars` order,
@@ -877,8 +920,11 @@ fn first_token_layer<'a>(
     bias: &[f32],
     scale: f32,
     eps: f32,
+    bf: Option<Bf16>,
 ) -> Buf {
     let (t, h, hd) = (d.t, d.h, d.hd);
+    let linear =
+        |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_scoring(bf, x, rows, inp, w, b);
     let k = linear(x, d.n, h, lw(p::WK), lw(p::BK));
     let v = linear(x, d.n, h, lw(p::WV), lw(p::BV));
     let mut x0 = buf(d.b * h);

@@ -2,6 +2,7 @@
 //! checkpoints in the Hugging Face layout.
 
 pub mod bert;
+pub mod bf16;
 pub mod checkpoint;
 pub mod engine;
 pub mod ops;

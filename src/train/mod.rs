@@ -402,16 +402,28 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Rewards of single texts, dropout off, in batches of `batch`.
+    /// Rewards of single texts, dropout off, in batches of `batch`, in f32.
     pub fn score(&self, seqs: &[Vec<u32>], batch: usize) -> Result<Vec<f32>> {
+        self.score_with(seqs, batch, false)
+    }
+
+    /// As `score`, for ordering pairs: `RewardModel::rewards_fast`.
+    pub fn score_fast(&self, seqs: &[Vec<u32>], batch: usize) -> Result<Vec<f32>> {
+        self.score_with(seqs, batch, true)
+    }
+
+    fn score_with(&self, seqs: &[Vec<u32>], batch: usize, fast: bool) -> Result<Vec<f32>> {
         let mut out = vec![0f32; seqs.len()];
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| seqs[i].len());
         for chunk in order.chunks(batch.max(1)) {
             let s: Vec<&[u32]> = chunk.iter().map(|&i| seqs[i].as_slice()).collect();
-            let r = self
-                .model
-                .rewards(&Padded::new(&s, self.encoder.pad_id()).batch())?;
+            let padded = Padded::new(&s, self.encoder.pad_id());
+            let r = if fast {
+                self.model.rewards_fast(&padded.batch())?
+            } else {
+                self.model.rewards(&padded.batch())?
+            };
             for (&i, v) in chunk.iter().zip(r) {
                 out[i] = v;
             }
@@ -505,7 +517,8 @@ pub fn examples_from_store(
 }
 
 /// Scores `rows` with `trainer`'s model and stores the probability that A is better
-/// in `pair_scores`, marked with `step`.
+/// in `pair_scores`, marked with `step`. These order the queue and the review, so
+/// they are scored fast (`Trainer::score_fast`).
 pub fn score_pairs_into(
     trainer: &Trainer,
     store: &crate::store::Store,
@@ -518,7 +531,7 @@ pub fn score_pairs_into(
         seqs.push(trainer.encoder.encode(&p.prompt, &p.response_a, max)?);
         seqs.push(trainer.encoder.encode(&p.prompt, &p.response_b, max)?);
     }
-    let r = trainer.score(&seqs, 2 * trainer.config.batch_pairs)?;
+    let r = trainer.score_fast(&seqs, 2 * trainer.config.batch_pairs)?;
     store.record_pair_scores(
         rows.iter().enumerate().map(|(i, p)| {
             let d = f64::from(r[2 * i] - r[2 * i + 1]);
