@@ -63,6 +63,11 @@ fn sql_i64(db: &Path, sql: &str) -> i64 {
     c.query_one(sql, &[]).expect(sql).get(0)
 }
 
+fn sql_run(db: &Path, sql: &str) {
+    let mut c = postgres::Client::connect(url(db), postgres::NoTls).expect("connect");
+    c.batch_execute(sql).expect(sql);
+}
+
 fn lines(out: &std::process::Output) -> Vec<Value> {
     assert!(
         out.status.success(),
@@ -951,15 +956,18 @@ fn generate_report_train_review_and_follow_on_postgres() {
         "review scored the pairs"
     );
 
-    // The team server's trainer.
+    // The team server's trainer, run by a lead's login role (a superuser would pass
+    // the connection limit below).
     let before = sql_i64(
         &pg,
         "SELECT count(*) FROM train_metrics WHERE kind = 'train'",
     );
+    let follower = format!("follower_{}", std::process::id());
+    let lead = as_role(&pg, &follower, "duel_lead");
     let mut follow = Command::new(bin())
         .current_dir(cwd)
         .arg("--db")
-        .arg(&pg)
+        .arg(&lead)
         .args([
             "train",
             "--follow",
@@ -991,13 +999,22 @@ fn generate_report_train_review_and_follow_on_postgres() {
     assert_eq!(sql_i64(&pg, "SELECT count(*) FROM train_lease"), 1);
 
     // Judgements arriving make the trainer load them again, through the connection
-    // it has: no new server process per judgement. Its connections carry the
-    // command's name, so `pg_stat_activity` tells them from the labelers'.
-    let followers = "FROM pg_stat_activity WHERE application_name = 'duel train'";
-    assert!(sql_i64(&pg, &format!("SELECT count(*) {followers}")) > 0);
-    let since = sql_i64(
+    // it has: no new server process per judgement. The role is held to the
+    // connections it has now, so a connection opened to reload is refused and
+    // training stops. Its connections carry the command's name.
+    let followers = format!("FROM pg_stat_activity WHERE usename = '{follower}'");
+    assert_eq!(
+        sql_i64(
+            &pg,
+            &format!("SELECT count(*) {followers} AND application_name <> 'duel train'")
+        ),
+        0
+    );
+    let held = sql_i64(&pg, &format!("SELECT count(*) {followers}"));
+    assert!(held > 0);
+    sql_run(
         &pg,
-        "SELECT CAST(extract(epoch FROM now()) * 1e6 AS BIGINT)",
+        &format!("ALTER ROLE {follower} CONNECTION LIMIT {held}"),
     );
     let used = "SELECT coalesce(max(labels_used), 0) FROM train_metrics WHERE kind = 'train'";
     let used_before = sql_i64(&pg, used);
@@ -1011,16 +1028,14 @@ fn generate_report_train_review_and_follow_on_postgres() {
             std::time::Instant::now() < deadline,
             "the trainer did not train on the new judgements"
         );
+        assert!(
+            follow.try_wait().expect("wait").is_none(),
+            "the trainer quit"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(
-        sql_i64(
-            &pg,
-            &format!("SELECT count(*) {followers} AND backend_start > to_timestamp({since} / 1e6)")
-        ),
-        0,
-        "the trainer connected again as judgements arrived"
-    );
+    // Handing the lease back on Ctrl-C takes a connection of its own.
+    sql_run(&pg, &format!("ALTER ROLE {follower} CONNECTION LIMIT -1"));
     let _ = Command::new("kill")
         .args(["-INT", &follow.id().to_string()])
         .status();

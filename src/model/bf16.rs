@@ -2,10 +2,11 @@
 //! (AVX512-BF16: `vdpbf16ps` multiplies pairs of bf16 and adds them into f32, twice
 //! the products of an f32 FMA per instruction).
 //!
-//! Only scoring uses them (rewards without a tape: `duel score`, `eval`, `review`,
-//! the background scorer); training stays in f32. Weights and activations are
-//! rounded to bf16 (8 bits of mantissa), products are summed in f32. A reward moves
-//! by a few thousandths against the f32 forward (tested on the real model).
+//! Only scoring that orders pairs uses them (`RewardModel::rewards_fast`: the
+//! background scorer and `duel review`); `duel score`, `eval` and training stay in
+//! f32. Weights and activations are rounded to bf16 (8 bits of mantissa), products
+//! are summed in f32. A reward moves by a few thousandths against the f32 forward
+//! (tested on the real model).
 //!
 //! The weights `w` (`n × k`, PyTorch's `out × in`) are packed once per pass into
 //! panels of 32 output columns: for each pair of inputs `(2p, 2p + 1)`, 32 lanes of
@@ -147,7 +148,7 @@ impl Bf16 {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn to_pairs(x: &[f32], out: &mut [u32]) {
     use std::arch::x86_64::*;
-    debug_assert_eq!(out.len(), x.len().div_ceil(2));
+    assert_eq!(out.len(), x.len().div_ceil(2), "a pair per two inputs");
     let mut i = 0;
     while i + 32 <= x.len() {
         // SAFETY: `i + 32 <= x.len()`, and `out` holds `x.len() / 2` pairs and more.

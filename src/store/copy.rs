@@ -166,14 +166,15 @@ const LOCK_WAIT: &str = "2s";
 /// labeler would wait on its next pair for the whole import. So it is done only
 /// when no other session is connected to the database, and only by the tables'
 /// owner (`duel_lead`); otherwise `None`, and the import goes the ordinary way,
-/// beside the labelers. A session that connects meanwhile, or holds a lock already,
+/// beside the labelers. (Another role's sessions show no `backend_type` to a role
+/// that may not read all statistics: they count too.) A session that connects meanwhile, or holds a lock already,
 /// waits at most `LOCK_WAIT` before the import gives up setting aside.
 pub(super) fn defer(ex: &Ex<'_, '_>) -> Result<Option<Deferred>> {
     let (owner, others): (bool, i64) = ex.query_one(
         "SELECT pg_has_role(current_user, relowner, 'USAGE'),
                 (SELECT count(*) FROM pg_stat_activity
                   WHERE datname = current_database() AND pid <> pg_backend_pid()
-                    AND backend_type = 'client backend')
+                    AND coalesce(backend_type, 'client backend') = 'client backend')
            FROM pg_class WHERE oid = 'pairs'::regclass",
         &[],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -194,8 +195,11 @@ pub(super) fn defer(ex: &Ex<'_, '_>) -> Result<Option<Deferred>> {
         &[],
     ) {
         Ok(_) => {}
+        // Waiting, it may also deadlock with a labeler that holds one table and wants
+        // another (the server's deadlock check runs after 1 s, before the timeout).
         Err(StoreError::Postgres(e))
-            if e.code() == Some(&::postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+            if e.code() == Some(&::postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+                || e.code() == Some(&::postgres::error::SqlState::T_R_DEADLOCK_DETECTED) =>
         {
             ex.execute("ROLLBACK TO SAVEPOINT duel_defer", &[])?;
             tracing::info!("import: the tables are in use; the indexes stay");

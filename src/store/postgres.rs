@@ -117,19 +117,28 @@ const ROLES_VERSION: i64 = 2;
 /// a role without the right gets, instead of the server's "permission denied" part
 /// way through, what to ask the server's administrator for. Nothing is written.
 fn check_role_rights(tx: &mut ::postgres::Transaction<'_>, name: &str) -> Result<()> {
+    // From PostgreSQL 16, CREATEROLE grants only the roles one administers (those
+    // one created), and owning needs membership one may SET ROLE to.
     let row = tx.query_one(
         "SELECT CAST(current_user AS TEXT), r.rolsuper, r.rolcreaterole,
                 (SELECT array_agg(CAST(want AS TEXT)) FROM unnest(ARRAY['duel_lead', 'duel_annotator']) AS want
                   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = want)),
-                coalesce((SELECT pg_has_role(current_user, oid, 'MEMBER')
-                            FROM pg_roles WHERE rolname = 'duel_lead'), false)
+                coalesce((SELECT pg_has_role(current_user, oid,
+                                  CASE WHEN current_setting('server_version_num')::int >= 160000
+                                       THEN 'SET' ELSE 'MEMBER' END)
+                            FROM pg_roles WHERE rolname = 'duel_lead'), false),
+                coalesce((SELECT pg_has_role(current_user, oid, 'MEMBER WITH ADMIN OPTION')
+                            FROM pg_roles WHERE rolname = 'duel_lead'), false),
+                current_setting('server_version_num')::int >= 160000
            FROM pg_roles r WHERE r.rolname = current_user",
         &[],
     )?;
     let (user, superuser, createrole): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
     let missing: Vec<String> = row.get::<_, Option<Vec<String>>>(3).unwrap_or_default();
-    let member: bool = row.get(4);
-    if superuser || createrole || (missing.is_empty() && member) {
+    let (member, admin, v16): (bool, bool, bool) = (row.get(4), row.get(5), row.get(6));
+    let lead_missing = missing.iter().any(|r| r == "duel_lead");
+    let may_join = createrole && (!v16 || lead_missing || admin);
+    if superuser || (missing.is_empty() && member) || may_join {
         return Ok(());
     }
     let mut sql: Vec<String> = missing
@@ -140,17 +149,22 @@ fn check_role_rights(tx: &mut ::postgres::Transaction<'_>, name: &str) -> Result
         "GRANT duel_lead TO \"{}\";",
         user.replace('"', "\"\"")
     ));
+    let why = if createrole {
+        "has CREATEROLE but does not administer duel_lead (PostgreSQL 16 and later)"
+    } else {
+        "may not create roles (CREATEROLE)"
+    };
+    let needs = if missing.is_empty() {
+        "it to be a member of duel_lead".to_owned()
+    } else {
+        format!(
+            "the roles {} and {user} a member of duel_lead",
+            missing.join(" and ")
+        )
+    };
     Err(StoreError::Invalid(format!(
-        "{name}: the role {user} may not create roles (CREATEROLE), and the schema needs \
-         {}: ask the server's administrator to run `{}`, then migrate again",
-        if missing.is_empty() {
-            "it to be a member of duel_lead".to_owned()
-        } else {
-            format!(
-                "the roles {} and {user} a member of duel_lead",
-                missing.join(" and ")
-            )
-        },
+        "{name}: the role {user} {why}, and the schema needs {needs}: ask the server's \
+         administrator to run `{}`, then migrate again",
         sql.join(" ")
     )))
 }

@@ -29,10 +29,14 @@ BEGIN
 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
 END
 $$;
+-- (From PostgreSQL 16 a new owner must be a role one may SET ROLE to, and the
+-- creator of a role is its member only to administer it.)
 DO $$
 BEGIN
     IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
-        AND NOT pg_has_role(current_user, 'duel_lead', 'MEMBER') THEN
+        AND NOT pg_has_role(current_user, 'duel_lead',
+            CASE WHEN current_setting('server_version_num')::int >= 160000
+                 THEN 'SET' ELSE 'MEMBER' END) THEN
         EXECUTE format('GRANT duel_lead TO %I', current_user);
     END IF;
 END
