@@ -63,6 +63,20 @@ fn sql_i64(db: &Path, sql: &str) -> i64 {
     c.query_one(sql, &[]).expect(sql).get(0)
 }
 
+/// Waits up to 2 minutes for `done`, failing with `what` if it does not come or
+/// with "the trainer quit" if `child` exits first.
+fn wait_while_running(child: &mut std::process::Child, what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "the trainer quit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 fn sql_run(db: &Path, sql: &str) {
     let mut c = postgres::Client::connect(url(db), postgres::NoTls).expect("connect");
     c.batch_execute(sql).expect(sql);
@@ -980,22 +994,12 @@ fn generate_report_train_review_and_follow_on_postgres() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while sql_i64(
-        &pg,
-        "SELECT count(*) FROM train_metrics WHERE kind = 'train'",
-    ) == before
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no training step recorded"
-        );
-        assert!(
-            follow.try_wait().expect("wait").is_none(),
-            "the trainer quit"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_while_running(&mut follow, "no training step recorded", || {
+        sql_i64(
+            &pg,
+            "SELECT count(*) FROM train_metrics WHERE kind = 'train'",
+        ) > before
+    });
     assert_eq!(sql_i64(&pg, "SELECT count(*) FROM train_lease"), 1);
 
     // Judgements arriving make the trainer load them again, through the connection
@@ -1022,18 +1026,11 @@ fn generate_report_train_review_and_follow_on_postgres() {
         duel_in(cwd, &pg, &["label", "--script", "1212"]);
         std::thread::sleep(std::time::Duration::from_millis(2500));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while sql_i64(&pg, used) <= used_before {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the trainer did not train on the new judgements"
-        );
-        assert!(
-            follow.try_wait().expect("wait").is_none(),
-            "the trainer quit"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_while_running(
+        &mut follow,
+        "the trainer did not train on the new judgements",
+        || sql_i64(&pg, used) > used_before,
+    );
     // Handing the lease back on Ctrl-C takes a connection of its own.
     sql_run(&pg, &format!("ALTER ROLE {follower} CONNECTION LIMIT -1"));
     let _ = Command::new("kill")

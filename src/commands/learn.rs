@@ -10,7 +10,7 @@
 //! paired.
 
 use super::BadInput;
-use super::model::{examples_from_file, learning_options, load_model, model_dir};
+use super::model::{check_head_lr, examples_from_file, learning_options, load_model, model_dir};
 use crate::cli::{LearnArgs, Schedule};
 use crate::train::{Encoded, Example, TrainConfig, epoch_batches, prompt_fold};
 use anyhow::Result;
@@ -83,11 +83,7 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
     if !(lr.is_finite() && lr > 0.0) {
         return Err(bad(format!("--lr {lr}: a rate above 0")));
     }
-    if let Some(h) = v.head_lr
-        && !(h.is_finite() && h > 0.0)
-    {
-        return Err(bad(format!("--head-lr {h}: a rate above 0")));
-    }
+    check_head_lr(v.head_lr).map_err(|BadInput(e)| bad(e))?;
     let batch_pairs = v.batch.unwrap_or(args.measure.model.batch as usize);
     if batch_pairs == 0 {
         return Err(bad("--batch 0: a batch holds at least one pair".into()));

@@ -163,6 +163,16 @@ impl Measures<'_> {
 
 /// The warm-up share and length-objective weight that `--schedule`, `--warmup` and
 /// `--length-aux` give (`duel train` and `duel bench learn`), or what is wrong.
+/// `--head-lr`, when given, is a rate above 0.
+pub(crate) fn check_head_lr(head_lr: Option<f64>) -> Result<(), BadInput> {
+    match head_lr {
+        Some(h) if !(h.is_finite() && h > 0.0) => {
+            Err(BadInput(format!("--head-lr {h}: a rate above 0")))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn learning_options(
     schedule: Schedule,
     warmup: Option<f64>,
@@ -213,11 +223,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         ))
         .into());
     }
-    if let Some(h) = args.head_lr
-        && !(h.is_finite() && h > 0.0)
-    {
-        return Err(BadInput(format!("--head-lr {h}: a rate above 0")).into());
-    }
+    check_head_lr(args.head_lr)?;
     let config = TrainConfig {
         lr: args.lr,
         head_lr: args.head_lr,

@@ -167,8 +167,9 @@ const LOCK_WAIT: &str = "2s";
 /// when no other session is connected to the database, and only by the tables'
 /// owner (`duel_lead`); otherwise `None`, and the import goes the ordinary way,
 /// beside the labelers. (Another role's sessions show no `backend_type` to a role
-/// that may not read all statistics: they count too.) A session that connects meanwhile, or holds a lock already,
-/// waits at most `LOCK_WAIT` before the import gives up setting aside.
+/// that may not read all statistics: they count too.) A session that connects
+/// meanwhile, or holds a lock already, waits at most `LOCK_WAIT` before the import
+/// gives up setting aside.
 pub(super) fn defer(ex: &Ex<'_, '_>) -> Result<Option<Deferred>> {
     let (owner, others): (bool, i64) = ex.query_one(
         "SELECT pg_has_role(current_user, relowner, 'USAGE'),
