@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bin, demo, duel};
+use common::demo;
 use duel::domain::{Choice, NewLabel};
 use duel::store::{QueueOrder, QueueWalk, Store, StoreError, TakeLease};
 use duel::train::worker::{TrainerConfig, TrainerEvent, TrainerState};
@@ -13,6 +13,24 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+/// `duel`, run in a scratch folder: for a PostgreSQL database it keeps its log and
+/// model in the current folder, which must not be the source tree.
+fn bin_cmd() -> Command {
+    let mut c = Command::new(common::bin());
+    c.current_dir(env!("CARGO_TARGET_TMPDIR"));
+    c
+}
+
+/// Runs `duel --db DB ARGS...` to the end.
+fn duel(db: &Path, args: &[&str]) -> std::process::Output {
+    bin_cmd()
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .output()
+        .expect("run duel")
+}
 
 /// A new, empty database on the test server, as a `--db` URL; `None` (after saying
 /// why) when there is no server and none is required.
@@ -567,7 +585,7 @@ fn four_labelers_on_postgres_lose_and_duplicate_nothing() {
     // Each labeler as its own role: on PostgreSQL the annotator is who connected.
     let children: Vec<_> = (0..4)
         .map(|i| {
-            Command::new(bin())
+            bin_cmd()
                 .arg("--db")
                 .arg(as_role(&pg, &format!("a{i}"), "duel_annotator"))
                 .args(["label", "--no-train", "--script", &script])
@@ -729,7 +747,9 @@ fn an_annotator_role_judges_only_as_itself() {
     .expect("write");
     let out = duel(&alice, &["import", fresh.to_str().expect("utf8")]);
     assert!(!out.status.success(), "an annotator does not import");
-    let out = duel(&alice, &["train", "--follow"]);
+    let encoder = common::repo().join("assets/models/all-MiniLM-L6-v2");
+    let encoder = encoder.to_str().expect("utf8");
+    let out = duel(&alice, &["train", "--follow", "--model-dir", encoder]);
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("may not train"),
@@ -781,7 +801,7 @@ fn kill_9_while_labeling_on_postgres_loses_no_saved_judgement() {
     );
     let mut seen = HashSet::new();
     for (round, stop_after) in [3usize, 7, 12].into_iter().enumerate() {
-        let mut child = Command::new(bin())
+        let mut child = bin_cmd()
             .arg("--db")
             .arg(&pg)
             .args(["label", "--script", &"12".repeat(40)])
@@ -834,7 +854,7 @@ fn kill_9_during_an_import_into_postgres_leaves_all_or_nothing() {
     assert!(duel(&pg, &["migrate"]).status.success());
     let mut inside = 0;
     for delay_ms in [0u64, 200, 600] {
-        let mut child = Command::new(bin())
+        let mut child = bin_cmd()
             .arg("--db")
             .arg(&pg)
             .args(["import", file.to_str().expect("utf8")])
@@ -886,7 +906,7 @@ fn kill_9_during_an_import_into_postgres_leaves_all_or_nothing() {
 /// `duel` in folder `cwd` (where it keeps `<dbname>.model/` and `<dbname>.log` for a
 /// PostgreSQL database).
 fn duel_in(cwd: &Path, db: &Path, args: &[&str]) -> std::process::Output {
-    let out = Command::new(bin())
+    let out = bin_cmd()
         .current_dir(cwd)
         .arg("--db")
         .arg(db)
@@ -978,7 +998,7 @@ fn generate_report_train_review_and_follow_on_postgres() {
     );
     let follower = format!("follower_{}", std::process::id());
     let lead = as_role(&pg, &follower, "duel_lead");
-    let mut follow = Command::new(bin())
+    let mut follow = bin_cmd()
         .current_dir(cwd)
         .arg("--db")
         .arg(&lead)
