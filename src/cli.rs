@@ -401,6 +401,14 @@ pub struct LearnArgs {
     /// Use only the first N pairs of the file.
     #[arg(long, value_name = "N")]
     pub pairs: Option<usize>,
+    /// Another trainer's predictions of the same folds and seeds, as `NAME=FILE`
+    /// (written by `scripts/trl-learn.py`): reported and compared like an option.
+    #[arg(long = "external", value_name = "NAME=FILE")]
+    pub externals: Vec<String>,
+    /// Print each pair's fold as JSON and train nothing (for another trainer to use
+    /// the same folds).
+    #[arg(long, conflicts_with_all = ["options", "externals"])]
+    pub print_folds: bool,
     #[command(flatten)]
     pub measure: MeasureArgs,
 }

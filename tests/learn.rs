@@ -100,3 +100,130 @@ fn bad_learning_options_are_refused_before_anything_trains() {
     assert!(err.contains("1 prompt cannot fill 4 folds"), "{err}");
     assert!(!db.exists(), "bench learn made a database");
 }
+
+/// Another trainer's predictions (`--external`, as `scripts/trl-learn.py` writes
+/// them) are reported beside the options and compared with the first on the same
+/// resamples; a file made for other folds or seeds is refused before anything trains.
+#[test]
+fn another_trainers_predictions_are_compared_on_the_same_folds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("unused.db");
+    let file = slice();
+    let file = file.to_str().expect("utf-8");
+    let out = duel(
+        &db,
+        &[
+            "bench",
+            "learn",
+            file,
+            "--folds",
+            "2",
+            "--pairs",
+            "24",
+            "--print-folds",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let fold_of: Vec<u64> = plan["fold_of"]
+        .as_array()
+        .expect("fold_of")
+        .iter()
+        .map(|f| f.as_u64().expect("fold"))
+        .collect();
+    assert_eq!(fold_of.len(), 24);
+    assert!(fold_of.contains(&0) && fold_of.contains(&1), "{fold_of:?}");
+    // Pairs of one prompt share a fold.
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(slice())
+        .expect("read")
+        .lines()
+        .take(24)
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    for (i, a) in lines.iter().enumerate() {
+        for (j, b) in lines.iter().enumerate() {
+            if a["prompt"] == b["prompt"] {
+                assert_eq!(fold_of[i], fold_of[j], "pairs {i} and {j}");
+            }
+        }
+    }
+
+    let write = |name: &str, seeds: &[u64], right: bool, fold_of: &[u64]| {
+        let path = dir.path().join(name);
+        let v = serde_json::json!({
+            "options": "a test", "epochs": 1, "pairs": fold_of.len(), "folds": 2,
+            "fold_of": fold_of, "seeds": seeds,
+            "right": seeds.iter().map(|_| vec![right; fold_of.len()]).collect::<Vec<_>>(),
+            "seconds": 1.5,
+        });
+        std::fs::write(&path, v.to_string()).expect("write");
+        format!("{}={}", name.trim_end_matches(".json"), path.display())
+    };
+    let all = write("all.json", &[0], true, &fold_of);
+    let none = write("none.json", &[0], false, &fold_of);
+    let base = [
+        "bench", "learn", file, "--folds", "2", "--pairs", "24", "--seeds", "0",
+    ];
+
+    let mut shifted = fold_of.clone();
+    shifted[0] = 1 - shifted[0];
+    for (external, needle) in [
+        (write("seeds.json", &[0, 1], true, &fold_of), "seeds [0, 1]"),
+        (
+            write("folds.json", &[0], true, &shifted),
+            "are not this run's",
+        ),
+        (
+            write("short.json", &[0], true, &fold_of[..20]),
+            "are not this run's",
+        ),
+        ("x=/nonexistent.json".to_owned(), "/nonexistent.json"),
+        ("nothing".to_owned(), "expected NAME=FILE"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(["--external", &external]);
+        let out = duel(&db, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{external}: {err}");
+        assert!(err.contains(needle), "{external}: {err}");
+        assert!(!err.contains("fold 1/"), "{external} trained: {err}");
+    }
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--resamples",
+        "200",
+        "--json",
+        "--external",
+        &all,
+        "--external",
+        &none,
+    ]);
+    let out = duel(&db, &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let rows = v["options"].as_array().expect("options");
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|o| o["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["defaults", "all", "none"]);
+    let acc = |k: usize| rows[k]["accuracy"].as_f64().expect("accuracy");
+    assert_eq!(acc(1), 1.0);
+    assert_eq!(acc(2), 0.0);
+    assert_eq!(rows[1]["options"], "a test");
+    assert_eq!(rows[1]["seconds"], 1.5);
+    let d = rows[1]["vs_first"]["mean"].as_f64().expect("difference");
+    assert!((d - (1.0 - acc(0))).abs() < 1e-12, "{d} against {}", acc(0));
+    assert!(
+        rows[2]["vs_first"]["interval"]["high"]
+            .as_f64()
+            .expect("high")
+            <= 0.0
+    );
+}

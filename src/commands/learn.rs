@@ -16,7 +16,7 @@ use crate::train::{Encoded, Example, TrainConfig, epoch_batches, prompt_fold};
 use anyhow::Result;
 use clap::Parser;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
@@ -181,6 +181,70 @@ struct Outcome {
     seconds: f64,
 }
 
+/// Another trainer's predictions, as `scripts/trl-learn.py` writes them: for each
+/// seed, whether each pair of the file (in its order) was predicted right by the
+/// model that did not see its fold.
+#[derive(Debug, Deserialize)]
+struct ExternalFile {
+    options: String,
+    epochs: u64,
+    pairs: usize,
+    folds: usize,
+    fold_of: Vec<usize>,
+    seeds: Vec<u64>,
+    right: Vec<Vec<bool>>,
+    seconds: f64,
+}
+
+struct External {
+    name: String,
+    file: ExternalFile,
+}
+
+/// Reads `--external NAME=FILE` and checks that it predicted these pairs, split into
+/// these folds, with these seeds: a paired comparison means nothing otherwise.
+fn external(spec: &str, split: &Split, seeds: &[u64]) -> Result<External, BadInput> {
+    let (name, path) = spec.split_once('=').ok_or_else(|| {
+        BadInput(format!(
+            "--external {spec:?}: expected NAME=FILE, as in `trl=learn-results/trl.json`"
+        ))
+    })?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(BadInput(format!("--external {spec:?}: the name is empty")));
+    }
+    let bad = |what: String| BadInput(format!("--external {name}: {path}: {what}"));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let file: ExternalFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if file.pairs != split.fold_of.len() || file.fold_of != split.fold_of {
+        return Err(bad(format!(
+            "its {} pairs in {} folds are not this run's {} pairs in {} folds \
+             (another file, --pairs or --folds?)",
+            file.pairs,
+            file.folds,
+            split.fold_of.len(),
+            split.fold_of.iter().max().map_or(0, |m| m + 1)
+        )));
+    }
+    if file.seeds != seeds {
+        return Err(bad(format!(
+            "seeds {:?}, this run's are {seeds:?}",
+            file.seeds
+        )));
+    }
+    if file.right.len() != seeds.len() || file.right.iter().any(|r| r.len() != file.pairs) {
+        return Err(bad(format!(
+            "expected {} predictions for each of {} seeds",
+            file.pairs,
+            seeds.len()
+        )));
+    }
+    Ok(External {
+        name: name.to_owned(),
+        file,
+    })
+}
+
 /// Pairs grouped by prompt and prompts into folds.
 /// Every pair encoded once, for all folds and seeds (the model is loaded for its
 /// tokenizer, which also checks the folder before anything long starts).
@@ -279,11 +343,29 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         examples.truncate(n);
     }
     let folds = args.folds as usize;
+    let parts = split(&examples, folds, &args.file)?;
+    if args.print_folds {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": args.file,
+                "pairs": examples.len(),
+                "folds": folds,
+                "fold_of": parts.fold_of,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let externals = args
+        .externals
+        .iter()
+        .map(|s| external(s, &parts, &args.seeds))
+        .collect::<Result<Vec<_>, _>>()?;
     let Split {
         prompt_of,
         prompts,
         fold_of,
-    } = split(&examples, folds, &args.file)?;
+    } = parts;
     let data = encode_all(&base, args.measure.model.max_length, &examples)?;
     let longer_wins = examples
         .iter()
@@ -340,15 +422,24 @@ pub fn bench_learn(args: LearnArgs) -> Result<ExitCode> {
         seconds.push(start.elapsed().as_secs_f64());
     }
 
-    let summaries = summarize(&right, &prompt_of, prompts, args.measure.resamples);
-    let outcomes: Vec<Outcome> = candidates
+    let mut rows: Vec<(String, String, u64)> = candidates
         .iter()
+        .map(|c| (c.name.clone(), c.options.clone(), c.epochs))
+        .collect();
+    for x in externals {
+        rows.push((x.name, x.file.options, x.file.epochs));
+        right.push(x.file.right);
+        seconds.push(x.file.seconds);
+    }
+    let summaries = summarize(&right, &prompt_of, prompts, args.measure.resamples);
+    let outcomes: Vec<Outcome> = rows
+        .into_iter()
         .zip(summaries)
         .zip(seconds)
-        .map(|((c, s), seconds)| Outcome {
-            name: c.name.clone(),
-            options: c.options.clone(),
-            epochs: c.epochs,
+        .map(|(((name, options, epochs), s), seconds)| Outcome {
+            name,
+            options,
+            epochs,
             accuracy: s.accuracy,
             spread: s.spread,
             interval: s.interval,
