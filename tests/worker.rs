@@ -387,6 +387,59 @@ fn the_trainer_scores_unjudged_pairs_for_the_queue() {
     assert_eq!(unjudged_scored, 5, "the unjudged pairs are scored first");
 }
 
+/// While it waits for judgements, the trainer scores the whole pool with its
+/// current model (not only the `score_queue` pairs each evaluation scores), so the
+/// orders that go by the model cover it; a judgement that arrives meanwhile is
+/// still trained on.
+#[test]
+fn scores_the_whole_pool_while_it_waits_for_judgements() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let db = dir.path().join("d.db");
+    let base = dir.path().join("base");
+    write_tiny_model(&base, 5);
+    let mut store = Store::open(&db).expect("store");
+    add_labeled(&mut store, 0, 30);
+    let pool: Vec<NewPair> = (0..100)
+        .map(|i| {
+            NewPair::new(
+                Prompt::from_text(format!("open question {i}")),
+                format!("yes {i}"),
+                format!("no {i}"),
+            )
+        })
+        .collect();
+    store.insert_pairs(&pool).expect("pairs");
+    let cfg = TrainerConfig {
+        score_queue: 4,
+        passes: 2,
+        ..config(&db, &base, &dir.path().join("model"))
+    };
+    let h = spawn(cfg);
+    wait_for(&h.events, 120, |e| {
+        matches!(e, TrainerEvent::State(TrainerState::CaughtUp { .. }))
+    });
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let unjudged_scored = || -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM pair_scores s
+             WHERE NOT EXISTS (SELECT 1 FROM labels l WHERE l.pair_id = s.pair_id)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count")
+    };
+    let end = Instant::now() + Duration::from_secs(120);
+    while unjudged_scored() < 100 && Instant::now() < end {
+        let _ = h.events.recv_timeout(Duration::from_millis(100));
+    }
+    assert_eq!(unjudged_scored(), 100, "the whole pool is scored");
+
+    add_labeled(&mut store, 30, 8);
+    h.send(TrainerCommand::LabelsChanged);
+    wait_for(&h.events, 60, |e| matches!(e, TrainerEvent::Step { .. }));
+    h.stop();
+}
+
 /// With its passes done, the live trainer stops stepping and waits; new labels get
 /// their passes (and only about that much training), and the counts survive a
 /// restart from the checkpoint.

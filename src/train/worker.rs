@@ -10,15 +10,15 @@ use super::live::{self, Exposure};
 use super::{Encoded, Example, TrainConfig, Trainer, is_heldout};
 use crate::model::checkpoint;
 use crate::store::{
-    EvalMetrics, LEASE_HEARTBEAT, LabelMarks, StepMetrics, Store, TakeLease, unix_now,
+    EvalMetrics, LEASE_HEARTBEAT, LabelMarks, PairText, StepMetrics, Store, TakeLease, unix_now,
 };
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use super::messages::{TrainerCommand, TrainerEvent, TrainerState};
 
@@ -522,7 +522,15 @@ impl Worker {
 
     /// Waits, without spinning, for new labels (or a stop); `Next::Lost` if the
     /// lease is lost meanwhile.
-    fn wait_for_labels(&self, t: &Progress, dirty: &mut bool) -> Result<Next, Stop> {
+    /// Waits for judgements; meanwhile, with `idle`, scores the pairs the current
+    /// model has not scored yet, a few at a time, looking at the commands and the
+    /// lease between them.
+    fn wait_for_labels(
+        &self,
+        t: &Progress,
+        dirty: &mut bool,
+        mut idle: Option<&mut IdleScoring>,
+    ) -> Result<Next, Stop> {
         loop {
             if self.lost_lease() {
                 return Ok(Next::Lost);
@@ -530,7 +538,16 @@ impl Worker {
             if self.labels_changed() {
                 return Ok(Next::Reload);
             }
-            match self.commands.recv_timeout(LEASE_HEARTBEAT) {
+            let more = match idle.as_deref_mut() {
+                Some(idle) => self.score_idle(&t.trainer, t.step, idle)?,
+                None => false,
+            };
+            let wait = if more {
+                Duration::ZERO
+            } else {
+                LEASE_HEARTBEAT
+            };
+            match self.commands.recv_timeout(wait) {
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
                 Ok(TrainerCommand::LabelsChanged) => return Ok(Next::Reload),
                 Ok(TrainerCommand::Stop) | Err(_) => {
@@ -610,6 +627,39 @@ impl Worker {
         })
     }
 
+    /// Scores the next `IDLE_CHUNK` pairs that the model at `step` has not scored
+    /// (unjudged first, never-scored before long-ago-scored, as `score_queue`).
+    /// Returns whether pairs remain. Each evaluation scores only `score_queue` pairs;
+    /// this is what lets the orders that go by the model cover a large pool while
+    /// the labeler reads and the trainer has nothing to train on.
+    fn score_idle(
+        &self,
+        trainer: &Trainer,
+        step: u64,
+        idle: &mut IdleScoring,
+    ) -> Result<bool, Stop> {
+        if self.cfg.score_queue == 0 || idle.done_at == Some(step) {
+            return Ok(false);
+        }
+        let Some(sink) = &self.sink else {
+            return Ok(false);
+        };
+        if idle.step != Some(step) || idle.rows.is_empty() {
+            idle.rows = sink.store.pairs_to_score(IDLE_FETCH, step)?.into();
+            idle.step = Some(step);
+            if idle.rows.is_empty() {
+                idle.done_at = Some(step);
+                return Ok(false);
+            }
+        }
+        let n = idle.rows.len().min(IDLE_CHUNK);
+        let rows: Vec<PairText> = idle.rows.drain(..n).collect();
+        crate::train::score_pairs_into(trainer, &sink.store, &rows, step)
+            .map_err(|e| Stop::Failed(e.to_string()))?;
+        self.emit(TrainerEvent::Scored { step, pairs: n })?;
+        Ok(true)
+    }
+
     /// Follows while another process trains, trains while this one holds the lease,
     /// and follows again if the lease is lost.
     fn run(&mut self) -> Result<(), Stop> {
@@ -657,6 +707,7 @@ impl Worker {
         })?;
         let mut dirty = false;
         let mut last_eval = t.step;
+        let mut idle = IdleScoring::default();
         let mut loaded: Option<Data> = None;
         'reload: loop {
             let fresh = self.load_data(&t.trainer, loaded.take())?;
@@ -666,7 +717,7 @@ impl Worker {
                     have: data.train.len(),
                     need: self.cfg.min_labels,
                 }))?;
-                if let Next::Lost = self.wait_for_labels(&t, &mut dirty)? {
+                if let Next::Lost = self.wait_for_labels(&t, &mut dirty, None)? {
                     return Ok(());
                 }
                 continue 'reload;
@@ -691,7 +742,7 @@ impl Worker {
                     self.emit(TrainerEvent::State(TrainerState::CaughtUp {
                         labels: data.train.len(),
                     }))?;
-                    if let Next::Lost = self.wait_for_labels(&t, &mut dirty)? {
+                    if let Next::Lost = self.wait_for_labels(&t, &mut dirty, Some(&mut idle))? {
                         return Ok(());
                     }
                     continue 'reload;
@@ -730,6 +781,23 @@ impl Worker {
 /// queue) when it catches up, so a few steps do not each cost a pass over the
 /// held-out pairs.
 const CAUGHT_UP_EVAL_STEPS: u64 = 5;
+
+/// Pairs scored at once while the trainer waits for judgements: 64 texts, about a
+/// second of both cores, so a new judgement or a stop waits at most that long.
+const IDLE_CHUNK: usize = 32;
+
+/// Pairs read at once for idle scoring (the query ranks the whole pool).
+const IDLE_FETCH: usize = 256;
+
+/// What idle scoring has read and how far it got.
+#[derive(Default)]
+struct IdleScoring {
+    /// Pairs read for the model at `step`, not scored yet.
+    rows: VecDeque<PairText>,
+    step: Option<u64>,
+    /// The step whose model has scored every pair.
+    done_at: Option<u64>,
+}
 
 /// The model being trained and how far it has come.
 struct Progress {
