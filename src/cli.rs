@@ -402,7 +402,7 @@ pub struct LearnArgs {
     #[arg(long, value_name = "N")]
     pub pairs: Option<usize>,
     /// Another trainer's predictions of the same folds and seeds, as `NAME=FILE`
-    /// (written by `scripts/trl-learn.py`): reported and compared like an option.
+    /// (written by `scripts/baseline-learn.py`): reported and compared like an option.
     #[arg(long = "external", value_name = "NAME=FILE")]
     pub externals: Vec<String>,
     /// Print each pair's fold as JSON and train nothing (for another trainer to use

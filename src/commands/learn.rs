@@ -181,7 +181,7 @@ struct Outcome {
     seconds: f64,
 }
 
-/// Another trainer's predictions, as `scripts/trl-learn.py` writes them: for each
+/// Another trainer's predictions, as `scripts/baseline-learn.py` writes them: for each
 /// seed, whether each pair of the file (in its order) was predicted right by the
 /// model that did not see its fold.
 #[derive(Debug, Deserialize)]
