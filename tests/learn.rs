@@ -101,7 +101,7 @@ fn bad_learning_options_are_refused_before_anything_trains() {
     assert!(!db.exists(), "bench learn made a database");
 }
 
-/// Another trainer's predictions (`--external`, as `scripts/trl-learn.py` writes
+/// Another trainer's predictions (`--external`, as `scripts/baseline-learn.py` writes
 /// them) are reported beside the options and compared with the first on the same
 /// resamples; a file made for other folds or seeds is refused before anything trains.
 #[test]
