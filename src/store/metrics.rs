@@ -321,6 +321,34 @@ impl Store {
         Ok(scores)
     }
 
+    /// Up to `limit` non-gold pairs past id `after` not yet scored at `step` or
+    /// later, by id: a walk over the pool that reads only the pairs it returns (and
+    /// those it skips), where `pairs_to_score` ranks the whole pool each time (half
+    /// a second at a million pairs).
+    pub fn pairs_to_score_after(
+        &self,
+        after: i64,
+        limit: usize,
+        step: u64,
+    ) -> Result<Vec<PairText>> {
+        self.read(|ex| {
+            ex.query_all(
+                "WITH pick AS (
+                   SELECT p.id, p.prompt_id, p.response_a, p.response_b FROM pairs p
+                   LEFT JOIN pair_scores s ON s.pair_id = p.id
+                   WHERE p.id > ?1 AND coalesce(s.step, -1) < ?3 AND p.gold IS NULL
+                   ORDER BY p.id LIMIT ?2)
+                 SELECT pick.id, pr.text, ra.text, rb.text FROM pick
+                 JOIN prompts pr ON pr.id = pick.prompt_id
+                 JOIN responses ra ON ra.id = pick.response_a
+                 JOIN responses rb ON rb.id = pick.response_b
+                 ORDER BY pick.id",
+                &[&after, &(limit as i64), &(step as i64)],
+                pair_text,
+            )
+        })
+    }
+
     /// Up to `limit` non-gold pairs not yet scored at `step` or later: unjudged
     /// pairs before judged ones, never-scored before long-ago-scored, then by id.
     pub fn pairs_to_score(&self, limit: usize, step: u64) -> Result<Vec<PairText>> {
@@ -355,5 +383,79 @@ impl Store {
                 pair_text,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Choice, NewLabel, Prompt};
+    use crate::store::NewPair;
+
+    #[test]
+    fn the_scoring_walk_returns_stale_pairs_past_the_cursor_in_id_order() {
+        for mut s in crate::store::test_stores() {
+            the_scoring_walk_returns_stale_pairs_past_the_cursor_in_id_order_on(&mut s);
+        }
+    }
+
+    fn the_scoring_walk_returns_stale_pairs_past_the_cursor_in_id_order_on(s: &mut Store) {
+        let pairs: Vec<NewPair> = (0..6)
+            .map(|i| {
+                let mut p = NewPair::new(
+                    Prompt::from_text(format!("q{i}")),
+                    format!("a{i}"),
+                    format!("b{i}"),
+                );
+                p.gold = i == 4;
+                p.label = (i == 4).then_some(Choice::A);
+                p
+            })
+            .collect();
+        s.insert_pairs(&pairs).expect("insert");
+        let ids: Vec<i64> = s
+            .pairs_to_score_after(0, 100, 1)
+            .expect("walk")
+            .iter()
+            .map(|p| p.pair_id)
+            .collect();
+        // Every pair but the gold one, by id, with its texts.
+        assert_eq!(ids.len(), 5, "{ids:?}");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let first = &s.pairs_to_score_after(0, 1, 1).expect("walk")[0];
+        assert_eq!(
+            (
+                first.prompt.as_str(),
+                first.response_a.as_str(),
+                first.response_b.as_str()
+            ),
+            ("q0", "a0", "b0")
+        );
+        // Judged pairs are scored too (the disagreement order reads their scores).
+        s.record_label(&NewLabel::plain(ids[1], "ann", Choice::B, "test"))
+            .expect("label");
+        assert_eq!(s.pairs_to_score_after(0, 100, 1).expect("walk").len(), 5);
+        // Past the cursor, and only what the model at `step` has not scored.
+        s.record_pair_scores([(ids[2], 0.7), (ids[3], 0.4)], 5)
+            .expect("scores");
+        let rest: Vec<i64> = s
+            .pairs_to_score_after(ids[0], 100, 5)
+            .expect("walk")
+            .iter()
+            .map(|p| p.pair_id)
+            .collect();
+        assert_eq!(rest, [ids[1], ids[4]]);
+        let two: Vec<i64> = s
+            .pairs_to_score_after(ids[0], 100, 6)
+            .expect("walk")
+            .iter()
+            .map(|p| p.pair_id)
+            .collect();
+        assert_eq!(two, &ids[1..]);
+        assert!(
+            s.pairs_to_score_after(ids[4], 100, 6)
+                .expect("walk")
+                .is_empty()
+        );
     }
 }

@@ -627,9 +627,9 @@ impl Worker {
         })
     }
 
-    /// Scores the next `IDLE_CHUNK` pairs that the model at `step` has not scored
-    /// (unjudged first, never-scored before long-ago-scored, as `score_queue`).
-    /// Returns whether pairs remain. Each evaluation scores only `score_queue` pairs;
+    /// Scores the next `IDLE_CHUNK` pairs that the model at `step` has not scored,
+    /// walking the pool by id and round it (a new model takes the walk on from
+    /// where it was, so every pair's turn comes). Returns whether pairs remain. Each evaluation scores only `score_queue` pairs;
     /// this is what lets the orders that go by the model cover a large pool while
     /// the labeler reads and the trainer has nothing to train on.
     fn score_idle(
@@ -644,13 +644,29 @@ impl Worker {
         let Some(sink) = &self.sink else {
             return Ok(false);
         };
-        if idle.step != Some(step) || idle.rows.is_empty() {
-            idle.rows = sink.store.pairs_to_score(IDLE_FETCH, step)?.into();
+        if idle.step != Some(step) {
+            // A new model: the walk goes on from where it was, round the pool.
+            idle.rows.clear();
             idle.step = Some(step);
-            if idle.rows.is_empty() {
-                idle.done_at = Some(step);
-                return Ok(false);
+            idle.wrapped = false;
+        }
+        while idle.rows.is_empty() {
+            let rows = sink
+                .store
+                .pairs_to_score_after(idle.after, IDLE_FETCH, step)?;
+            match rows.last() {
+                Some(last) => idle.after = last.pair_id,
+                None if !idle.wrapped => {
+                    idle.wrapped = true;
+                    idle.after = 0;
+                    continue;
+                }
+                None => {
+                    idle.done_at = Some(step);
+                    return Ok(false);
+                }
             }
+            idle.rows = rows.into();
         }
         let n = idle.rows.len().min(IDLE_CHUNK);
         let rows: Vec<PairText> = idle.rows.drain(..n).collect();
@@ -786,7 +802,7 @@ const CAUGHT_UP_EVAL_STEPS: u64 = 5;
 /// second of both cores, so a new judgement or a stop waits at most that long.
 const IDLE_CHUNK: usize = 32;
 
-/// Pairs read at once for idle scoring (the query ranks the whole pool).
+/// Pairs read at once for idle scoring.
 const IDLE_FETCH: usize = 256;
 
 /// What idle scoring has read and how far it got.
@@ -794,6 +810,10 @@ const IDLE_FETCH: usize = 256;
 struct IdleScoring {
     /// Pairs read for the model at `step`, not scored yet.
     rows: VecDeque<PairText>,
+    /// The last pair id read.
+    after: i64,
+    /// Whether the walk for `step` went back to the start of the pool.
+    wrapped: bool,
     step: Option<u64>,
     /// The step whose model has scored every pair.
     done_at: Option<u64>,
