@@ -34,9 +34,9 @@ import tempfile
 import time
 
 import torch
+import torch.nn.functional as F
 import trl
 from datasets import Dataset
-import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertModel, set_seed
 from trl import RewardConfig, RewardTrainer
 
@@ -133,12 +133,7 @@ def scores(model, pad_id, seqs, batch=64):
     out = [0.0] * len(seqs)
     for s in range(0, len(order), batch):
         idx = order[s:s + batch]
-        width = max(len(seqs[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for j, i in enumerate(idx):
-            ids[j, :len(seqs[i])] = torch.tensor(seqs[i])
-            mask[j, :len(seqs[i])] = 1
+        ids, mask = padded([seqs[i] for i in idx], pad_id)
         for j, v in zip(idx, reward_of(model, ids, mask).tolist()):
             out[j] = v
     return out

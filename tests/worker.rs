@@ -33,6 +33,20 @@ fn add_labeled(store: &mut Store, from: usize, n: usize) {
     }
 }
 
+/// Adds `n` pairs nobody judged.
+fn add_unjudged(store: &mut Store, n: usize) {
+    let pairs: Vec<NewPair> = (0..n)
+        .map(|i| {
+            NewPair::new(
+                Prompt::from_text(format!("open question {i}")),
+                format!("yes {i}"),
+                format!("no {i}"),
+            )
+        })
+        .collect();
+    store.insert_pairs(&pairs).expect("pairs");
+}
+
 /// Collects events until `pred` holds for one, or panics after `secs`.
 fn wait_for(
     rx: &Receiver<TrainerEvent>,
@@ -356,16 +370,7 @@ fn the_trainer_scores_unjudged_pairs_for_the_queue() {
     write_tiny_model(&base, 5);
     let mut store = Store::open(&db).expect("store");
     add_labeled(&mut store, 0, 30);
-    let unjudged: Vec<NewPair> = (0..5)
-        .map(|i| {
-            NewPair::new(
-                Prompt::from_text(format!("open question {i}")),
-                format!("yes {i}"),
-                format!("no {i}"),
-            )
-        })
-        .collect();
-    store.insert_pairs(&unjudged).expect("pairs");
+    add_unjudged(&mut store, 5);
     let mut cfg = config(&db, &base, &dir.path().join("out"));
     cfg.score_queue = 8;
     let h = spawn(cfg);
@@ -399,25 +404,20 @@ fn scores_the_whole_pool_while_it_waits_for_judgements() {
     write_tiny_model(&base, 5);
     let mut store = Store::open(&db).expect("store");
     add_labeled(&mut store, 0, 30);
-    let pool: Vec<NewPair> = (0..100)
-        .map(|i| {
-            NewPair::new(
-                Prompt::from_text(format!("open question {i}")),
-                format!("yes {i}"),
-                format!("no {i}"),
-            )
-        })
-        .collect();
-    store.insert_pairs(&pool).expect("pairs");
+    add_unjudged(&mut store, 100);
     let cfg = TrainerConfig {
         score_queue: 4,
         passes: 2,
         ..config(&db, &base, &dir.path().join("model"))
     };
     let h = spawn(cfg);
-    wait_for(&h.events, 120, |e| {
+    let seen = wait_for(&h.events, 120, |e| {
         matches!(e, TrainerEvent::State(TrainerState::CaughtUp { .. }))
     });
+    let Some(TrainerEvent::State(TrainerState::CaughtUp { labels })) = seen.last() else {
+        unreachable!()
+    };
+    let labels = *labels;
     let c = rusqlite::Connection::open(&db).expect("open");
     let unjudged_scored = || -> i64 {
         c.query_row(
@@ -434,9 +434,14 @@ fn scores_the_whole_pool_while_it_waits_for_judgements() {
     }
     assert_eq!(unjudged_scored(), 100, "the whole pool is scored");
 
+    // New judgements are trained on: scoring gave way to them.
     add_labeled(&mut store, 30, 8);
     h.send(TrainerCommand::LabelsChanged);
-    wait_for(&h.events, 60, |e| matches!(e, TrainerEvent::Step { .. }));
+    let seen = wait_for(&h.events, 60, |e| matches!(e, TrainerEvent::Step { .. }));
+    let Some(TrainerEvent::Step { labels_used, .. }) = seen.last() else {
+        unreachable!()
+    };
+    assert!(*labels_used > labels, "{labels_used} after {labels}");
     h.stop();
 }
 

@@ -58,16 +58,21 @@ struct Candidate {
     epochs: u64,
 }
 
-fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
-    let (name, options) = spec.split_once('=').ok_or_else(|| {
-        BadInput(format!(
-            "--option {spec:?}: expected NAME=OPTIONS, as in `lr5=--lr 5e-5`"
-        ))
-    })?;
+/// `NAME=VALUE` of a repeated `flag` (`--option`, `--external`) as its trimmed,
+/// non-empty name and its value; `form` is shown when the `=` is missing.
+fn named<'a>(flag: &str, spec: &'a str, form: &str) -> Result<(&'a str, &'a str), BadInput> {
+    let (name, value) = spec
+        .split_once('=')
+        .ok_or_else(|| BadInput(format!("{flag} {spec:?}: expected {form}")))?;
     let name = name.trim();
     if name.is_empty() {
-        return Err(BadInput(format!("--option {spec:?}: the name is empty")));
+        return Err(BadInput(format!("{flag} {spec:?}: the name is empty")));
     }
+    Ok((name, value))
+}
+
+fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
+    let (name, options) = named("--option", spec, "NAME=OPTIONS, as in `lr5=--lr 5e-5`")?;
     let bad = |what: String| BadInput(format!("--option {name}: {what}"));
     let v = Variant::try_parse_from(options.split_whitespace()).map_err(|e| {
         let text = e.to_string();
@@ -183,13 +188,12 @@ struct Outcome {
 
 /// Another trainer's predictions, as `scripts/baseline-learn.py` writes them: for each
 /// seed, whether each pair of the file (in its order) was predicted right by the
-/// model that did not see its fold.
+/// model that did not see its fold. (The file also says how many pairs and folds;
+/// `fold_of` has both.)
 #[derive(Debug, Deserialize)]
 struct ExternalFile {
     options: String,
     epochs: u64,
-    pairs: usize,
-    folds: usize,
     fold_of: Vec<usize>,
     seeds: Vec<u64>,
     right: Vec<Vec<bool>>,
@@ -204,26 +208,23 @@ struct External {
 /// Reads `--external NAME=FILE` and checks that it predicted these pairs, split into
 /// these folds, with these seeds: a paired comparison means nothing otherwise.
 fn external(spec: &str, split: &Split, seeds: &[u64]) -> Result<External, BadInput> {
-    let (name, path) = spec.split_once('=').ok_or_else(|| {
-        BadInput(format!(
-            "--external {spec:?}: expected NAME=FILE, as in `trl=learn-results/trl.json`"
-        ))
-    })?;
-    let name = name.trim();
-    if name.is_empty() {
-        return Err(BadInput(format!("--external {spec:?}: the name is empty")));
-    }
+    let (name, path) = named(
+        "--external",
+        spec,
+        "NAME=FILE, as in `trl=learn-results/trl.json`",
+    )?;
     let bad = |what: String| BadInput(format!("--external {name}: {path}: {what}"));
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let file: ExternalFile = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    if file.pairs != split.fold_of.len() || file.fold_of != split.fold_of {
+    let folds = |f: &[usize]| f.iter().max().map_or(0, |m| m + 1);
+    if file.fold_of != split.fold_of {
         return Err(bad(format!(
             "its {} pairs in {} folds are not this run's {} pairs in {} folds \
              (another file, --pairs or --folds?)",
-            file.pairs,
-            file.folds,
+            file.fold_of.len(),
+            folds(&file.fold_of),
             split.fold_of.len(),
-            split.fold_of.iter().max().map_or(0, |m| m + 1)
+            folds(&split.fold_of)
         )));
     }
     if file.seeds != seeds {
@@ -232,10 +233,10 @@ fn external(spec: &str, split: &Split, seeds: &[u64]) -> Result<External, BadInp
             file.seeds
         )));
     }
-    if file.right.len() != seeds.len() || file.right.iter().any(|r| r.len() != file.pairs) {
+    let pairs = file.fold_of.len();
+    if file.right.len() != seeds.len() || file.right.iter().any(|r| r.len() != pairs) {
         return Err(bad(format!(
-            "expected {} predictions for each of {} seeds",
-            file.pairs,
+            "expected {pairs} predictions for each of {} seeds",
             seeds.len()
         )));
     }

@@ -413,13 +413,15 @@ mod tests {
             })
             .collect();
         s.insert_pairs(&pairs).expect("insert");
-        let ids: Vec<i64> = s
-            .pairs_to_score_after(0, 100, 1)
-            .expect("walk")
-            .iter()
-            .map(|p| p.pair_id)
-            .collect();
+        let walk = |s: &Store, after: i64, step: u64| -> Vec<i64> {
+            s.pairs_to_score_after(after, 100, step)
+                .expect("walk")
+                .iter()
+                .map(|p| p.pair_id)
+                .collect()
+        };
         // Every pair but the gold one, by id, with its texts.
+        let ids = walk(s, 0, 1);
         assert_eq!(ids.len(), 5, "{ids:?}");
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
         let first = &s.pairs_to_score_after(0, 1, 1).expect("walk")[0];
@@ -434,28 +436,12 @@ mod tests {
         // Judged pairs are scored too (the disagreement order reads their scores).
         s.record_label(&NewLabel::plain(ids[1], "ann", Choice::B, "test"))
             .expect("label");
-        assert_eq!(s.pairs_to_score_after(0, 100, 1).expect("walk").len(), 5);
+        assert_eq!(walk(s, 0, 1), ids);
         // Past the cursor, and only what the model at `step` has not scored.
         s.record_pair_scores([(ids[2], 0.7), (ids[3], 0.4)], 5)
             .expect("scores");
-        let rest: Vec<i64> = s
-            .pairs_to_score_after(ids[0], 100, 5)
-            .expect("walk")
-            .iter()
-            .map(|p| p.pair_id)
-            .collect();
-        assert_eq!(rest, [ids[1], ids[4]]);
-        let two: Vec<i64> = s
-            .pairs_to_score_after(ids[0], 100, 6)
-            .expect("walk")
-            .iter()
-            .map(|p| p.pair_id)
-            .collect();
-        assert_eq!(two, &ids[1..]);
-        assert!(
-            s.pairs_to_score_after(ids[4], 100, 6)
-                .expect("walk")
-                .is_empty()
-        );
+        assert_eq!(walk(s, ids[0], 5), [ids[1], ids[4]]);
+        assert_eq!(walk(s, ids[0], 6), &ids[1..]);
+        assert!(walk(s, ids[4], 6).is_empty());
     }
 }

@@ -520,11 +520,10 @@ impl Worker {
         }
     }
 
-    /// Waits, without spinning, for new labels (or a stop); `Next::Lost` if the
-    /// lease is lost meanwhile.
-    /// Waits for judgements; meanwhile, with `idle`, scores the pairs the current
-    /// model has not scored yet, a few at a time, looking at the commands and the
-    /// lease between them.
+    /// Waits for new labels (or a stop); `Next::Lost` if the lease is lost
+    /// meanwhile. With `idle`, it scores the pairs the current model has not scored
+    /// yet, a chunk at a time, looking at the commands and the lease between chunks;
+    /// with nothing to score it waits without spinning.
     fn wait_for_labels(
         &self,
         t: &Progress,
@@ -619,7 +618,18 @@ impl Worker {
         if rows.is_empty() {
             return Ok(());
         }
-        crate::train::score_pairs_into(trainer, &sink.store, &rows, step)
+        self.score_rows(trainer, &sink.store, &rows, step)
+    }
+
+    /// Scores `rows` with the model at `step` into `pair_scores` and says so.
+    fn score_rows(
+        &self,
+        trainer: &Trainer,
+        store: &Store,
+        rows: &[PairText],
+        step: u64,
+    ) -> Result<(), Stop> {
+        crate::train::score_pairs_into(trainer, store, rows, step)
             .map_err(|e| Stop::Failed(e.to_string()))?;
         self.emit(TrainerEvent::Scored {
             step,
@@ -629,9 +639,10 @@ impl Worker {
 
     /// Scores the next `IDLE_CHUNK` pairs that the model at `step` has not scored,
     /// walking the pool by id and round it (a new model takes the walk on from
-    /// where it was, so every pair's turn comes). Returns whether pairs remain. Each evaluation scores only `score_queue` pairs;
-    /// this is what lets the orders that go by the model cover a large pool while
-    /// the labeler reads and the trainer has nothing to train on.
+    /// where it was, so every pair's turn comes). Returns whether pairs remain.
+    /// Each evaluation scores only `score_queue` pairs; this is what lets the orders
+    /// that go by the model cover a large pool while the labeler reads and the
+    /// trainer has nothing to train on.
     fn score_idle(
         &self,
         trainer: &Trainer,
@@ -670,9 +681,7 @@ impl Worker {
         }
         let n = idle.rows.len().min(IDLE_CHUNK);
         let rows: Vec<PairText> = idle.rows.drain(..n).collect();
-        crate::train::score_pairs_into(trainer, &sink.store, &rows, step)
-            .map_err(|e| Stop::Failed(e.to_string()))?;
-        self.emit(TrainerEvent::Scored { step, pairs: n })?;
+        self.score_rows(trainer, &sink.store, &rows, step)?;
         Ok(true)
     }
 
