@@ -364,6 +364,10 @@ pub struct TrainArgs {
     /// model, resumed, keeps its own.
     #[arg(long, value_enum, default_value = "cls")]
     pub pooling: crate::train::Pooling,
+    /// How the training step multiplies its large matrix products: `f32`, or `bf16`
+    /// (inputs rounded to bf16, sums in f32; on CPUs with AVX512-BF16, f32 elsewhere).
+    #[arg(long, value_enum, default_value = "f32")]
+    pub products: crate::train::Products,
     /// Also measure accuracy on this labeled file after each epoch
     /// (JSON Lines with `prompt`, `chosen`, `rejected`, as `duel eval` reads).
     #[arg(long, value_name = "FILE")]
@@ -383,7 +387,8 @@ pub struct LearnArgs {
     pub file: PathBuf,
     /// A set of training options to measure, as `NAME=OPTIONS` with the options of
     /// `duel train` that shape learning (`--lr`, `--head-lr`, `--batch`, `--length-aux`,
-    /// `--schedule`, `--warmup`, `--dropout`, `--pooling`, `--center`, `--epochs`); what it
+    /// `--schedule`, `--warmup`, `--dropout`, `--pooling`, `--center`, `--products`,
+    /// `--epochs`); what it
     /// leaves out is the
     /// default. Repeat to compare: each is compared with the first.
     /// [default: `defaults=`]

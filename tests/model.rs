@@ -142,7 +142,9 @@ fn gradients_match_pytorch_on_a_fixed_model_and_batch() {
         seqs: b,
         len: t,
     };
-    let (rewards, tape) = model.forward_tape(&batch, None).expect("engine forward");
+    let (rewards, tape) = model
+        .forward_tape(&batch, None, false)
+        .expect("engine forward");
     for (g, w) in rewards.iter().zip(&want_r) {
         assert!(
             (g - w).abs() < 1e-5,

@@ -47,6 +47,8 @@ struct Variant {
     center: Option<f64>,
     #[arg(long)]
     epochs: Option<u64>,
+    #[arg(long, value_enum)]
+    products: Option<crate::train::Products>,
 }
 
 /// One set of options, ready to train with.
@@ -115,6 +117,7 @@ fn candidate(spec: &str, args: &LearnArgs) -> Result<Candidate, BadInput> {
             center_coef,
             dropout: v.dropout.unwrap_or(defaults.dropout),
             pooling: v.pooling.unwrap_or(defaults.pooling),
+            products: v.products.unwrap_or(defaults.products),
             batch_pairs,
             max_length: args.measure.model.max_length,
             ..defaults

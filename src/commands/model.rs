@@ -5,8 +5,8 @@ use crate::cli::{EvalArgs, Schedule, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
 use crate::model::{DEFAULT_ENCODER_DIR, checkpoint};
 use crate::train::{
-    Encoded, Example, LIVE_WARMUP_STEPS, TrainConfig, Trainer, epoch_batches, examples_from_store,
-    is_heldout,
+    Encoded, Example, LIVE_WARMUP_STEPS, Products, TrainConfig, Trainer, epoch_batches,
+    examples_from_store, is_heldout,
 };
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, Write};
@@ -235,6 +235,7 @@ pub fn train(db: &Path, args: TrainArgs) -> Result<ExitCode> {
         warmup_ratio,
         dropout: args.dropout,
         pooling: args.pooling,
+        products: args.products,
         length_aux,
         ..Default::default()
     };
@@ -468,6 +469,9 @@ fn card_options(args: &TrainArgs, c: &TrainConfig, warmup_steps: u64) -> Vec<(St
     if c.length_aux > 0.0 {
         rows.push(("length objective weight".into(), c.length_aux.to_string()));
     }
+    if c.products == Products::Bf16 {
+        rows.push(("matrix products".into(), "bf16 inputs, f32 sums".into()));
+    }
     rows.push(("seed".into(), c.seed.to_string()));
     rows
 }
@@ -624,9 +628,15 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         }
         let batch: Vec<&Encoded> = data.iter().collect();
         let ms = median_ms(|| trainer.step(&batch).map(drop))?;
+        // The same step with the products in bf16 (`--products bf16`), where the CPU
+        // has them.
+        trainer.config.products = Products::Bf16;
+        let bf16_ms = median_ms(|| trainer.step(&batch).map(drop))?;
+        trainer.config.products = Products::F32;
         steps.insert(
             seq.to_string(),
-            serde_json::json!({"ms_per_step": ms, "pairs_per_s": 8.0 / (ms / 1000.0)}),
+            serde_json::json!({"ms_per_step": ms, "pairs_per_s": 8.0 / (ms / 1000.0),
+                "bf16_ms_per_step": bf16_ms, "bf16_pairs_per_s": 8.0 / (bf16_ms / 1000.0)}),
         );
         if seq == 128 {
             out.insert(

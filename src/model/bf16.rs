@@ -104,43 +104,202 @@ impl Packed {
     }
 }
 
+impl Packed {
+    /// Packs `b`, `k × n` row-major, as the right operand of `a · b`: a weight
+    /// matrix read untransposed (`dx = dy · w`) or the activations a weight's
+    /// gradient sums over (`dw = dyᵀ · x`).
+    pub fn from_rows(b: &[f32], k: usize, n: usize) -> Packed {
+        assert_eq!(b.len(), k * n, "a matrix of {k} × {n}");
+        let kp = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0u32; panels * kp * NR];
+        data.par_chunks_mut(kp * NR)
+            .enumerate()
+            .for_each(|(panel, out)| {
+                let c0 = panel * NR;
+                let cols = NR.min(n - c0);
+                for (p, lanes) in out.chunks_exact_mut(NR).enumerate() {
+                    let lo = &b[2 * p * n + c0..][..cols];
+                    match b.get((2 * p + 1) * n + c0..(2 * p + 1) * n + c0 + cols) {
+                        Some(hi) => interleave(lo, hi, lanes),
+                        None => {
+                            for (l, &v) in lanes.iter_mut().zip(lo) {
+                                *l = u32::from(bf16_bits(v));
+                            }
+                        }
+                    }
+                }
+            });
+        Packed { n, k, kp, data }
+    }
+}
+
+/// Lanes of two bf16, `lo[c]` in the low half and `hi[c]` in the high one.
+fn interleave(lo: &[f32], hi: &[f32], lanes: &mut [u32]) {
+    let n = lanes.len().min(lo.len()).min(hi.len());
+    let mut c = 0;
+    if Bf16::detect().is_some() {
+        while c + 16 <= n {
+            // SAFETY: the instructions exist (`Bf16::detect`), and `c + 16 <= n`
+            // elements of each slice are read or written.
+            unsafe { interleave16(&lo[c..c + 16], &hi[c..c + 16], &mut lanes[c..c + 16]) };
+            c += 16;
+        }
+    }
+    for ((l, &a), &b) in lanes[c..n].iter_mut().zip(&lo[c..n]).zip(&hi[c..n]) {
+        *l = u32::from(bf16_bits(a)) | (u32::from(bf16_bits(b)) << 16);
+    }
+}
+
+/// `interleave` of 16 lanes in three instructions: both halves rounded, then
+/// interleaved.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn interleave16(lo: &[f32], hi: &[f32], lanes: &mut [u32]) {
+    use std::arch::x86_64::*;
+    assert!(lo.len() == 16 && hi.len() == 16 && lanes.len() == 16);
+    // Lane c takes the bf16 at 16-bit index c (from `lo`) and c + 16 (from `hi`).
+    const ORDER: [i16; 32] = {
+        let mut o = [0i16; 32];
+        let mut c = 0;
+        while c < 16 {
+            o[2 * c] = c as i16;
+            o[2 * c + 1] = c as i16 + 16;
+            c += 1;
+        }
+        o
+    };
+    // SAFETY: each slice holds the 16 elements (64 bytes) loaded or stored.
+    unsafe {
+        let l = _mm512_loadu_ps(lo.as_ptr());
+        let h = _mm512_loadu_ps(hi.as_ptr());
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(h, l));
+        let order = _mm512_loadu_si512(ORDER.as_ptr().cast());
+        _mm512_storeu_si512(
+            lanes.as_mut_ptr().cast(),
+            _mm512_permutexvar_epi16(order, both),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn interleave16(_: &[f32], _: &[f32], _: &mut [u32]) {
+    unreachable!("Bf16 is never detected off x86-64")
+}
+
+/// The left operand of a product, `m × k`.
+#[derive(Debug, Clone, Copy)]
+pub enum Left<'a> {
+    /// Its rows, row-major.
+    Rows(&'a [f32]),
+    /// Its transpose, `k × m` row-major (a weight's gradient `dyᵀ · x` reads `dy`
+    /// this way).
+    Transposed(&'a [f32]),
+}
+
 impl Bf16 {
     /// `x · wᵀ + b` for `x` of `rows × k`, into `y` of `rows × n`.
     pub fn linear(self, x: &[f32], rows: usize, w: &Packed, b: &[f32], y: &mut [f32]) {
-        let (n, k, kp) = (w.n, w.k, w.kp);
-        assert_eq!(x.len(), rows * k, "activations of {rows} × {k}");
-        assert_eq!(y.len(), rows * n, "outputs of {rows} × {n}");
-        assert_eq!(b.len(), n, "a bias per output");
-        y.par_chunks_mut(MC * n)
-            .zip(x.par_chunks(MC * k))
-            .for_each(|(y, x)| {
-                let m = x.len() / k;
-                let mut xb = vec![0u32; m * kp];
-                for (src, dst) in x.chunks_exact(k).zip(xb.chunks_exact_mut(kp)) {
-                    // SAFETY: `Bf16` exists only where the instructions do.
-                    unsafe { to_pairs(src, dst) };
-                }
-                for (panel, wp) in w.data.chunks_exact(kp * NR).enumerate() {
+        assert_eq!(b.len(), w.n, "a bias per output");
+        self.product(Left::Rows(x), rows, w, Some(b), y, false);
+    }
+
+    /// `y = a · b (+ bias)`, or `y += a · b` with `accumulate`, for `a` of `m × k`
+    /// and `b` packed (`k × n`), into `y` of `m × n`.
+    pub fn product(
+        self,
+        a: Left<'_>,
+        m: usize,
+        b: &Packed,
+        bias: Option<&[f32]>,
+        y: &mut [f32],
+        accumulate: bool,
+    ) {
+        let (n, k, kp) = (b.n, b.k, b.kp);
+        let a_len = match a {
+            Left::Rows(a) | Left::Transposed(a) => a.len(),
+        };
+        assert_eq!(a_len, m * k, "a left operand of {m} × {k}");
+        assert_eq!(y.len(), m * n, "outputs of {m} × {n}");
+        assert!(bias.is_none_or(|b| b.len() == n), "a bias per output");
+        // The left operand as pairs of bf16 along `k`: its rows converted a block at a
+        // time, or, read transposed, packed as the right operand is (panels of NR of
+        // its rows, each pair of a row NR lanes after the last).
+        let left_panels = match a {
+            Left::Transposed(a) => Some(Packed::from_rows(a, k, m)),
+            Left::Rows(_) => None,
+        };
+        let block_rows = if left_panels.is_some() { NR } else { MC };
+        y.par_chunks_mut(block_rows * n)
+            .enumerate()
+            .for_each(|(block, y)| {
+                let (r0, mb) = (block * block_rows, y.len() / n);
+                let rows_pairs;
+                // The block's pairs, and the distance from one row's pairs to the
+                // next's and from one pair of a row to its next.
+                let (xb, row_step, pair_step): (&[u32], usize, usize) = match (&left_panels, a) {
+                    (Some(packed), _) => (&packed.data[block * kp * NR..][..kp * NR], 1, NR),
+                    (None, Left::Rows(a)) => {
+                        let mut xb = vec![0u32; mb * kp];
+                        for (src, dst) in a[r0 * k..][..mb * k]
+                            .chunks_exact(k)
+                            .zip(xb.chunks_exact_mut(kp))
+                        {
+                            // SAFETY: `Bf16` exists only where the instructions do.
+                            unsafe { to_pairs(src, dst) };
+                        }
+                        rows_pairs = xb;
+                        (&rows_pairs, kp, 1)
+                    }
+                    (None, Left::Transposed(_)) => unreachable!("packed above"),
+                };
+                for (panel, wp) in b.data.chunks_exact(kp * NR).enumerate() {
                     let c0 = panel * NR;
                     let cols = NR.min(n - c0);
-                    let mut r0 = 0;
-                    while r0 < m {
-                        let rs = MR.min(m - r0);
+                    let mut i0 = 0;
+                    while i0 < mb {
+                        let rs = MR.min(mb - i0);
                         let sums = &mut [[0f32; NR]; MR];
-                        // SAFETY: as above; the rows `r0..r0 + rs` of `xb` and the
-                        // panel `wp` each hold `kp` pairs, which the kernel reads.
-                        unsafe { kernel(&xb[r0 * kp..(r0 + rs) * kp], kp, rs, wp, sums) };
+                        let rows = Strided {
+                            pairs: &xb[i0 * row_step..],
+                            row_step,
+                            pair_step,
+                            rows: rs,
+                            kp,
+                        };
+                        // SAFETY: as above; `kernel` checks that the rows it reads
+                        // and the panel `wp` hold `kp` pairs each.
+                        unsafe { kernel(rows, wp, sums) };
                         for (i, s) in sums.iter().take(rs).enumerate() {
-                            let out = &mut y[(r0 + i) * n + c0..][..cols];
-                            for ((o, &v), &bias) in out.iter_mut().zip(s).zip(&b[c0..]) {
-                                *o = v + bias;
+                            let out = &mut y[(i0 + i) * n + c0..][..cols];
+                            if accumulate {
+                                for (o, &v) in out.iter_mut().zip(s) {
+                                    *o += v;
+                                }
+                            } else if let Some(bias) = bias {
+                                for ((o, &v), &b) in out.iter_mut().zip(s).zip(&bias[c0..]) {
+                                    *o = v + b;
+                                }
+                            } else {
+                                out.copy_from_slice(&s[..cols]);
                             }
                         }
-                        r0 += rs;
+                        i0 += rs;
                     }
                 }
             });
     }
+}
+
+/// Rows of a left operand's pairs for the kernel: row `r`'s pair `p` is at
+/// `r * row_step + p * pair_step`.
+#[derive(Clone, Copy)]
+struct Strided<'a> {
+    pairs: &'a [u32],
+    row_step: usize,
+    pair_step: usize,
+    rows: usize,
+    kp: usize,
 }
 
 /// A row of activations as pairs of bf16 (the last pair padded with 0 for odd `k`).
@@ -168,17 +327,21 @@ unsafe fn to_pairs(x: &[f32], out: &mut [u32]) {
     }
 }
 
-/// `sums[r][c] = Σ_p xb[r][p] · panel[p][c]` (pairs of bf16 multiplied and added in
-/// f32) for the `rows` rows of `xb`, each `kp` pairs long.
+/// `sums[r][c] = Σ_p x[r][p] · panel[p][c]` (pairs of bf16 multiplied and added in
+/// f32) for the rows of `x`, each `kp` pairs long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn kernel(xb: &[u32], kp: usize, rows: usize, panel: &[u32], sums: &mut [[f32; NR]; MR]) {
-    assert!(rows <= MR && xb.len() == rows * kp && panel.len() == kp * NR);
+unsafe fn kernel(x: Strided<'_>, panel: &[u32], sums: &mut [[f32; NR]; MR]) {
+    assert!(x.rows >= 1 && x.rows <= MR && panel.len() == x.kp * NR);
+    if x.kp > 0 {
+        let last = (x.rows - 1) * x.row_step + (x.kp - 1) * x.pair_step;
+        assert!(last < x.pairs.len(), "rows past their pairs");
+    }
     // One copy of the loop per row count, so the sums stay in registers.
     macro_rules! rows {
         ($($r:literal)*) => {
-            match rows {
-                $($r => unsafe { kernel_rows::<$r>(xb, kp, panel, sums) },)*
+            match x.rows {
+                $($r => unsafe { kernel_rows::<$r>(x, panel, sums) },)*
                 _ => unreachable!(),
             }
         };
@@ -189,24 +352,23 @@ unsafe fn kernel(xb: &[u32], kp: usize, rows: usize, panel: &[u32], sums: &mut [
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[inline]
-unsafe fn kernel_rows<const R: usize>(
-    xb: &[u32],
-    kp: usize,
-    panel: &[u32],
-    sums: &mut [[f32; NR]; MR],
-) {
+unsafe fn kernel_rows<const R: usize>(x: Strided<'_>, panel: &[u32], sums: &mut [[f32; NR]; MR]) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    let (x, w) = (xb.as_ptr(), panel.as_ptr());
-    for p in 0..kp {
-        // SAFETY: `p < kp`; the panel holds `kp * NR` lanes and each of the `R` rows
-        // of `xb` holds `kp` (checked by `kernel`).
+    let (xp, w) = (x.pairs.as_ptr(), panel.as_ptr());
+    let mut rows = [0usize; R];
+    for (r, at) in rows.iter_mut().enumerate() {
+        *at = r * x.row_step;
+    }
+    for p in 0..x.kp {
+        let at = p * x.pair_step;
+        // SAFETY: `p < kp`; the panel holds `kp * NR` lanes, and the last pair of
+        // the last row is within `x.pairs` (checked by `kernel`).
         unsafe {
             let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(p * NR).cast()));
             let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(w.add(p * NR + 16).cast()));
-            for (r, a) in acc.iter_mut().enumerate() {
-                let xv: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*x.add(r * kp + p) as i32));
+            for (a, &row) in acc.iter_mut().zip(&rows) {
+                let xv: __m512bh = std::mem::transmute(_mm512_set1_epi32(*xp.add(row + at) as i32));
                 a[0] = _mm512_dpbf16_ps(a[0], xv, w0);
                 a[1] = _mm512_dpbf16_ps(a[1], xv, w1);
             }
@@ -227,7 +389,7 @@ unsafe fn to_pairs(_: &[f32], _: &mut [u32]) {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: &[u32], _: usize, _: usize, _: &[u32], _: &mut [[f32; NR]; MR]) {
+unsafe fn kernel(_: Strided<'_>, _: &[u32], _: &mut [[f32; NR]; MR]) {
     unreachable!("Bf16 is never detected off x86-64")
 }
 
@@ -279,6 +441,59 @@ mod tests {
                         (got - want).abs() < 1e-4 * (1.0 + want.abs()),
                         "{rows}×{n}×{k} at ({i}, {j}): {got} vs {want}"
                     );
+                }
+            }
+        }
+    }
+    /// The backward's products: `dy · w` added into what is there (the weights read
+    /// untransposed) and `dyᵀ · x` (the left operand read transposed), on the shapes
+    /// of the first test, against the textbook loop on rounded numbers.
+    #[test]
+    fn products_of_transposed_and_untransposed_operands_match_the_textbook_loop() {
+        let Some(bf) = Bf16::detect() else {
+            eprintln!("this CPU has no AVX512-BF16: training multiplies in f32 here");
+            return;
+        };
+        let r = |v: f32| f64::from(f32_of_bf16(bf16_bits(v)));
+        for (m, n, k) in [
+            (1, 32, 64),
+            (13, 40, 33),
+            (50, 384, 384),
+            (7, 17, 1536),
+            (61, 5, 3),
+        ] {
+            let b = values(k * n, 4);
+            let packed = Packed::from_rows(&b, k, n);
+            for transposed in [false, true] {
+                let a = values(m * k, 5);
+                // `a` holds the left operand's rows, or its transpose.
+                let at = |i: usize, t: usize| {
+                    if transposed {
+                        a[t * m + i]
+                    } else {
+                        a[i * k + t]
+                    }
+                };
+                let left = if transposed {
+                    Left::Transposed(&a)
+                } else {
+                    Left::Rows(&a)
+                };
+                let before = values(m * n, 6);
+                let mut y = before.clone();
+                bf.product(left, m, &packed, None, &mut y, !transposed);
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut want: f64 = (0..k).map(|t| r(at(i, t)) * r(b[t * n + j])).sum();
+                        if !transposed {
+                            want += f64::from(before[i * n + j]);
+                        }
+                        let got = f64::from(y[i * n + j]);
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{m}×{n}×{k}, transposed {transposed}, at ({i}, {j}): {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -10,7 +10,7 @@
 //! counter-based masks, drawn in the same order).
 
 use super::bert::{DropoutRng, EMBEDDING_TENSORS, LAYER_TENSORS, RewardModel, draw, dropout_mask};
-use super::bf16::{Bf16, Packed};
+use super::bf16::{Bf16, Left, Packed};
 use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp, row_stats};
 use super::sgemm::{Par, View, ViewMut, matmul};
 use candle_core::{Result, Storage, Tensor, bail};
@@ -255,13 +255,14 @@ struct Dims {
 }
 
 impl Dims {
-    /// One attention head's columns of a sequence's `(t, hidden)` block.
-    fn head<'a>(&self, block: &'a [f32], head: usize) -> View<'a> {
-        View::cols_of(block, self.t, self.h, head * self.hd, self.hd)
+    /// One attention head's columns of a sequence's first `rows` rows (its tokens
+    /// without its padding).
+    fn head_rows<'a>(&self, block: &'a [f32], head: usize, rows: usize) -> View<'a> {
+        View::cols_of(block, rows, self.h, head * self.hd, self.hd)
     }
 
-    fn head_mut<'a>(&self, block: &'a mut [f32], head: usize) -> ViewMut<'a> {
-        ViewMut::cols_of(block, self.t, self.h, head * self.hd, self.hd)
+    fn head_rows_mut<'a>(&self, block: &'a mut [f32], head: usize, rows: usize) -> ViewMut<'a> {
+        ViewMut::cols_of(block, rows, self.h, head * self.hd, self.hd)
     }
 }
 
@@ -301,6 +302,10 @@ pub struct Tape {
     /// The pooled vector after dropout, which the classifier read.
     pooled_d: Buf,
     p_hidden: f32,
+    /// The products' kernels when they multiply in bf16.
+    bf: Option<Bf16>,
+    /// Each sequence's tokens before its padding (`unpadded_lengths`).
+    lens: Vec<usize>,
 }
 
 impl Tape {
@@ -361,16 +366,9 @@ fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
 /// to bf16 costs about what multiplying this many rows by them does.
 const BF16_MIN_ROWS: usize = 256;
 
-/// `linear`, in bf16 when scoring on a CPU that multiplies it (`bf`) and there are
+/// `linear`, in bf16 when asked for on a CPU that multiplies it (`bf`) and there are
 /// rows enough to pay for packing the weights.
-fn linear_scoring(
-    bf: Option<Bf16>,
-    x: &[f32],
-    rows: usize,
-    inp: usize,
-    w: &[f32],
-    b: &[f32],
-) -> Buf {
+fn linear_with(bf: Option<Bf16>, x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
     match bf {
         Some(bf) if rows >= BF16_MIN_ROWS => {
             let out = b.len();
@@ -383,7 +381,8 @@ fn linear_scoring(
 }
 
 /// Gradients of `y = x · wᵀ + b`: `dw` and `db` are written; `dx` is written, or
-/// added to with `accumulate`.
+/// added to with `accumulate`. With `bf` (the kernels and `x` packed for them) the
+/// products multiply in bf16.
 #[allow(clippy::too_many_arguments)]
 fn linear_bwd(
     dy: &[f32],
@@ -394,8 +393,18 @@ fn linear_bwd(
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<(&mut [f32], bool)>,
+    bf: Option<(Bf16, &Packed)>,
 ) {
     let out = db.len();
+    if let Some((bf, xp)) = bf {
+        bf.product(Left::Transposed(dy), out, xp, None, dw, false);
+        col_sums(dy, out, db);
+        if let Some((dx, accumulate)) = dx {
+            let wp = Packed::from_rows(w, out, inp);
+            bf.product(Left::Rows(dy), rows, &wp, None, dx, accumulate);
+        }
+        return;
+    }
     matmul(
         ViewMut::new(dw, out, inp),
         View::new(dy, rows, out).t(),
@@ -552,13 +561,16 @@ impl RewardModel {
     }
 
     /// Rewards of a batch, and the tape its backward needs. Dropout is on when `rng`
-    /// is given (training), drawing masks in the order the candle forward does.
+    /// is given (training), drawing masks in the order the candle forward does. With
+    /// `bf16` the large products, here and in the backward, multiply in bf16 where the
+    /// CPU does so natively (`bf16.rs`; sums stay f32), otherwise in f32.
     pub fn forward_tape(
         &self,
         batch: &Batch<'_>,
         rng: Option<&mut DropoutRng>,
+        bf16: bool,
     ) -> Result<(Vec<f32>, Tape)> {
-        self.forward_impl(batch, rng, true, false)
+        self.forward_impl(batch, rng, true, bf16)
     }
 
     /// The forward; with `keep` false each layer's activations are given back as soon
@@ -568,7 +580,7 @@ impl RewardModel {
         batch: &Batch<'_>,
         mut rng: Option<&mut DropoutRng>,
         keep: bool,
-        fast: bool,
+        bf16: bool,
     ) -> Result<(Vec<f32>, Tape)> {
         let d = self.dims(batch)?;
         let cfg = &self.config;
@@ -600,19 +612,16 @@ impl RewardModel {
         let emb_mask = dropout_in_place(&mut x, emb_key, p_hidden);
 
         let bias: Vec<f32> = batch.mask.iter().map(|m| (m - 1.0) * 1e4).collect();
+        let lens = unpadded_lengths(batch.mask, t);
         let scale = 1.0 / (d.hd as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         // Without a tape only the first token's state leaves the last layer.
         let mut first_only = false;
         let scoring = !keep && rng.is_none();
-        // Fast scoring's products in bf16 where the CPU multiplies it.
-        let bf = if scoring && fast {
-            Bf16::detect()
-        } else {
-            None
-        };
+        // The products in bf16 where asked for and the CPU multiplies it.
+        let bf = if bf16 { Bf16::detect() } else { None };
         let linear =
-            |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_scoring(bf, x, rows, inp, w, b);
+            |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(bf, x, rows, inp, w, b);
         for l in 0..cfg.num_hidden_layers {
             let lw = |i| w.layer(l, i);
             if scoring && l + 1 == cfg.num_hidden_layers {
@@ -631,7 +640,7 @@ impl RewardModel {
                 d,
                 scale,
                 (&q, &k, &v),
-                &bias,
+                (&bias, &lens),
                 (probs_key, p_attn),
                 (&mut probs, &mut probs_d),
                 &mut ctx,
@@ -707,6 +716,8 @@ impl RewardModel {
             pool_mask,
             pooled_d,
             p_hidden,
+            bf,
+            lens,
         };
         Ok((rewards, tape))
     }
@@ -783,6 +794,7 @@ impl RewardModel {
                 &mut gw[0],
                 &mut gb[0],
                 Some((&mut dcls, false)),
+                None,
             );
             let mut dx = zeros(d.n * h);
             for (b, c) in dcls.chunks(h).enumerate() {
@@ -826,6 +838,8 @@ impl RewardModel {
         let d = tape.dims;
         let h = d.h;
         let scale = 1.0 / (d.hd as f32).sqrt();
+        let bf = tape.bf.filter(|_| d.n >= BF16_MIN_ROWS);
+        let packed = |x: &[f32], cols| bf.map(|bf| (bf, Packed::from_rows(x, d.n, cols)));
         for (l, c) in tape.layers.iter().enumerate().rev() {
             let lw = |i| w.layer(l, i);
             let g = &mut grads[l * PER_LAYER..(l + 1) * PER_LAYER];
@@ -846,6 +860,7 @@ impl RewardModel {
                     gw,
                     gb,
                     Some((&mut d_act, false)),
+                    packed(&c.act, d.inter).as_ref().map(|(b, p)| (*b, p)),
                 );
             }
             drop(d_r2);
@@ -861,6 +876,7 @@ impl RewardModel {
                     gw,
                     gb,
                     Some((&mut dx1, true)),
+                    packed(&c.x1, h).as_ref().map(|(b, p)| (*b, p)),
                 );
             }
             drop(d_act);
@@ -882,21 +898,24 @@ impl RewardModel {
                     gw,
                     gb,
                     Some((&mut d_ctx, false)),
+                    packed(&c.ctx, h).as_ref().map(|(b, p)| (*b, p)),
                 );
             }
             drop(d_r1);
             let mut dq = buf(d.n * h);
             let mut dk = buf(d.n * h);
             let mut dv = buf(d.n * h);
-            attention_bwd(d, scale, c, &d_ctx, (&mut dq, &mut dk, &mut dv));
+            attention_bwd(d, scale, c, &tape.lens, &d_ctx, (&mut dq, &mut dk, &mut dv));
             drop(d_ctx);
+            let xp = packed(&c.x, h);
             for (dy, wi, bi) in [
                 (&dq, p::WQ, p::BQ),
                 (&dk, p::WK, p::BK),
                 (&dv, p::WV, p::BV),
             ] {
                 let (gw, gb) = two(g, wi, bi);
-                linear_bwd(dy, &c.x, lw(wi), d.n, h, gw, gb, Some((&mut dx, true)));
+                let bf = xp.as_ref().map(|(b, p)| (*b, p));
+                linear_bwd(dy, &c.x, lw(wi), d.n, h, gw, gb, Some((&mut dx, true)), bf);
             }
         }
         dx
@@ -923,8 +942,7 @@ fn first_token_layer<'a>(
     bf: Option<Bf16>,
 ) -> Buf {
     let (t, h, hd) = (d.t, d.h, d.hd);
-    let linear =
-        |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_scoring(bf, x, rows, inp, w, b);
+    let linear = |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(bf, x, rows, inp, w, b);
     let k = linear(x, d.n, h, lw(p::WK), lw(p::BK));
     let v = linear(x, d.n, h, lw(p::WV), lw(p::BV));
     let mut x0 = buf(d.b * h);
@@ -982,14 +1000,36 @@ fn softmax_biased(row: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Each sequence's length without its padding: the tokens up to its last unmasked
+/// one, when every token before that is unmasked too. A mask with holes (or none
+/// set) gives the whole length, where the mask's bias does the masking.
+fn unpadded_lengths(mask: &[f32], t: usize) -> Vec<usize> {
+    mask.chunks(t)
+        .map(|m| {
+            let len = m.iter().rposition(|&v| v != 0.0).map_or(0, |i| i + 1);
+            if len > 0 && m[..len].iter().all(|&v| v != 0.0) {
+                len
+            } else {
+                t
+            }
+        })
+        .collect()
+}
+
 /// Softmax attention per sequence and head: keeps the probabilities (before and,
 /// with a dropout `key`, after dropout) and writes the heads' outputs side by side
 /// into `ctx`.
+///
+/// Only a sequence's own tokens (`lens`) are computed: its padding gets no
+/// attention (the mask's bias would give it exactly 0), and its padding's own
+/// queries are left out, their outputs written as 0. Nothing downstream reads a
+/// padded position (the pooler reads the first token, and a padded key gets no
+/// attention), so the rewards and gradients are those of the full computation.
 fn attention_fwd(
     d: Dims,
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
-    bias: &[f32],
+    (bias, lens): (&[f32], &[usize]),
     (key, p): (Option<u64>, f32),
     (probs, probs_d): (&mut [f32], &mut [f32]),
     ctx: &mut [f32],
@@ -1011,20 +1051,26 @@ fn attention_fwd(
         .for_each(|(b, ((pb, db), cb))| {
             let rows = b * t * h..(b + 1) * t * h;
             let (qb, kb, vb) = (&q[rows.clone()], &k[rows.clone()], &v[rows]);
-            let bias = &bias[b * t..(b + 1) * t];
+            let len = lens[b];
+            let bias = &bias[b * t..b * t + len];
             let mut mask = vec![0u8; if key.is_some() { t * t } else { 0 }];
             for head in 0..nh {
                 let s = &mut pb[head * t * t..(head + 1) * t * t];
                 matmul(
-                    ViewMut::new(s, t, t),
-                    d.head(qb, head),
-                    d.head(kb, head).t(),
+                    ViewMut::cols_of(s, len, t, 0, len),
+                    d.head_rows(qb, head, len),
+                    d.head_rows(kb, head, len).t(),
                     false,
                     scale,
                     Par::Serial,
                 );
-                for row in s.chunks_mut(t) {
-                    softmax_biased(row, bias);
+                for (i, row) in s.chunks_mut(t).enumerate() {
+                    if i < len {
+                        softmax_biased(&mut row[..len], bias);
+                        row[len..].fill(0.0);
+                    } else {
+                        row.fill(0.0);
+                    }
                 }
                 let used: &[f32] = match key {
                     Some(key) => {
@@ -1038,22 +1084,25 @@ fn attention_fwd(
                     None => s,
                 };
                 matmul(
-                    d.head_mut(cb, head),
-                    View::new(used, t, t),
-                    d.head(vb, head),
+                    d.head_rows_mut(cb, head, len),
+                    View::cols_of(used, len, t, 0, len),
+                    d.head_rows(vb, head, len),
                     false,
                     1.0,
                     Par::Serial,
                 );
             }
+            cb[len * h..].fill(0.0);
         });
 }
 
-/// Backward of `attention_fwd`: writes the gradients of q, k and v.
+/// Backward of `attention_fwd`: writes the gradients of q, k and v (0 at padded
+/// positions, which nothing reads).
 fn attention_bwd(
     d: Dims,
     scale: f32,
     c: &LayerCache,
+    lens: &[usize],
     d_ctx: &[f32],
     (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
@@ -1066,7 +1115,8 @@ fn attention_bwd(
             let rows = b * t * h..(b + 1) * t * h;
             let (qb, kb, vb) = (&c.q[rows.clone()], &c.k[rows.clone()], &c.v[rows.clone()]);
             let dcb = &d_ctx[rows];
-            let mut dp = vec![0f32; t * t];
+            let len = lens[b];
+            let mut dp = vec![0f32; len * len];
             for head in 0..nh {
                 let base = (b * nh + head) * t * t;
                 let probs = &c.probs[base..base + t * t];
@@ -1076,20 +1126,20 @@ fn attention_bwd(
                 } else {
                     &c.probs_d[base..base + t * t]
                 };
-                let dch = d.head(dcb, head);
+                let dch = d.head_rows(dcb, head, len);
                 // dV = Pdᵀ · dC; dPd = dC · Vᵀ
                 matmul(
-                    d.head_mut(dvb, head),
-                    View::new(used, t, t).t(),
+                    d.head_rows_mut(dvb, head, len),
+                    View::cols_of(used, len, t, 0, len).t(),
                     dch,
                     false,
                     1.0,
                     Par::Serial,
                 );
                 matmul(
-                    ViewMut::new(&mut dp, t, t),
+                    ViewMut::new(&mut dp, len, len),
                     dch,
-                    d.head(vb, head).t(),
+                    d.head_rows(vb, head, len).t(),
                     false,
                     1.0,
                     Par::Serial,
@@ -1097,7 +1147,7 @@ fn attention_bwd(
                 // Through dropout and softmax: with dP = dPd ⊙ mask / (1 − p),
                 // dS = P ⊙ (dP − Σ_j P ⊙ dP) = dPd ⊙ Pd − P · Σ_j dPd ⊙ Pd, so the
                 // mask itself is not needed.
-                for ((g, pr), pd) in dp.chunks_mut(t).zip(probs.chunks(t)).zip(used.chunks(t)) {
+                for ((g, pr), pd) in dp.chunks_mut(len).zip(probs.chunks(t)).zip(used.chunks(t)) {
                     let dot: f32 = g.iter().zip(pd).map(|(a, b)| a * b).sum();
                     for ((gi, &pi), &pdi) in g.iter_mut().zip(pr).zip(pd) {
                         *gi = *gi * pdi - pi * dot;
@@ -1105,21 +1155,24 @@ fn attention_bwd(
                 }
                 // S = scale · Q Kᵀ: dQ = scale · dS K, dK = scale · dSᵀ Q.
                 matmul(
-                    d.head_mut(dqb, head),
-                    View::new(&dp, t, t),
-                    d.head(kb, head),
+                    d.head_rows_mut(dqb, head, len),
+                    View::new(&dp, len, len),
+                    d.head_rows(kb, head, len),
                     false,
                     scale,
                     Par::Serial,
                 );
                 matmul(
-                    d.head_mut(dkb, head),
-                    View::new(&dp, t, t).t(),
-                    d.head(qb, head),
+                    d.head_rows_mut(dkb, head, len),
+                    View::new(&dp, len, len).t(),
+                    d.head_rows(qb, head, len),
                     false,
                     scale,
                     Par::Serial,
                 );
+            }
+            for g in [dqb, dkb, dvb] {
+                g[len * h..].fill(0.0);
             }
         });
 }
@@ -1167,7 +1220,7 @@ mod tests {
         let padded = padded();
         let mut m = model(0.0);
         for _ in 0..2 {
-            let (full, _) = m.forward_tape(&padded.batch(), None).expect("full");
+            let (full, _) = m.forward_tape(&padded.batch(), None, false).expect("full");
             let scored = m.rewards(&padded.batch()).expect("scored");
             close(&scored, &full, 1e-5, "rewards");
             m.add_mean_layer().expect("mean layer");
@@ -1183,7 +1236,7 @@ mod tests {
         let (mask, t) = (&padded.mask, padded.len);
         let mut rng = DropoutRng::new(5);
         let (_, tape) = m
-            .forward_tape(&padded.batch(), Some(&mut rng))
+            .forward_tape(&padded.batch(), Some(&mut rng), false)
             .expect("forward");
         for (l, c) in tape.layers.iter().enumerate() {
             for (i, p) in c.probs.iter().enumerate() {
@@ -1235,7 +1288,7 @@ mod tests {
 
             let mut rng = DropoutRng::new(11);
             let (r, tape) = m
-                .forward_tape(&padded.batch(), Some(&mut rng))
+                .forward_tape(&padded.batch(), Some(&mut rng), false)
                 .expect("tape");
             close(&r, &r_ref.to_vec1::<f32>().expect("v"), 1e-4, "rewards");
             let want_pooled = pooled_ref
@@ -1257,5 +1310,59 @@ mod tests {
                 close(&got, &want, 2e-3, &format!("{name} (dropout {dropout})"));
             }
         }
+    }
+
+    /// Training's bf16 products give the f32 gradients to within bf16's rounding, on
+    /// a batch large enough to take them (256 rows and more), dropout included.
+    #[test]
+    fn bf16_products_give_the_f32_gradients_within_rounding() {
+        let Some(_) = Bf16::detect() else {
+            eprintln!("this CPU has no AVX512-BF16: training multiplies in f32 here");
+            return;
+        };
+        let m = model(0.1);
+        let seqs: Vec<Vec<u32>> = (0..6u32)
+            .map(|s| {
+                (0..70 - 9 * s)
+                    .map(|i| 1000 + (i * 37 + s * 101) % 20000)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let padded = Padded::new(&refs, 0);
+        assert!(padded.seqs * padded.len >= BF16_MIN_ROWS);
+        let coef: Vec<f32> = (0..padded.seqs).map(|i| 1.0 - 0.4 * i as f32).collect();
+        let grads = |bf16: bool| {
+            let mut rng = DropoutRng::new(5);
+            let (r, tape) = m
+                .forward_tape(&padded.batch(), Some(&mut rng), bf16)
+                .expect("forward");
+            let g = m.backward(tape, &coef, None).expect("backward");
+            let g: Vec<Vec<f32>> = g
+                .iter()
+                .map(|g| g.flatten_all().expect("flat").to_vec1().expect("v"))
+                .collect();
+            (r, g)
+        };
+        let ((r32, g32), (r16, g16)) = (grads(false), grads(true));
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let diff = |a: &[f32], b: &[f32], floor: f64| {
+            let d: Vec<f32> = a.iter().zip(b).map(|(x, y)| x - y).collect();
+            norm(&d) / norm(b).max(floor)
+        };
+        let moved_r = diff(&r16, &r32, 1e-12);
+        assert!(moved_r < 0.02, "rewards moved by {moved_r}");
+        // Against a floor of a thousandth of the whole gradient: some gradients are
+        // zero up to rounding (the keys' bias does not change a softmax).
+        let all: Vec<f32> = g32.concat();
+        let floor = 1e-3 * norm(&all);
+        let mut moved = 0.0f64;
+        for ((name, _), (a, b)) in m.named_vars().into_iter().zip(g16.iter().zip(&g32)) {
+            let d = diff(a, b, floor);
+            assert!(d < 0.02, "{name}: bf16 gradient {d} of the f32 one away");
+            moved = moved.max(d);
+        }
+        // The bf16 kernels were taken: rounding moved some gradient.
+        assert!(moved > 1e-4, "the bf16 products were not used ({moved})");
     }
 }

@@ -57,6 +57,17 @@ pub enum Pooling {
     Mean,
 }
 
+/// How training multiplies its large matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Products {
+    /// In f32: the gradients transformers computes.
+    F32,
+    /// Inputs rounded to bf16, sums in f32, where the CPU multiplies bf16 natively
+    /// (AVX512-BF16); in f32 elsewhere. Weights and the optimizer stay f32.
+    Bf16,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TrainConfig {
     pub lr: f64,
@@ -80,6 +91,8 @@ pub struct TrainConfig {
     pub length_aux: f64,
     /// How a fresh model pools the tokens (ignored when resuming a trained model).
     pub pooling: Pooling,
+    /// How the training step multiplies.
+    pub products: Products,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +111,7 @@ impl Default for TrainConfig {
             dropout: true,
             length_aux: 0.0,
             pooling: Pooling::Cls,
+            products: Products::F32,
         }
     }
 }
@@ -304,6 +318,7 @@ impl Trainer {
         let (r, tape) = self.model.forward_tape(
             &self.padded(batch).batch(),
             self.config.dropout.then_some(&mut rng),
+            self.config.products == Products::Bf16,
         )?;
         self.rng = rng;
         let margins: Vec<f32> = batch.iter().map(|e| e.margin).collect();
