@@ -11,8 +11,9 @@
 
 use super::bert::{DropoutRng, EMBEDDING_TENSORS, LAYER_TENSORS, RewardModel, draw, dropout_mask};
 use super::bf16::{Bf16, Left, Packed};
-use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp, row_stats};
+use super::ops::row_stats;
 use super::sgemm::{Par, View, ViewMut, matmul};
+use super::wide;
 use candle_core::{Result, Storage, Tensor, bail};
 use rayon::prelude::*;
 
@@ -501,11 +502,7 @@ fn gelu(x: &[f32]) -> Buf {
     let mut y = buf(x.len());
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(y, x)| {
-            for (o, &v) in y.iter_mut().zip(x) {
-                *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
-            }
-        });
+        .for_each(|(y, x)| wide::gelu(y, x));
     y
 }
 
@@ -513,13 +510,7 @@ fn gelu(x: &[f32]) -> Buf {
 fn gelu_bwd(x: &[f32], dy: &mut [f32]) {
     dy.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(d, x)| {
-            for (o, &v) in d.iter_mut().zip(x) {
-                let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
-                let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
-                *o *= cdf + v * pdf;
-            }
-        });
+        .for_each(|(d, x)| wide::gelu_bwd(d, x));
 }
 
 fn add_in_place(x: &mut [f32], y: &[f32]) {
@@ -961,7 +952,7 @@ fn first_token_layer<'a>(
                 let kj = &k[row(j)..][..hd];
                 *pj = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
             }
-            softmax_biased(&mut probs, bias);
+            wide::softmax_biased(&mut probs, bias);
             let out = &mut c[head * hd..][..hd];
             out.fill(0.0);
             for (j, &pj) in probs.iter().enumerate() {
@@ -979,25 +970,6 @@ fn first_token_layer<'a>(
     let mut out = linear(&act, d.b, d.inter, lw(p::WOUT), lw(p::BOUT));
     add_in_place(&mut out, &x1);
     ln_fwd(&out, lw(p::G2), lw(p::B2), eps).0
-}
-
-/// Adds the padding `bias` to a row of attention scores and makes them
-/// probabilities (the row's maximum taken out first, so `exp` cannot overflow).
-fn softmax_biased(row: &mut [f32], bias: &[f32]) {
-    let mut max = f32::NEG_INFINITY;
-    for (x, bj) in row.iter_mut().zip(bias) {
-        *x += bj;
-        max = max.max(*x);
-    }
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = exp(*x - max);
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    for x in row.iter_mut() {
-        *x *= inv;
-    }
 }
 
 /// Each sequence's length without its padding: the tokens up to its last unmasked
@@ -1066,7 +1038,7 @@ fn attention_fwd(
                 );
                 for (i, row) in s.chunks_mut(t).enumerate() {
                     if i < len {
-                        softmax_biased(&mut row[..len], bias);
+                        wide::softmax_biased(&mut row[..len], bias);
                         row[len..].fill(0.0);
                     } else {
                         row.fill(0.0);

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod ops;
 pub mod sgemm;
 pub mod tokenize;
+pub mod wide;
 
 pub use bert::{BertConfig, DropoutRng, ModelError, RewardModel};
 pub use tokenize::TextEncoder;
