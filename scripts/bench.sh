@@ -89,17 +89,21 @@ for name, keep in (("train", lambda r: not test(r)), ("test", test)):
             if keep(r):
                 f.write(json.dumps(r) + "\n")
 PY
-    step "training epoch: duel train on the bench split"
     "$BIN" --db "$tmp/epoch.db" import "$tmp/train.jsonl" >/dev/null
-    "$BIN" --db "$tmp/epoch.db" train --epochs 1 --holdout 0 --out "$tmp/rm" --json >"$tmp/train-summary.json"
-    "$BIN" --db "$tmp/epoch.db" eval "$tmp/test.jsonl" --model "$tmp/rm" --json >"$tmp/eval.json"
-    # The epoch's own time, as TRL's is taken: model loading and evaluation left out.
-    python3 - "$tmp" >"$OUT/epoch.json" <<'PY'
+    # Both precisions of the products: f32 (the default) and bf16.
+    for products in f32 bf16; do
+        step "training epoch: duel train --products $products on the bench split"
+        "$BIN" --db "$tmp/epoch.db" train --epochs 1 --holdout 0 --products "$products" \
+            --out "$tmp/rm-$products" --json >"$tmp/train-summary.json"
+        "$BIN" --db "$tmp/epoch.db" eval "$tmp/test.jsonl" --model "$tmp/rm-$products" --json >"$tmp/eval.json"
+        # The epoch's own time, as TRL's is taken: model loading and evaluation left out.
+        python3 - "$tmp" "$products" >"$OUT/epoch-$products.json" <<'PY'
 import json, sys
 summary = json.load(open(f"{sys.argv[1]}/train-summary.json"))
 ev = json.load(open(f"{sys.argv[1]}/eval.json"))
-print(json.dumps({"wall_s": summary["seconds"], "pairs": summary["train_pairs"], "accuracy": ev["accuracy"]}))
+print(json.dumps({"products": sys.argv[2], "wall_s": summary["seconds"], "pairs": summary["train_pairs"], "accuracy": ev["accuracy"]}))
 PY
+    done
     if [ $baselines = 1 ]; then
         step "baseline: TRL, one epoch at duel's learning rate"
         baseline trl "$PYTHON" "$BENCH_DIR/trl_rm_train.py" --model-dir "$ENCODER" \
@@ -157,12 +161,15 @@ if g:
         t2 and t2["prompt_tps"], "tokens/s", "llama.cpp")
     row(f"prompt tokens/s, {g['long_prompt']['n_tokens']} tokens", g["long_prompt"]["prompt_tokens_per_s"],
         t2 and t2["long_prompt"]["prompt_tps"], "tokens/s", "llama.cpp")
-e, trl = load("epoch"), load("trl")
-if e:
+trl = load("trl")
+for products in ("f32", "bf16"):
+    e = load(f"epoch-{products}")
+    if not e:
+        continue
     base = trl and trl["per_epoch"][0]["wall_s"]
     ratio = f"**{e['wall_s'] / base:.2f}× the time**" if base else ""
     b = f"TRL: {base:.0f} s ({trl['n_train']} pairs), accuracy {trl['final_acc']:.3f}" if base else "TRL: skipped"
-    print(f"| one training epoch, PandaLM bench split ({e['pairs']} pairs; held-out accuracy) | {e['wall_s']:.0f} s, accuracy {e['accuracy']:.3f} | {b} | {ratio} |")
+    print(f"| one training epoch, `--products {products}`, bench split ({e['pairs']} pairs; held-out accuracy) | {e['wall_s']:.0f} s, accuracy {e['accuracy']:.3f} | {b} | {ratio} |")
 skipped = os.path.join(out, "skipped")
 if os.path.exists(skipped):
     print("\n" + open(skipped).read().strip())
