@@ -19,6 +19,7 @@
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
+use std::borrow::Cow;
 
 /// Rows of sums the kernel keeps in registers.
 const MR: usize = 12;
@@ -81,55 +82,52 @@ impl Packed {
     /// Packs `w`, `n × k` row-major (an output's weights in a row).
     pub fn new(w: &[f32], n: usize, k: usize) -> Packed {
         assert_eq!(w.len(), n * k, "weights of {n} × {k}");
-        let kp = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * kp * NR];
-        data.par_chunks_mut(kp * NR)
-            .enumerate()
-            .for_each(|(panel, out)| {
-                for c in 0..NR {
-                    let col = panel * NR + c;
-                    if col >= n {
-                        break;
-                    }
-                    let row = &w[col * k..][..k];
-                    for p in 0..kp {
-                        let lo = bf16_bits(row[2 * p]);
-                        let hi = row.get(2 * p + 1).map_or(0, |&x| bf16_bits(x));
-                        out[p * NR + c] = u32::from(lo) | (u32::from(hi) << 16);
-                    }
+        Packed::build(n, k, |panel, out| {
+            for c in 0..NR {
+                let col = panel * NR + c;
+                if col >= n {
+                    break;
                 }
-            });
-        Packed { n, k, kp, data }
+                let row = &w[col * k..][..k];
+                for (p, pair) in row.chunks(2).enumerate() {
+                    let hi = pair.get(1).map_or(0, |&x| bf16_bits(x));
+                    out[p * NR + c] = u32::from(bf16_bits(pair[0])) | (u32::from(hi) << 16);
+                }
+            }
+        })
     }
-}
 
-impl Packed {
     /// Packs `b`, `k × n` row-major, as the right operand of `a · b`: a weight
     /// matrix read untransposed (`dx = dy · w`) or the activations a weight's
     /// gradient sums over (`dw = dyᵀ · x`).
     pub fn from_rows(b: &[f32], k: usize, n: usize) -> Packed {
         assert_eq!(b.len(), k * n, "a matrix of {k} × {n}");
-        let kp = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * kp * NR];
-        data.par_chunks_mut(kp * NR)
-            .enumerate()
-            .for_each(|(panel, out)| {
-                let c0 = panel * NR;
-                let cols = NR.min(n - c0);
-                for (p, lanes) in out.chunks_exact_mut(NR).enumerate() {
-                    let lo = &b[2 * p * n + c0..][..cols];
-                    match b.get((2 * p + 1) * n + c0..(2 * p + 1) * n + c0 + cols) {
-                        Some(hi) => interleave(lo, hi, lanes),
-                        None => {
-                            for (l, &v) in lanes.iter_mut().zip(lo) {
-                                *l = u32::from(bf16_bits(v));
-                            }
+        Packed::build(n, k, |panel, out| {
+            let c0 = panel * NR;
+            let cols = NR.min(n - c0);
+            for (p, lanes) in out.chunks_exact_mut(NR).enumerate() {
+                let lo = &b[2 * p * n + c0..][..cols];
+                match b.get((2 * p + 1) * n + c0..(2 * p + 1) * n + c0 + cols) {
+                    Some(hi) => interleave(lo, hi, lanes),
+                    None => {
+                        for (l, &v) in lanes.iter_mut().zip(lo) {
+                            *l = u32::from(bf16_bits(v));
                         }
                     }
                 }
-            });
+            }
+        })
+    }
+
+    /// `n` columns of `k` inputs, each panel of NR columns (`kp` pairs × NR lanes,
+    /// zeros past the last column or input) written by `fill(panel, lanes)`, the
+    /// panels in parallel.
+    fn build(n: usize, k: usize, fill: impl Fn(usize, &mut [u32]) + Sync) -> Packed {
+        let kp = k.div_ceil(2);
+        let mut data = vec![0u32; n.div_ceil(NR) * kp * NR];
+        data.par_chunks_mut(kp * NR)
+            .enumerate()
+            .for_each(|(panel, out)| fill(panel, out));
         Packed { n, k, kp, data }
     }
 }
@@ -200,7 +198,6 @@ pub enum Left<'a> {
 impl Bf16 {
     /// `x · wᵀ + b` for `x` of `rows × k`, into `y` of `rows × n`.
     pub fn linear(self, x: &[f32], rows: usize, w: &Packed, b: &[f32], y: &mut [f32]) {
-        assert_eq!(b.len(), w.n, "a bias per output");
         self.product(Left::Rows(x), rows, w, Some(b), y, false);
     }
 
@@ -222,24 +219,38 @@ impl Bf16 {
         assert_eq!(a_len, m * k, "a left operand of {m} × {k}");
         assert_eq!(y.len(), m * n, "outputs of {m} × {n}");
         assert!(bias.is_none_or(|b| b.len() == n), "a bias per output");
+        assert!(
+            !(accumulate && bias.is_some()),
+            "a bias is added only to new sums"
+        );
         // The left operand as pairs of bf16 along `k`: its rows converted a block at a
         // time, or, read transposed, packed as the right operand is (panels of NR of
         // its rows, each pair of a row NR lanes after the last).
-        let left_panels = match a {
-            Left::Transposed(a) => Some(Packed::from_rows(a, k, m)),
-            Left::Rows(_) => None,
+        enum Source<'a> {
+            Rows(&'a [f32]),
+            Panels(Packed),
+        }
+        let source = match a {
+            Left::Rows(a) => Source::Rows(a),
+            Left::Transposed(a) => Source::Panels(Packed::from_rows(a, k, m)),
         };
-        let block_rows = if left_panels.is_some() { NR } else { MC };
+        let block_rows = match source {
+            Source::Rows(_) => MC,
+            Source::Panels(_) => NR,
+        };
         y.par_chunks_mut(block_rows * n)
             .enumerate()
             .for_each(|(block, y)| {
                 let (r0, mb) = (block * block_rows, y.len() / n);
-                let rows_pairs;
                 // The block's pairs, and the distance from one row's pairs to the
                 // next's and from one pair of a row to its next.
-                let (xb, row_step, pair_step): (&[u32], usize, usize) = match (&left_panels, a) {
-                    (Some(packed), _) => (&packed.data[block * kp * NR..][..kp * NR], 1, NR),
-                    (None, Left::Rows(a)) => {
+                let (xb, row_step, pair_step): (Cow<'_, [u32]>, usize, usize) = match &source {
+                    Source::Panels(packed) => (
+                        Cow::Borrowed(&packed.data[block * kp * NR..][..kp * NR]),
+                        1,
+                        NR,
+                    ),
+                    Source::Rows(a) => {
                         let mut xb = vec![0u32; mb * kp];
                         for (src, dst) in a[r0 * k..][..mb * k]
                             .chunks_exact(k)
@@ -248,10 +259,8 @@ impl Bf16 {
                             // SAFETY: `Bf16` exists only where the instructions do.
                             unsafe { to_pairs(src, dst) };
                         }
-                        rows_pairs = xb;
-                        (&rows_pairs, kp, 1)
+                        (Cow::Owned(xb), kp, 1)
                     }
-                    (None, Left::Transposed(_)) => unreachable!("packed above"),
                 };
                 for (panel, wp) in b.data.chunks_exact(kp * NR).enumerate() {
                     let c0 = panel * NR;

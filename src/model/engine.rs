@@ -363,7 +363,7 @@ fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
     y
 }
 
-/// Rows below which a product stays in f32 even when scoring: packing the weights
+/// Rows below which a product stays in f32 even when bf16 is asked for: packing the weights
 /// to bf16 costs about what multiplying this many rows by them does.
 const BF16_MIN_ROWS: usize = 256;
 
@@ -394,10 +394,10 @@ fn linear_bwd(
     dw: &mut [f32],
     db: &mut [f32],
     dx: Option<(&mut [f32], bool)>,
-    bf: Option<(Bf16, &Packed)>,
+    bf: Option<&(Bf16, Packed)>,
 ) {
     let out = db.len();
-    if let Some((bf, xp)) = bf {
+    if let Some(&(bf, ref xp)) = bf {
         bf.product(Left::Transposed(dy), out, xp, None, dw, false);
         col_sums(dy, out, db);
         if let Some((dx, accumulate)) = dx {
@@ -851,7 +851,7 @@ impl RewardModel {
                     gw,
                     gb,
                     Some((&mut d_act, false)),
-                    packed(&c.act, d.inter).as_ref().map(|(b, p)| (*b, p)),
+                    packed(&c.act, d.inter).as_ref(),
                 );
             }
             drop(d_r2);
@@ -867,7 +867,7 @@ impl RewardModel {
                     gw,
                     gb,
                     Some((&mut dx1, true)),
-                    packed(&c.x1, h).as_ref().map(|(b, p)| (*b, p)),
+                    packed(&c.x1, h).as_ref(),
                 );
             }
             drop(d_act);
@@ -889,7 +889,7 @@ impl RewardModel {
                     gw,
                     gb,
                     Some((&mut d_ctx, false)),
-                    packed(&c.ctx, h).as_ref().map(|(b, p)| (*b, p)),
+                    packed(&c.ctx, h).as_ref(),
                 );
             }
             drop(d_r1);
@@ -905,8 +905,8 @@ impl RewardModel {
                 (&dv, p::WV, p::BV),
             ] {
                 let (gw, gb) = two(g, wi, bi);
-                let bf = xp.as_ref().map(|(b, p)| (*b, p));
-                linear_bwd(dy, &c.x, lw(wi), d.n, h, gw, gb, Some((&mut dx, true)), bf);
+                let dx = Some((&mut dx[..], true));
+                linear_bwd(dy, &c.x, lw(wi), d.n, h, gw, gb, dx, xp.as_ref());
             }
         }
         dx
@@ -1282,6 +1282,21 @@ mod tests {
                 close(&got, &want, 2e-3, &format!("{name} (dropout {dropout})"));
             }
         }
+    }
+
+    /// Attention leaves out what follows a sequence's last token only when every
+    /// token before it is unmasked; a mask with holes, or none set, keeps the whole
+    /// length for the bias to mask.
+    #[test]
+    fn unpadded_lengths_are_the_tokens_before_the_padding() {
+        let mask = [
+            [1., 1., 1., 0., 0.],
+            [1., 1., 1., 1., 1.],
+            [1., 0., 1., 0., 0.],
+            [0., 0., 0., 0., 0.],
+            [1., 0., 0., 0., 0.],
+        ];
+        assert_eq!(unpadded_lengths(mask.as_flattened(), 5), [3, 5, 5, 5, 1]);
     }
 
     /// Training's bf16 products give the f32 gradients to within bf16's rounding, on

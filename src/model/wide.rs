@@ -155,6 +155,18 @@ mod tests {
                 "masked score"
             );
         }
+        // The values themselves, against GELU's and its derivative's known ones.
+        let x = [-1.0f32, 0.0, 1.0, 3.0];
+        let mut y = [0f32; 4];
+        gelu(&mut y, &x);
+        for (got, want) in y.iter().zip([-0.158_655_3, 0.0, 0.841_344_7, 2.995_95]) {
+            assert!((got - want).abs() < 1e-5, "gelu: {got} against {want}");
+        }
+        let mut d = [1f32; 4];
+        gelu_bwd(&mut d, &x);
+        for (got, want) in d.iter().zip([-0.083_315_5, 0.5, 1.083_315_5, 1.011_946]) {
+            assert!((got - want).abs() < 1e-5, "gelu': {got} against {want}");
+        }
         if !wide() {
             eprintln!("no AVX-512 here: both calls ran the baseline copy");
         }
