@@ -5,6 +5,7 @@
 mod common;
 
 use duel::domain::{Message, Prompt};
+use duel::generator::llama::{KvCache, Scratch};
 use duel::generator::pairs::{PairOutcome, PairPlan, PromptLine, Strategy, generate_pair};
 use duel::generator::{Generator, Sampling};
 use std::path::PathBuf;
@@ -92,31 +93,53 @@ fn a_prompt_cannot_inject_control_tokens() {
     assert_eq!((starts, ends), (3, 2), "{ids:?}");
 }
 
+/// llama.cpp's greedy continuation, fed back token by token: at every step its token
+/// is the most likely under this model too, or within `MARGIN` of it. Activations are
+/// quantized the way ggml does, so the logits differ from llama.cpp's only by the
+/// order in which floats are summed; where two tokens are that close, either order
+/// may pick either, and free-running greedy output would follow a different text from
+/// there on. The prompt goes through as a batch (the prompt path), the continuation
+/// one token at a time (the generation path).
 #[test]
 fn greedy_output_follows_llama_cpp() {
-    let mut g = generator();
-    let never = AtomicBool::new(false);
-    let greedy = Sampling {
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-        system: None,
-    };
+    const MARGIN: f32 = 0.25;
+    let g = generator();
+    let vocab = g.model.cfg.vocab;
+    let (mut exact, mut steps, mut widest) = (0, 0, 0f32);
     for case in reference()["chats"].as_array().expect("chats") {
+        let prompt = ids(&case["ids"]);
         let want = ids(&case["greedy"]);
-        let (out, _) = g
-            .generate(
-                &messages(&case["messages"]),
-                std::slice::from_ref(&greedy),
-                want.len(),
-                &never,
-            )
-            .expect("generate")
-            .expect("not cancelled");
-        // Activations are quantized the way ggml does, so the whole greedy output
-        // is llama.cpp's, token for token.
-        assert_eq!(out[0].ids, want, "greedy output differs from llama.cpp's");
+        let mut cache = KvCache::new(&g.model.cfg, prompt.len() + want.len());
+        let mut s = Scratch::default();
+        g.model
+            .forward(&mut [&mut cache], &[&prompt], &mut s)
+            .expect("prompt");
+        for (i, &t) in want.iter().enumerate() {
+            let logits = &s.logits[..vocab];
+            let (best, max) =
+                logits
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+                    );
+            let gap = max - logits[t as usize];
+            assert!(
+                gap <= MARGIN,
+                "step {i}: llama.cpp's token {t} is {gap} below this model's best, {best}"
+            );
+            exact += usize::from(best == t as usize);
+            steps += 1;
+            widest = widest.max(gap);
+            g.model
+                .forward(&mut [&mut cache], &[&[t]], &mut s)
+                .expect("next token");
+        }
     }
+    eprintln!("{exact} of {steps} steps chose llama.cpp's token; the widest gap {widest}");
+    // Near ties are rare: nearly every step is the same argmax.
+    assert!(exact + 2 >= steps, "{exact} of {steps} steps agree");
 }
 
 #[test]

@@ -332,7 +332,7 @@ impl Llama {
         let embed = to_q80(&embed_t)?;
         let output = match tensor("output.weight") {
             Ok(t) => to_qmatrix(&t)?,
-            Err(_) => QMatrix::Q80(to_q80(&embed_t)?),
+            Err(_) => QMatrix::from(to_q80(&embed_t)?),
         };
         let norm = to_f32(&tensor("output_norm.weight")?)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
@@ -585,9 +585,9 @@ fn to_q80(t: &QTensor) -> Result<Q80> {
 fn to_qmatrix(t: &QTensor) -> Result<QMatrix> {
     let (rows, cols) = dims2(t)?;
     if t.dtype() == GgmlDType::Q4_1 {
-        return Ok(QMatrix::Q41(Q41::from_gguf(rows, cols, &t.data()?)?));
+        return Ok(QMatrix::from(Q41::from_gguf(rows, cols, &t.data()?)?));
     }
-    Ok(QMatrix::Q80(to_q80(t)?))
+    Ok(QMatrix::from(to_q80(t)?))
 }
 
 fn stack(ts: &[&QTensor]) -> Result<QMatrix> {
@@ -599,7 +599,7 @@ fn stack(ts: &[&QTensor]) -> Result<QMatrix> {
                 Q41::from_gguf(rows, cols, &t.data()?)
             })
             .collect::<Result<Vec<_>>>()?;
-        return Ok(QMatrix::Q41(Q41::concat(parts)));
+        return Ok(QMatrix::from(Q41::concat(parts)));
     }
     let mut data = Vec::new();
     let (mut rows, mut cols) = (0, 0);
@@ -609,5 +609,5 @@ fn stack(ts: &[&QTensor]) -> Result<QMatrix> {
         cols = c;
         data.extend(to_f32(t)?);
     }
-    Ok(QMatrix::Q80(Q80::from_f32(rows, cols, &data)?))
+    Ok(QMatrix::from(Q80::from_f32(rows, cols, &data)?))
 }

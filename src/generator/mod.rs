@@ -304,28 +304,136 @@ impl Sampler {
                 self.cand.push((i as u32, ((v - max) * inv_t).exp()));
             }
         }
-        // Most likely first; ties by id so that the order is the same everywhere.
-        self.cand
-            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let total: f32 = self.cand.iter().map(|c| c.1).sum();
-        let goal = s.top_p.clamp(0.0, 1.0) * total;
-        let mut keep = 0;
-        let mut acc = 0.0;
-        for c in &self.cand {
+        let top_p = s.top_p.clamp(0.0, 1.0);
+        if top_p >= 1.0 {
+            // Everything is kept: drawn in id order, nothing to sort.
+            return draw(&self.cand, rng.random::<f32>() * total);
+        }
+        // Most likely first; ties by id so that the order is the same everywhere.
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let goal = top_p * total;
+        // The nucleus is usually a few dozen tokens among thousands: the most likely
+        // `m` are set apart (linear time) and only they are sorted, `m` growing until
+        // they reach the goal. They are the full sort's first `m`, in its order.
+        let mut m = 64.min(self.cand.len());
+        let (keep, acc) = loop {
+            if m < self.cand.len() {
+                self.cand.select_nth_unstable_by(m - 1, order);
+            }
+            self.cand[..m].sort_unstable_by(order);
+            let mut acc = 0.0;
+            let reached = self.cand[..m].iter().position(|c| {
+                acc += c.1;
+                acc >= goal
+            });
+            match reached {
+                Some(i) => break (i + 1, acc),
+                None if m == self.cand.len() => break (m, acc),
+                None => m = (m * 4).min(self.cand.len()),
+            }
+        };
+        draw(
+            &self.cand[..keep.max(1)],
+            rng.random::<f32>() * acc.min(total),
+        )
+    }
+}
+
+/// The candidate where the running sum of weights reaches `u`.
+fn draw(cand: &[(u32, f32)], mut u: f32) -> u32 {
+    for c in cand {
+        u -= c.1;
+        if u <= 0.0 {
+            return c.0;
+        }
+    }
+    cand[cand.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(temperature: f32, top_p: f32) -> Sampling {
+        Sampling {
+            temperature,
+            top_p,
+            seed: 0,
+            system: None,
+        }
+    }
+
+    /// The nucleus by sorting every candidate, as the sampler did before it set the
+    /// most likely apart: the sampler must choose exactly what this chooses.
+    fn sorted_choice(logits: &[f32], s: &Sampling, rng: &mut StdRng) -> u32 {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let cut = max - LOGIT_CUT * s.temperature;
+        let mut cand: Vec<(u32, f32)> = (0..logits.len())
+            .filter(|&i| logits[i] > cut)
+            .map(|i| (i as u32, ((logits[i] - max) / s.temperature).exp()))
+            .collect();
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let (mut keep, mut acc) = (0, 0.0);
+        for c in &cand {
             acc += c.1;
             keep += 1;
-            if acc >= goal {
+            if acc >= s.top_p * total {
                 break;
             }
         }
-        let kept = &self.cand[..keep.max(1)];
-        let mut u = rng.random::<f32>() * acc.min(total);
-        for c in kept {
-            u -= c.1;
-            if u <= 0.0 {
-                return c.0;
+        draw(&cand[..keep], rng.random::<f32>() * acc.min(total))
+    }
+
+    #[test]
+    fn the_nucleus_is_the_one_a_full_sort_gives() {
+        let mut gen_rng = StdRng::seed_from_u64(3);
+        let mut sampler = Sampler::default();
+        for case in 0..200 {
+            // Vocabularies of flat and of peaked logits, with ties.
+            let spread = [0.5f32, 2.0, 8.0][case % 3];
+            let logits: Vec<f32> = (0..5000)
+                .map(|_| (gen_rng.random_range(-1.0f32..1.0) * spread * 4.0).round() / 4.0)
+                .collect();
+            let s = sampling(0.8, [0.1, 0.5, 0.9, 0.95, 0.99][case % 5]);
+            let (mut a, mut b) = (
+                StdRng::seed_from_u64(case as u64),
+                StdRng::seed_from_u64(case as u64),
+            );
+            for _ in 0..5 {
+                let want = sorted_choice(&logits, &s, &mut a);
+                assert_eq!(sampler.sample(&logits, &s, &mut b), want, "case {case}");
             }
         }
-        kept[kept.len() - 1].0
+    }
+
+    /// With `top_p` 1 every candidate is kept and drawn in proportion to its
+    /// probability.
+    #[test]
+    fn without_a_nucleus_tokens_come_as_often_as_their_probability() {
+        let logits = [0.0f32, 1.0, 2.0, -40.0, 0.5];
+        let s = sampling(1.0, 1.0);
+        let z: f32 = logits[..3]
+            .iter()
+            .chain(&logits[4..])
+            .map(|v| v.exp())
+            .sum();
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut sampler = Sampler::default();
+        let mut seen = [0usize; 5];
+        let n = 40_000;
+        for _ in 0..n {
+            seen[sampler.sample(&logits, &s, &mut rng) as usize] += 1;
+        }
+        assert_eq!(seen[3], 0, "a token 40 nats below the best was drawn");
+        for i in [0, 1, 2, 4] {
+            let p = logits[i].exp() / z;
+            let f = seen[i] as f32 / n as f32;
+            assert!(
+                (f - p).abs() < 0.01,
+                "token {i}: drawn {f}, probability {p}"
+            );
+        }
     }
 }
