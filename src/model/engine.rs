@@ -252,7 +252,53 @@ struct Dims {
     nh: usize,
     hd: usize,
     inter: usize,
+    /// Rows computed: every sequence's own tokens, packed (`Rows`).
     n: usize,
+}
+
+/// Which rows of the padded batch a pass computes: each sequence's tokens before its
+/// padding (`unpadded_lengths`), one sequence after another. Nothing reads a padded
+/// position (the pooler reads the first token, and a padded key gets no attention),
+/// so its rows are left out of every product and every element-wise pass.
+struct Rows {
+    lens: Vec<usize>,
+    /// Each sequence's first row among the computed ones.
+    offs: Vec<usize>,
+    /// Each computed row's place in the padded batch (`sequence · t + position`).
+    at: Vec<usize>,
+}
+
+impl Rows {
+    fn new(mask: &[f32], t: usize) -> Rows {
+        let lens = unpadded_lengths(mask, t);
+        let offs = lens
+            .iter()
+            .scan(0, |o, &l| {
+                *o += l;
+                Some(*o - l)
+            })
+            .collect();
+        let at = (lens.iter().enumerate())
+            .flat_map(|(b, &l)| (0..l).map(move |i| b * t + i))
+            .collect();
+        Rows { lens, offs, at }
+    }
+
+    /// Sequence `b`'s rows of a buffer of `cols` values a row.
+    fn of<'a>(&self, x: &'a [f32], b: usize, cols: usize) -> &'a [f32] {
+        &x[self.offs[b] * cols..(self.offs[b] + self.lens[b]) * cols]
+    }
+
+    /// Every sequence's rows of a buffer, apart, to be written in parallel.
+    fn split<'a>(&self, mut x: &'a mut [f32], cols: usize) -> Vec<&'a mut [f32]> {
+        let mut parts = Vec::with_capacity(self.lens.len());
+        for &l in &self.lens {
+            let (head, rest) = std::mem::take(&mut x).split_at_mut(l * cols);
+            parts.push(head);
+            x = rest;
+        }
+        parts
+    }
 }
 
 impl Dims {
@@ -305,8 +351,8 @@ pub struct Tape {
     p_hidden: f32,
     /// The products' kernels when they multiply in bf16.
     bf: Option<Bf16>,
-    /// Each sequence's tokens before its padding (`unpadded_lengths`).
-    lens: Vec<usize>,
+    /// The rows computed.
+    rows: Rows,
 }
 
 impl Tape {
@@ -317,15 +363,18 @@ impl Tape {
     }
 }
 
-/// Applies the dropout mask `key` of rate `p` (as drawn from `DropoutRng`): kept
-/// elements are scaled by `1 / (1 - p)`, the others zeroed. Returns the mask, which
-/// the backward applies to the gradient.
-fn dropout_in_place(x: &mut [f32], key: Option<u64>, p: f32) -> Option<Vec<u8>> {
+/// Applies the dropout mask `key` of rate `p` (as drawn from `DropoutRng`) to the
+/// computed rows of a batch (`at`: each row's place in the padded batch, whose mask
+/// it takes): kept elements are scaled by `1 / (1 - p)`, the others zeroed. Returns
+/// the mask, which the backward applies to the gradient.
+fn dropout_in_place(x: &mut [f32], at: &[usize], key: Option<u64>, p: f32) -> Option<Vec<u8>> {
     let key = key?;
+    let cols = x.len() / at.len().max(1);
     let mut mask = vec![0u8; x.len()];
-    mask.par_chunks_mut(4096)
-        .enumerate()
-        .for_each(|(c, m)| dropout_mask(key, p, c * 4096, m));
+    mask.par_chunks_mut(cols)
+        .zip(at.par_iter())
+        .with_min_len(ROWS_PER_TASK)
+        .for_each(|(m, &row)| dropout_mask(key, p, row * cols, m));
     apply_mask(x, Some(&mask), p);
     Some(mask)
 }
@@ -573,7 +622,9 @@ impl RewardModel {
         keep: bool,
         bf16: bool,
     ) -> Result<(Vec<f32>, Tape)> {
-        let d = self.dims(batch)?;
+        let mut d = self.dims(batch)?;
+        let rows = Rows::new(batch.mask, d.t);
+        d.n = rows.at.len();
         let cfg = &self.config;
         let eps = cfg.layer_norm_eps as f32;
         let (p_hidden, p_attn) = (
@@ -587,9 +638,9 @@ impl RewardModel {
         let (word, pos, typ) = (w.all[0], w.all[1], w.all[2]);
         let mut emb = buf(d.n * h);
         emb.par_chunks_mut(h)
-            .enumerate()
+            .zip(rows.at.par_iter())
             .with_min_len(ROWS_PER_TASK)
-            .for_each(|(row, e)| {
+            .for_each(|(e, &row)| {
                 let tok = batch.ids[row] as usize;
                 let pos_row = &pos[(row % t) * h..][..h];
                 let word_row = &word[tok * h..][..h];
@@ -600,10 +651,9 @@ impl RewardModel {
         let (mut x, emb_xhat, emb_rstd) = ln_fwd(&emb, w.all[3], w.all[4], eps);
         drop(emb);
         let emb_key = draw(&mut rng, cfg.hidden_dropout_prob);
-        let emb_mask = dropout_in_place(&mut x, emb_key, p_hidden);
+        let emb_mask = dropout_in_place(&mut x, &rows.at, emb_key, p_hidden);
 
         let bias: Vec<f32> = batch.mask.iter().map(|m| (m - 1.0) * 1e4).collect();
-        let lens = unpadded_lengths(batch.mask, t);
         let scale = 1.0 / (d.hd as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         // Without a tape only the first token's state leaves the last layer.
@@ -616,7 +666,7 @@ impl RewardModel {
         for l in 0..cfg.num_hidden_layers {
             let lw = |i| w.layer(l, i);
             if scoring && l + 1 == cfg.num_hidden_layers {
-                x = first_token_layer(d, &lw, &x, &bias, scale, eps, bf);
+                x = first_token_layer(d, &rows, &lw, &x, &bias, scale, eps, bf);
                 first_only = true;
                 break;
             }
@@ -631,14 +681,14 @@ impl RewardModel {
                 d,
                 scale,
                 (&q, &k, &v),
-                (&bias, &lens),
+                (&bias, &rows),
                 (probs_key, p_attn),
                 (&mut probs, &mut probs_d),
                 &mut ctx,
             );
             let mut attn = linear(&ctx, d.n, h, lw(p::WO), lw(p::BO));
             let attn_key = draw(&mut rng, cfg.hidden_dropout_prob);
-            let attn_mask = dropout_in_place(&mut attn, attn_key, p_hidden);
+            let attn_mask = dropout_in_place(&mut attn, &rows.at, attn_key, p_hidden);
             add_in_place(&mut attn, &x);
             let (x1, xhat1, rstd1) = ln_fwd(&attn, lw(p::G1), lw(p::B1), eps);
             drop(attn);
@@ -646,7 +696,7 @@ impl RewardModel {
             let act = gelu(&pre);
             let mut out = linear(&act, d.n, d.inter, lw(p::WOUT), lw(p::BOUT));
             let out_key = draw(&mut rng, cfg.hidden_dropout_prob);
-            let out_mask = dropout_in_place(&mut out, out_key, p_hidden);
+            let out_mask = dropout_in_place(&mut out, &rows.at, out_key, p_hidden);
             add_in_place(&mut out, &x1);
             let (x2, xhat2, rstd2) = ln_fwd(&out, lw(p::G2), lw(p::B2), eps);
             let cache = LayerCache {
@@ -676,7 +726,7 @@ impl RewardModel {
         } else {
             let mut cls = buf(d.b * h);
             for (b, c) in cls.chunks_mut(h).enumerate() {
-                c.copy_from_slice(&x[b * t * h..][..h]);
+                c.copy_from_slice(&x[rows.offs[b] * h..][..h]);
             }
             cls
         };
@@ -686,7 +736,8 @@ impl RewardModel {
         }
         let pool_key = draw(&mut rng, cfg.hidden_dropout_prob);
         let mut pooled_d = copy_of(&pooled);
-        let pool_mask = dropout_in_place(&mut pooled_d, pool_key, p_hidden);
+        let seqs: Vec<usize> = (0..d.b).collect();
+        let pool_mask = dropout_in_place(&mut pooled_d, &seqs, pool_key, p_hidden);
         let (cw, cb) = (w.tail(2), w.tail(3));
         if cw.len() != h || cb.len() != 1 {
             bail!("the classifier must have one output");
@@ -708,7 +759,7 @@ impl RewardModel {
             pooled_d,
             p_hidden,
             bf,
-            lens,
+            rows,
         };
         Ok((rewards, tape))
     }
@@ -789,7 +840,7 @@ impl RewardModel {
             );
             let mut dx = zeros(d.n * h);
             for (b, c) in dcls.chunks(h).enumerate() {
-                dx[b * t * h..][..h].copy_from_slice(c);
+                dx[tape.rows.offs[b] * h..][..h].copy_from_slice(c);
             }
             let mut dx = self.layers_bwd(&tape, &w, layer_grads, dx);
             // Embeddings.
@@ -806,7 +857,7 @@ impl RewardModel {
                 &mut g_g[0],
                 &mut g_b[0],
             );
-            for (row, de) in demb.chunks(h).enumerate() {
+            for (de, &row) in demb.chunks(h).zip(&tape.rows.at) {
                 let tok = tape.ids[row] as usize;
                 let tp = row % t;
                 for i in 0..h {
@@ -896,7 +947,7 @@ impl RewardModel {
             let mut dq = buf(d.n * h);
             let mut dk = buf(d.n * h);
             let mut dv = buf(d.n * h);
-            attention_bwd(d, scale, c, &tape.lens, &d_ctx, (&mut dq, &mut dk, &mut dv));
+            attention_bwd(d, scale, c, &tape.rows, &d_ctx, (&mut dq, &mut dk, &mut dv));
             drop(d_ctx);
             let xp = packed(&c.x, h);
             for (dy, wi, bi) in [
@@ -923,8 +974,10 @@ fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
 /// only, attending to all of them: what the pooler reads of the last layer. Keys and
 /// values are needed for every token, the rest for one row a sequence, so the last
 /// layer costs about a sixth of a full one when scoring.
+#[allow(clippy::too_many_arguments)]
 fn first_token_layer<'a>(
     d: Dims,
+    rows: &Rows,
     lw: &impl Fn(usize) -> &'a [f32],
     x: &[f32],
     bias: &[f32],
@@ -938,16 +991,17 @@ fn first_token_layer<'a>(
     let v = linear(x, d.n, h, lw(p::WV), lw(p::BV));
     let mut x0 = buf(d.b * h);
     for (b, c) in x0.chunks_mut(h).enumerate() {
-        c.copy_from_slice(&x[b * t * h..][..h]);
+        c.copy_from_slice(&x[rows.offs[b] * h..][..h]);
     }
     let q = linear(&x0, d.b, h, lw(p::WQ), lw(p::BQ));
     let mut ctx = buf(d.b * h);
     ctx.par_chunks_mut(h).enumerate().for_each(|(b, c)| {
-        let bias = &bias[b * t..][..t];
-        let mut probs = vec![0f32; t];
+        let len = rows.lens[b];
+        let bias = &bias[b * t..][..len];
+        let mut probs = vec![0f32; len];
         for head in 0..d.nh {
             let qh = &q[b * h + head * hd..][..hd];
-            let row = |j: usize| (b * t + j) * h + head * hd;
+            let row = |j: usize| (rows.offs[b] + j) * h + head * hd;
             for (j, pj) in probs.iter_mut().enumerate() {
                 let kj = &k[row(j)..][..hd];
                 *pj = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
@@ -992,16 +1046,15 @@ fn unpadded_lengths(mask: &[f32], t: usize) -> Vec<usize> {
 /// with a dropout `key`, after dropout) and writes the heads' outputs side by side
 /// into `ctx`.
 ///
-/// Only a sequence's own tokens (`lens`) are computed: its padding gets no
-/// attention (the mask's bias would give it exactly 0), and its padding's own
-/// queries are left out, their outputs written as 0. Nothing downstream reads a
-/// padded position (the pooler reads the first token, and a padded key gets no
-/// attention), so the rewards and gradients are those of the full computation.
+/// Only a sequence's own tokens (`Rows`) are computed: its padding gets no
+/// attention (the mask's bias would give it exactly 0) and has no queries. The
+/// probabilities keep the padded layout, `(b, heads, t, t)`, zero outside each
+/// sequence's own square.
 fn attention_fwd(
     d: Dims,
     scale: f32,
     (q, k, v): (&[f32], &[f32], &[f32]),
-    (bias, lens): (&[f32], &[usize]),
+    (bias, rows): (&[f32], &Rows),
     (key, p): (Option<u64>, f32),
     (probs, probs_d): (&mut [f32], &mut [f32]),
     ctx: &mut [f32],
@@ -1018,12 +1071,11 @@ fn attention_fwd(
     probs
         .par_chunks_mut(per_seq)
         .zip(dropped)
-        .zip(ctx.par_chunks_mut(t * h))
+        .zip(rows.split(ctx, h))
         .enumerate()
         .for_each(|(b, ((pb, db), cb))| {
-            let rows = b * t * h..(b + 1) * t * h;
-            let (qb, kb, vb) = (&q[rows.clone()], &k[rows.clone()], &v[rows]);
-            let len = lens[b];
+            let (qb, kb, vb) = (rows.of(q, b, h), rows.of(k, b, h), rows.of(v, b, h));
+            let len = rows.lens[b];
             let bias = &bias[b * t..b * t + len];
             let mut mask = vec![0u8; if key.is_some() { t * t } else { 0 }];
             for head in 0..nh {
@@ -1064,30 +1116,32 @@ fn attention_fwd(
                     Par::Serial,
                 );
             }
-            cb[len * h..].fill(0.0);
         });
 }
 
-/// Backward of `attention_fwd`: writes the gradients of q, k and v (0 at padded
-/// positions, which nothing reads).
+/// Backward of `attention_fwd`: writes the gradients of q, k and v.
 fn attention_bwd(
     d: Dims,
     scale: f32,
     c: &LayerCache,
-    lens: &[usize],
+    rows: &Rows,
     d_ctx: &[f32],
     (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
 ) {
     let (t, h, nh) = (d.t, d.h, d.nh);
-    dq.par_chunks_mut(t * h)
-        .zip(dk.par_chunks_mut(t * h))
-        .zip(dv.par_chunks_mut(t * h))
+    rows.split(dq, h)
+        .into_par_iter()
+        .zip(rows.split(dk, h))
+        .zip(rows.split(dv, h))
         .enumerate()
         .for_each(|(b, ((dqb, dkb), dvb))| {
-            let rows = b * t * h..(b + 1) * t * h;
-            let (qb, kb, vb) = (&c.q[rows.clone()], &c.k[rows.clone()], &c.v[rows.clone()]);
-            let dcb = &d_ctx[rows];
-            let len = lens[b];
+            let (qb, kb, vb) = (
+                rows.of(&c.q, b, h),
+                rows.of(&c.k, b, h),
+                rows.of(&c.v, b, h),
+            );
+            let dcb = rows.of(d_ctx, b, h);
+            let len = rows.lens[b];
             let mut dp = vec![0f32; len * len];
             for head in 0..nh {
                 let base = (b * nh + head) * t * t;
@@ -1142,9 +1196,6 @@ fn attention_bwd(
                     scale,
                     Par::Serial,
                 );
-            }
-            for g in [dqb, dkb, dvb] {
-                g[len * h..].fill(0.0);
             }
         });
 }
@@ -1317,7 +1368,8 @@ mod tests {
             .collect();
         let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
         let padded = Padded::new(&refs, 0);
-        assert!(padded.seqs * padded.len >= BF16_MIN_ROWS);
+        let tokens: usize = seqs.iter().map(Vec::len).sum();
+        assert!(tokens >= BF16_MIN_ROWS);
         let coef: Vec<f32> = (0..padded.seqs).map(|i| 1.0 - 0.4 * i as f32).collect();
         let grads = |bf16: bool| {
             let mut rng = DropoutRng::new(5);
