@@ -333,6 +333,9 @@ struct LayerCache {
     rstd2: Buf,
     /// Dropout masks of the attention output and the feed-forward output.
     masks: [Option<Vec<u8>>; 2],
+    /// Only each sequence's first token queried (`first_attention_fwd`): `q` and
+    /// every buffer after attention have one row a sequence.
+    first_only: bool,
 }
 
 /// A forward pass kept for its backward.
@@ -656,28 +659,41 @@ impl RewardModel {
         let bias: Vec<f32> = batch.mask.iter().map(|m| (m - 1.0) * 1e4).collect();
         let scale = 1.0 / (d.hd as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        // Without a tape only the first token's state leaves the last layer.
-        let mut first_only = false;
-        let scoring = !keep && rng.is_none();
         // The products in bf16 where asked for and the CPU multiplies it.
         let bf = if bf16 { Bf16::detect() } else { None };
         let linear =
             |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(bf, x, rows, inp, w, b);
+        // Each sequence's first token's place in the padded batch.
+        let firsts: Vec<usize> = (0..d.b).map(|b| b * t).collect();
         for l in 0..cfg.num_hidden_layers {
             let lw = |i| w.layer(l, i);
-            if scoring && l + 1 == cfg.num_hidden_layers {
-                x = first_token_layer(d, &rows, &lw, &x, &bias, scale, eps, bf);
-                first_only = true;
-                break;
-            }
-            let q = linear(&x, d.n, h, lw(p::WQ), lw(p::BQ));
+            // The last layer runs for the first token of each sequence only, the one
+            // row the pooler reads; its keys and values still come from every token.
+            let top = l + 1 == cfg.num_hidden_layers;
+            let probs_key = draw(&mut rng, cfg.attention_probs_dropout_prob);
+            let attn_key = draw(&mut rng, cfg.hidden_dropout_prob);
+            let out_key = draw(&mut rng, cfg.hidden_dropout_prob);
             let k = linear(&x, d.n, h, lw(p::WK), lw(p::BK));
             let v = linear(&x, d.n, h, lw(p::WV), lw(p::BV));
-            let probs_key = draw(&mut rng, cfg.attention_probs_dropout_prob);
-            let mut probs = buf(d.b * d.nh * t * t);
+            // The rows past the keys and values, and their places in the padded batch.
+            let x0 = top.then(|| first_rows(&x, &rows, h));
+            let (m, at) = if top {
+                (d.b, &firsts[..])
+            } else {
+                (d.n, &rows.at[..])
+            };
+            let res: &[f32] = x0.as_deref().unwrap_or(&x);
+            let q = linear(res, m, h, lw(p::WQ), lw(p::BQ));
+            let queries = if top { 1 } else { t };
+            let mut probs = buf(d.b * d.nh * queries * t);
             let mut probs_d = buf(if probs_key.is_some() { probs.len() } else { 0 });
-            let mut ctx = buf(d.n * h);
-            attention_fwd(
+            let mut ctx = buf(m * h);
+            let attention = if top {
+                first_attention_fwd
+            } else {
+                attention_fwd
+            };
+            attention(
                 d,
                 scale,
                 (&q, &k, &v),
@@ -686,17 +702,16 @@ impl RewardModel {
                 (&mut probs, &mut probs_d),
                 &mut ctx,
             );
-            let mut attn = linear(&ctx, d.n, h, lw(p::WO), lw(p::BO));
-            let attn_key = draw(&mut rng, cfg.hidden_dropout_prob);
-            let attn_mask = dropout_in_place(&mut attn, &rows.at, attn_key, p_hidden);
-            add_in_place(&mut attn, &x);
+            let mut attn = linear(&ctx, m, h, lw(p::WO), lw(p::BO));
+            let attn_mask = dropout_in_place(&mut attn, at, attn_key, p_hidden);
+            add_in_place(&mut attn, res);
             let (x1, xhat1, rstd1) = ln_fwd(&attn, lw(p::G1), lw(p::B1), eps);
             drop(attn);
-            let pre = linear(&x1, d.n, h, lw(p::WI), lw(p::BI));
+            drop(x0);
+            let pre = linear(&x1, m, h, lw(p::WI), lw(p::BI));
             let act = gelu(&pre);
-            let mut out = linear(&act, d.n, d.inter, lw(p::WOUT), lw(p::BOUT));
-            let out_key = draw(&mut rng, cfg.hidden_dropout_prob);
-            let out_mask = dropout_in_place(&mut out, &rows.at, out_key, p_hidden);
+            let mut out = linear(&act, m, d.inter, lw(p::WOUT), lw(p::BOUT));
+            let out_mask = dropout_in_place(&mut out, at, out_key, p_hidden);
             add_in_place(&mut out, &x1);
             let (x2, xhat2, rstd2) = ln_fwd(&out, lw(p::G2), lw(p::B2), eps);
             let cache = LayerCache {
@@ -715,11 +730,14 @@ impl RewardModel {
                 xhat2,
                 rstd2,
                 masks: [attn_mask, out_mask],
+                first_only: top,
             };
             if keep {
                 layers.push(cache);
             }
         }
+        // Past the last layer, `x` holds one row a sequence.
+        let first_only = cfg.num_hidden_layers > 0;
 
         let cls = if first_only {
             x
@@ -838,10 +856,15 @@ impl RewardModel {
                 Some((&mut dcls, false)),
                 None,
             );
-            let mut dx = zeros(d.n * h);
-            for (b, c) in dcls.chunks(h).enumerate() {
-                dx[tape.rows.offs[b] * h..][..h].copy_from_slice(c);
-            }
+            // The last layer computed the first tokens only; without layers, the
+            // embeddings' first rows get the gradient.
+            let dx = if tape.layers.last().is_some_and(|c| c.first_only) {
+                copy_of(&dcls)
+            } else {
+                let mut dx = zeros(d.n * h);
+                add_first_rows(&mut dx, &dcls, &tape.rows, h);
+                dx
+            };
             let mut dx = self.layers_bwd(&tape, &w, layer_grads, dx);
             // Embeddings.
             apply_mask(&mut dx, tape.emb_mask.as_deref(), tape.p_hidden);
@@ -876,33 +899,41 @@ impl RewardModel {
             .collect()
     }
 
+    /// The layers' backward, from the gradient of the last layer's output (one row a
+    /// sequence when it computed the first tokens only) to that of the embeddings'.
     fn layers_bwd(&self, tape: &Tape, w: &Params<'_>, grads: &mut [Vec<f32>], mut dx: Buf) -> Buf {
         let d = tape.dims;
         let h = d.h;
         let scale = 1.0 / (d.hd as f32).sqrt();
-        let bf = tape.bf.filter(|_| d.n >= BF16_MIN_ROWS);
-        let packed = |x: &[f32], cols| bf.map(|bf| (bf, Packed::from_rows(x, d.n, cols)));
+        // `x` packed for the bf16 products, when they are used for `rows` rows.
+        let packed = |x: &[f32], rows, cols| {
+            (tape.bf)
+                .filter(|_| rows >= BF16_MIN_ROWS)
+                .map(|bf| (bf, Packed::from_rows(x, rows, cols)))
+        };
         for (l, c) in tape.layers.iter().enumerate().rev() {
             let lw = |i| w.layer(l, i);
             let g = &mut grads[l * PER_LAYER..(l + 1) * PER_LAYER];
+            // The rows past the keys and values.
+            let m = if c.first_only { d.b } else { d.n };
             // x2 = LN2(dropout(out) + x1)
             let (gg2, gb2) = two(g, p::G2, p::B2);
             let mut d_r2 = ln_bwd(&dx, &c.xhat2, &c.rstd2, lw(p::G2), gg2, gb2);
             let mut dx1 = copy_of(&d_r2);
             apply_mask(&mut d_r2, c.masks[1].as_deref(), tape.p_hidden);
-            let mut d_act = buf(d.n * d.inter);
+            let mut d_act = buf(m * d.inter);
             {
                 let (gw, gb) = two(g, p::WOUT, p::BOUT);
                 linear_bwd(
                     &d_r2,
                     &c.act,
                     lw(p::WOUT),
-                    d.n,
+                    m,
                     d.inter,
                     gw,
                     gb,
                     Some((&mut d_act, false)),
-                    packed(&c.act, d.inter).as_ref(),
+                    packed(&c.act, m, d.inter).as_ref(),
                 );
             }
             drop(d_r2);
@@ -913,12 +944,12 @@ impl RewardModel {
                     &d_act,
                     &c.x1,
                     lw(p::WI),
-                    d.n,
+                    m,
                     h,
                     gw,
                     gb,
                     Some((&mut dx1, true)),
-                    packed(&c.x1, h).as_ref(),
+                    packed(&c.x1, m, h).as_ref(),
                 );
             }
             drop(d_act);
@@ -926,35 +957,55 @@ impl RewardModel {
             let (gg1, gb1) = two(g, p::G1, p::B1);
             let mut d_r1 = ln_bwd(&dx1, &c.xhat1, &c.rstd1, lw(p::G1), gg1, gb1);
             drop(dx1);
-            dx = copy_of(&d_r1);
+            // The residual's gradient, for the rows past the keys and values.
+            let mut d_res = copy_of(&d_r1);
             apply_mask(&mut d_r1, c.masks[0].as_deref(), tape.p_hidden);
-            let mut d_ctx = buf(d.n * h);
+            let mut d_ctx = buf(m * h);
             {
                 let (gw, gb) = two(g, p::WO, p::BO);
                 linear_bwd(
                     &d_r1,
                     &c.ctx,
                     lw(p::WO),
-                    d.n,
+                    m,
                     h,
                     gw,
                     gb,
                     Some((&mut d_ctx, false)),
-                    packed(&c.ctx, h).as_ref(),
+                    packed(&c.ctx, m, h).as_ref(),
                 );
             }
             drop(d_r1);
-            let mut dq = buf(d.n * h);
+            let mut dq = buf(m * h);
             let mut dk = buf(d.n * h);
             let mut dv = buf(d.n * h);
-            attention_bwd(d, scale, c, &tape.rows, &d_ctx, (&mut dq, &mut dk, &mut dv));
+            let attention = if c.first_only {
+                first_attention_bwd
+            } else {
+                attention_bwd
+            };
+            attention(d, scale, c, &tape.rows, &d_ctx, (&mut dq, &mut dk, &mut dv));
             drop(d_ctx);
-            let xp = packed(&c.x, h);
-            for (dy, wi, bi) in [
-                (&dq, p::WQ, p::BQ),
-                (&dk, p::WK, p::BK),
-                (&dv, p::WV, p::BV),
-            ] {
+            // The queries read the rows past the keys and values: their gradient joins
+            // the residual's there.
+            let x0 = c.first_only.then(|| first_rows(&c.x, &tape.rows, h));
+            let xq: &[f32] = x0.as_deref().unwrap_or(&c.x);
+            {
+                let (gw, gb) = two(g, p::WQ, p::BQ);
+                let xp = packed(xq, m, h);
+                let dres = Some((&mut d_res[..], true));
+                linear_bwd(&dq, xq, lw(p::WQ), m, h, gw, gb, dres, xp.as_ref());
+            }
+            drop(x0);
+            dx = if c.first_only {
+                let mut full = zeros(d.n * h);
+                add_first_rows(&mut full, &d_res, &tape.rows, h);
+                full
+            } else {
+                d_res
+            };
+            let xp = packed(&c.x, d.n, h);
+            for (dy, wi, bi) in [(&dk, p::WK, p::BK), (&dv, p::WV, p::BV)] {
                 let (gw, gb) = two(g, wi, bi);
                 let dx = Some((&mut dx[..], true));
                 linear_bwd(dy, &c.x, lw(wi), d.n, h, gw, gb, dx, xp.as_ref());
@@ -970,60 +1021,147 @@ fn two(g: &mut [Vec<f32>], a: usize, b: usize) -> (&mut [f32], &mut [f32]) {
     (&mut lo[a], &mut hi[0])
 }
 
-/// An encoder layer (no dropout) computed for the first token of each sequence
-/// only, attending to all of them: what the pooler reads of the last layer. Keys and
-/// values are needed for every token, the rest for one row a sequence, so the last
-/// layer costs about a sixth of a full one when scoring.
-#[allow(clippy::too_many_arguments)]
-fn first_token_layer<'a>(
-    d: Dims,
-    rows: &Rows,
-    lw: &impl Fn(usize) -> &'a [f32],
-    x: &[f32],
-    bias: &[f32],
-    scale: f32,
-    eps: f32,
-    bf: Option<Bf16>,
-) -> Buf {
-    let (t, h, hd) = (d.t, d.h, d.hd);
-    let linear = |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(bf, x, rows, inp, w, b);
-    let k = linear(x, d.n, h, lw(p::WK), lw(p::BK));
-    let v = linear(x, d.n, h, lw(p::WV), lw(p::BV));
-    let mut x0 = buf(d.b * h);
-    for (b, c) in x0.chunks_mut(h).enumerate() {
-        c.copy_from_slice(&x[rows.offs[b] * h..][..h]);
+/// Each sequence's first row of `x` (`cols` values a row), one after another.
+fn first_rows(x: &[f32], rows: &Rows, cols: usize) -> Buf {
+    let mut x0 = buf(rows.lens.len() * cols);
+    for (c, &off) in x0.chunks_mut(cols).zip(&rows.offs) {
+        c.copy_from_slice(&x[off * cols..][..cols]);
     }
-    let q = linear(&x0, d.b, h, lw(p::WQ), lw(p::BQ));
-    let mut ctx = buf(d.b * h);
-    ctx.par_chunks_mut(h).enumerate().for_each(|(b, c)| {
-        let len = rows.lens[b];
-        let bias = &bias[b * t..][..len];
-        let mut probs = vec![0f32; len];
-        for head in 0..d.nh {
-            let qh = &q[b * h + head * hd..][..hd];
-            let row = |j: usize| (rows.offs[b] + j) * h + head * hd;
-            for (j, pj) in probs.iter_mut().enumerate() {
-                let kj = &k[row(j)..][..hd];
-                *pj = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-            }
-            wide::softmax_biased(&mut probs, bias);
-            let out = &mut c[head * hd..][..hd];
-            out.fill(0.0);
-            for (j, &pj) in probs.iter().enumerate() {
-                for (o, &vj) in out.iter_mut().zip(&v[row(j)..][..hd]) {
-                    *o += pj * vj;
+    x0
+}
+
+/// Each sequence's first row of `dx` plus `d0` (one row a sequence).
+fn add_first_rows(dx: &mut [f32], d0: &[f32], rows: &Rows, cols: usize) {
+    for (c, &off) in d0.chunks(cols).zip(&rows.offs) {
+        for (o, v) in dx[off * cols..][..cols].iter_mut().zip(c) {
+            *o += v;
+        }
+    }
+}
+
+/// `attention_fwd` for the last layer, where only each sequence's first token
+/// queries (`q` and `ctx` have one row a sequence; `k` and `v` every computed row):
+/// the pooler reads nothing else of that layer, so its queries, output and
+/// feed-forward part cost one row a sequence. The probabilities are `(b, heads, t)`,
+/// the first row of `attention_fwd`'s, their dropout masks drawn at the same places.
+fn first_attention_fwd(
+    d: Dims,
+    scale: f32,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (bias, rows): (&[f32], &Rows),
+    (key, p): (Option<u64>, f32),
+    (probs, probs_d): (&mut [f32], &mut [f32]),
+    ctx: &mut [f32],
+) {
+    let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
+    let sc = 1.0 / (1.0 - p);
+    let per_seq = nh * t;
+    let dropped: Vec<&mut [f32]> = if key.is_some() {
+        probs_d.chunks_mut(per_seq).collect()
+    } else {
+        (0..d.b).map(|_| Default::default()).collect()
+    };
+    probs
+        .par_chunks_mut(per_seq)
+        .zip(dropped)
+        .zip(ctx.par_chunks_mut(h))
+        .enumerate()
+        .for_each(|(b, ((pb, db), c))| {
+            let len = rows.lens[b];
+            let (kb, vb) = (rows.of(k, b, h), rows.of(v, b, h));
+            let bias = &bias[b * t..][..len];
+            let mut mask = vec![0u8; if key.is_some() { len } else { 0 }];
+            for head in 0..nh {
+                let cols = head * hd..(head + 1) * hd;
+                let qh = &q[b * h..][cols.clone()];
+                let pr = &mut pb[head * t..][..t];
+                for (j, pj) in pr[..len].iter_mut().enumerate() {
+                    let kj = &kb[j * h..][cols.clone()];
+                    *pj = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+                }
+                wide::softmax_biased(&mut pr[..len], bias);
+                pr[len..].fill(0.0);
+                let used: &[f32] = match key {
+                    Some(key) => {
+                        dropout_mask(key, p, (b * nh + head) * t * t, &mut mask);
+                        let out = &mut db[head * t..][..t];
+                        for ((o, &x), &m) in out.iter_mut().zip(pr.iter()).zip(&mask) {
+                            *o = if m != 0 { x * sc } else { 0.0 };
+                        }
+                        out[len..].fill(0.0);
+                        out
+                    }
+                    None => pr,
+                };
+                let out = &mut c[cols.clone()];
+                out.fill(0.0);
+                for (j, &pj) in used[..len].iter().enumerate() {
+                    for (o, &vj) in out.iter_mut().zip(&vb[j * h..][cols.clone()]) {
+                        *o += pj * vj;
+                    }
                 }
             }
-        }
-    });
-    drop((k, v, q));
-    let mut attn = linear(&ctx, d.b, h, lw(p::WO), lw(p::BO));
-    add_in_place(&mut attn, &x0);
-    let (x1, _, _) = ln_fwd(&attn, lw(p::G1), lw(p::B1), eps);
-    let act = gelu(&linear(&x1, d.b, h, lw(p::WI), lw(p::BI)));
-    let mut out = linear(&act, d.b, d.inter, lw(p::WOUT), lw(p::BOUT));
-    add_in_place(&mut out, &x1);
-    ln_fwd(&out, lw(p::G2), lw(p::B2), eps).0
+        });
+}
+
+/// Backward of `first_attention_fwd`: writes the gradients of q (one row a
+/// sequence), k and v (every computed row).
+fn first_attention_bwd(
+    d: Dims,
+    scale: f32,
+    c: &LayerCache,
+    rows: &Rows,
+    d_ctx: &[f32],
+    (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
+) {
+    let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
+    dq.par_chunks_mut(h)
+        .zip(rows.split(dk, h))
+        .zip(rows.split(dv, h))
+        .enumerate()
+        .for_each(|(b, ((dqb, dkb), dvb))| {
+            let len = rows.lens[b];
+            let (kb, vb) = (rows.of(&c.k, b, h), rows.of(&c.v, b, h));
+            let mut g = vec![0f32; len];
+            for head in 0..nh {
+                let cols = head * hd..(head + 1) * hd;
+                let base = (b * nh + head) * t;
+                let probs = &c.probs[base..][..len];
+                // Pd = P ⊙ mask / (1 − p), or P without dropout.
+                let used = if c.probs_d.is_empty() {
+                    probs
+                } else {
+                    &c.probs_d[base..][..len]
+                };
+                let dch = &d_ctx[b * h..][cols.clone()];
+                // dV_j = Pd_j · dC; dPd_j = dC · V_j
+                for (j, gj) in g.iter_mut().enumerate() {
+                    let vj = &vb[j * h..][cols.clone()];
+                    *gj = dch.iter().zip(vj).map(|(a, b)| a * b).sum();
+                    for (o, &x) in dvb[j * h..][cols.clone()].iter_mut().zip(dch) {
+                        *o = used[j] * x;
+                    }
+                }
+                // dS = dPd ⊙ Pd − P · Σ_j dPd ⊙ Pd (as in `attention_bwd`).
+                let dot: f32 = g.iter().zip(used).map(|(a, b)| a * b).sum();
+                for ((gj, &pj), &pdj) in g.iter_mut().zip(probs).zip(used) {
+                    *gj = *gj * pdj - pj * dot;
+                }
+                // S_j = scale · q · K_j: dq = scale · Σ_j dS_j K_j, dK_j = scale · dS_j q.
+                let qh = &c.q[b * h..][cols.clone()];
+                let dqh = &mut dqb[cols.clone()];
+                dqh.fill(0.0);
+                for (j, &gj) in g.iter().enumerate() {
+                    let s = scale * gj;
+                    for (o, &x) in dqh.iter_mut().zip(&kb[j * h..][cols.clone()]) {
+                        *o += s * x;
+                    }
+                    for (o, &x) in dkb[j * h..][cols.clone()].iter_mut().zip(qh) {
+                        *o = s * x;
+                    }
+                }
+            }
+        });
 }
 
 /// Each sequence's length without its padding: the tokens up to its last unmasked
@@ -1236,16 +1374,25 @@ mod tests {
         }
     }
 
-    /// Scoring computes the last layer for the first tokens only: the rewards are
-    /// those of the full forward, padding included, with and without a mean layer.
+    /// Training and scoring compute the last layer for the first tokens only: the
+    /// rewards are those of the reference forward over every token, padding
+    /// included, with and without a mean layer.
     #[test]
-    fn scoring_gives_the_rewards_of_the_full_forward() {
+    fn the_last_layer_for_first_tokens_gives_the_full_forwards_rewards() {
         let padded = padded();
+        let (b, t) = (padded.seqs, padded.len);
+        let ids_t = Tensor::from_vec(padded.ids.clone(), (b, t), &Device::Cpu).expect("ids");
+        let mask_t = Tensor::from_vec(padded.mask.clone(), (b, t), &Device::Cpu).expect("mask");
         let mut m = model(0.0);
         for _ in 0..2 {
-            let (full, _) = m.forward_tape(&padded.batch(), None, false).expect("full");
+            let (want, _) = m.forward_pooled(&ids_t, &mask_t, None).expect("reference");
+            let want = want.to_vec1::<f32>().expect("v");
+            let (taped, tape) = m.forward_tape(&padded.batch(), None, false).expect("tape");
+            assert!(tape.layers.last().is_some_and(|c| c.first_only));
+            assert!(tape.layers.iter().rev().skip(1).all(|c| !c.first_only));
+            close(&taped, &want, 1e-5, "training's rewards");
             let scored = m.rewards(&padded.batch()).expect("scored");
-            close(&scored, &full, 1e-5, "rewards");
+            close(&scored, &want, 1e-5, "scoring's rewards");
             m.add_mean_layer().expect("mean layer");
         }
     }
@@ -1262,8 +1409,10 @@ mod tests {
             .forward_tape(&padded.batch(), Some(&mut rng), false)
             .expect("forward");
         for (l, c) in tape.layers.iter().enumerate() {
+            // The last layer has each sequence's first query only.
+            let queries = if c.first_only { 1 } else { t };
             for (i, p) in c.probs.iter().enumerate() {
-                let (seq, col) = (i / (m.config.num_attention_heads * t * t), i % t);
+                let (seq, col) = (i / (m.config.num_attention_heads * queries * t), i % t);
                 if mask[seq * t + col] == 0.0 {
                     assert_eq!(*p, 0.0, "layer {l}: padding got attention {p}");
                 }
