@@ -319,7 +319,8 @@ struct LayerCache {
     q: Buf,
     k: Buf,
     v: Buf,
-    /// Attention probabilities before dropout, `(b, heads, t, t)`.
+    /// Attention probabilities before dropout, `(b, heads, t, t)`; `(b, heads, t)`
+    /// when only the first tokens queried.
     probs: Buf,
     /// The same after dropout (empty without dropout).
     probs_d: Buf,
