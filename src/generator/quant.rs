@@ -552,9 +552,11 @@ mod x86 {
         assert!(dst.len() >= ng * x.n * GROUP);
     }
 
-    /// Runs `$tile::<NT>` over a group's activation rows in tiles of up to `TILE`.
+    /// Checks the buffers (`check`), then runs `$tile::<NT>` over each group's
+    /// activation rows in tiles of up to `TILE`.
     macro_rules! tiles {
         ($tile:ident, $w:expr, $x:expr, $g0:expr, $ng:expr, $dst:expr) => {{
+            check($w, $x, $g0, $ng, $dst);
             let n = $x.n;
             for g in 0..$ng {
                 let mut t0 = 0;
@@ -610,7 +612,6 @@ mod x86 {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
     pub unsafe fn q41_512(w: &QMatrix, x: &QActs, g0: usize, ng: usize, dst: &mut [f32]) {
-        check(w, x, g0, ng, dst);
         tiles!(q41_tile_512, w, x, g0, ng, dst);
     }
 
@@ -669,7 +670,6 @@ mod x86 {
     /// block taken off again.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
     pub unsafe fn q80_512(w: &QMatrix, x: &QActs, g0: usize, ng: usize, dst: &mut [f32]) {
-        check(w, x, g0, ng, dst);
         tiles!(q80_tile_512, w, x, g0, ng, dst);
     }
 
@@ -740,7 +740,6 @@ mod x86 {
         ($name:ident, $tile:ident, $features:literal, $dot:ident) => {
             #[target_feature(enable = $features)]
             pub unsafe fn $name(w: &QMatrix, x: &QActs, g0: usize, ng: usize, dst: &mut [f32]) {
-                check(w, x, g0, ng, dst);
                 tiles!($tile, w, x, g0, ng, dst);
             }
 
@@ -803,7 +802,6 @@ mod x86 {
     /// the activations with `w`'s sign (no sum to take off afterwards).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q80_avx2(w: &QMatrix, x: &QActs, g0: usize, ng: usize, dst: &mut [f32]) {
-        check(w, x, g0, ng, dst);
         tiles!(q80_tile_avx2, w, x, g0, ng, dst);
     }
 

@@ -319,8 +319,10 @@ struct LayerCache {
     q: Buf,
     k: Buf,
     v: Buf,
-    /// Attention probabilities before dropout, `(b, heads, t, t)`; `(b, heads, t)`
-    /// when only the first tokens queried.
+    /// Attention probabilities before dropout, `(b, heads, t, t)`; in the last layer,
+    /// where only each sequence's first token queries (`first_attention_fwd`),
+    /// `(b, heads, t)`, and `q` and every buffer after attention have one row a
+    /// sequence.
     probs: Buf,
     /// The same after dropout (empty without dropout).
     probs_d: Buf,
@@ -334,9 +336,6 @@ struct LayerCache {
     rstd2: Buf,
     /// Dropout masks of the attention output and the feed-forward output.
     masks: [Option<Vec<u8>>; 2],
-    /// Only each sequence's first token queried (`first_attention_fwd`): `q` and
-    /// every buffer after attention have one row a sequence.
-    first_only: bool,
 }
 
 /// A forward pass kept for its backward.
@@ -731,23 +730,16 @@ impl RewardModel {
                 xhat2,
                 rstd2,
                 masks: [attn_mask, out_mask],
-                first_only: top,
             };
             if keep {
                 layers.push(cache);
             }
         }
         // Past the last layer, `x` holds one row a sequence.
-        let first_only = cfg.num_hidden_layers > 0;
-
-        let cls = if first_only {
+        let cls = if cfg.num_hidden_layers > 0 {
             x
         } else {
-            let mut cls = buf(d.b * h);
-            for (b, c) in cls.chunks_mut(h).enumerate() {
-                c.copy_from_slice(&x[rows.offs[b] * h..][..h]);
-            }
-            cls
+            first_rows(&x, &rows, h)
         };
         let mut pooled = linear(&cls, d.b, h, w.tail(0), w.tail(1));
         for v in pooled.iter_mut() {
@@ -859,12 +851,12 @@ impl RewardModel {
             );
             // The last layer computed the first tokens only; without layers, the
             // embeddings' first rows get the gradient.
-            let dx = if tape.layers.last().is_some_and(|c| c.first_only) {
-                copy_of(&dcls)
-            } else {
+            let dx = if tape.layers.is_empty() {
                 let mut dx = zeros(d.n * h);
                 add_first_rows(&mut dx, &dcls, &tape.rows, h);
                 dx
+            } else {
+                copy_of(&dcls)
             };
             let mut dx = self.layers_bwd(&tape, &w, layer_grads, dx);
             // Embeddings.
@@ -915,8 +907,9 @@ impl RewardModel {
         for (l, c) in tape.layers.iter().enumerate().rev() {
             let lw = |i| w.layer(l, i);
             let g = &mut grads[l * PER_LAYER..(l + 1) * PER_LAYER];
-            // The rows past the keys and values.
-            let m = if c.first_only { d.b } else { d.n };
+            // The last layer computed the first tokens only past its keys and values.
+            let top = l + 1 == tape.layers.len();
+            let m = if top { d.b } else { d.n };
             // x2 = LN2(dropout(out) + x1)
             let (gg2, gb2) = two(g, p::G2, p::B2);
             let mut d_r2 = ln_bwd(&dx, &c.xhat2, &c.rstd2, lw(p::G2), gg2, gb2);
@@ -980,7 +973,7 @@ impl RewardModel {
             let mut dq = buf(m * h);
             let mut dk = buf(d.n * h);
             let mut dv = buf(d.n * h);
-            let attention = if c.first_only {
+            let attention = if top {
                 first_attention_bwd
             } else {
                 attention_bwd
@@ -989,7 +982,7 @@ impl RewardModel {
             drop(d_ctx);
             // The queries read the rows past the keys and values: their gradient joins
             // the residual's there.
-            let x0 = c.first_only.then(|| first_rows(&c.x, &tape.rows, h));
+            let x0 = top.then(|| first_rows(&c.x, &tape.rows, h));
             let xq: &[f32] = x0.as_deref().unwrap_or(&c.x);
             {
                 let (gw, gb) = two(g, p::WQ, p::BQ);
@@ -998,7 +991,7 @@ impl RewardModel {
                 linear_bwd(&dq, xq, lw(p::WQ), m, h, gw, gb, dres, xp.as_ref());
             }
             drop(x0);
-            dx = if c.first_only {
+            dx = if top {
                 let mut full = zeros(d.n * h);
                 add_first_rows(&mut full, &d_res, &tape.rows, h);
                 full
@@ -1040,6 +1033,16 @@ fn add_first_rows(dx: &mut [f32], d0: &[f32], rows: &Rows, cols: usize) {
     }
 }
 
+/// The probabilities after dropout, `per_seq` values for each of `b` sequences; an
+/// empty slice for each without dropout, where nothing is written.
+fn per_sequence(probs_d: &mut [f32], per_seq: usize, b: usize) -> Vec<&mut [f32]> {
+    if probs_d.is_empty() {
+        (0..b).map(|_| Default::default()).collect()
+    } else {
+        probs_d.chunks_mut(per_seq).collect()
+    }
+}
+
 /// `attention_fwd` for the last layer, where only each sequence's first token
 /// queries (`q` and `ctx` have one row a sequence; `k` and `v` every computed row):
 /// the pooler reads nothing else of that layer, so its queries, output and
@@ -1057,14 +1060,9 @@ fn first_attention_fwd(
     let (t, h, hd, nh) = (d.t, d.h, d.hd, d.nh);
     let sc = 1.0 / (1.0 - p);
     let per_seq = nh * t;
-    let dropped: Vec<&mut [f32]> = if key.is_some() {
-        probs_d.chunks_mut(per_seq).collect()
-    } else {
-        (0..d.b).map(|_| Default::default()).collect()
-    };
     probs
         .par_chunks_mut(per_seq)
-        .zip(dropped)
+        .zip(per_sequence(probs_d, per_seq, d.b))
         .zip(ctx.par_chunks_mut(h))
         .enumerate()
         .for_each(|(b, ((pb, db), c))| {
@@ -1200,16 +1198,10 @@ fn attention_fwd(
 ) {
     let (t, h, nh) = (d.t, d.h, d.nh);
     let sc = 1.0 / (1.0 - p);
-    // Without dropout nothing is written after it: an empty slice per sequence.
     let per_seq = nh * t * t;
-    let dropped: Vec<&mut [f32]> = if key.is_some() {
-        probs_d.chunks_mut(per_seq).collect()
-    } else {
-        (0..d.b).map(|_| Default::default()).collect()
-    };
     probs
         .par_chunks_mut(per_seq)
-        .zip(dropped)
+        .zip(per_sequence(probs_d, per_seq, d.b))
         .zip(rows.split(ctx, h))
         .enumerate()
         .for_each(|(b, ((pb, db), cb))| {
@@ -1389,8 +1381,12 @@ mod tests {
             let (want, _) = m.forward_pooled(&ids_t, &mask_t, None).expect("reference");
             let want = want.to_vec1::<f32>().expect("v");
             let (taped, tape) = m.forward_tape(&padded.batch(), None, false).expect("tape");
-            assert!(tape.layers.last().is_some_and(|c| c.first_only));
-            assert!(tape.layers.iter().rev().skip(1).all(|c| !c.first_only));
+            // Only the last layer's queries were cut to one row a sequence.
+            let h = m.config.hidden_size;
+            let (last, below) = tape.layers.split_last().expect("layers");
+            assert_eq!(last.q.len(), b * h, "the last layer's queries");
+            let tokens = padded.mask.iter().filter(|&&v| v == 1.0).count();
+            assert!(below.iter().all(|c| c.q.len() == tokens * h));
             close(&taped, &want, 1e-5, "training's rewards");
             let scored = m.rewards(&padded.batch()).expect("scored");
             close(&scored, &want, 1e-5, "scoring's rewards");
@@ -1411,7 +1407,7 @@ mod tests {
             .expect("forward");
         for (l, c) in tape.layers.iter().enumerate() {
             // The last layer has each sequence's first query only.
-            let queries = if c.first_only { 1 } else { t };
+            let queries = if l + 1 == tape.layers.len() { 1 } else { t };
             for (i, p) in c.probs.iter().enumerate() {
                 let (seq, col) = (i / (m.config.num_attention_heads * queries * t), i % t);
                 if mask[seq * t + col] == 0.0 {
