@@ -549,6 +549,93 @@ fn a_large_import_locks_the_tables_only_when_nobody_else_is_connected() {
     assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), 1800);
 }
 
+/// A file large enough that PostgreSQL's bulk path sends its rows in several `COPY`s
+/// (each sent while the next are built) reads back as from a SQLite file, every
+/// text as it was: tabs, backslashes, line ends, quotes and non-ASCII, conversations,
+/// metadata, labeled records. A first import into an empty database numbers its rows
+/// itself; the sequences are moved past them, so a second import, beside a labeler
+/// (it then draws its ids from the sequences), collides with nothing.
+#[test]
+fn a_large_import_stores_every_text_as_sqlite_does() {
+    let Some(pg) = pg_db() else { return };
+    let dir = tempfile::tempdir().expect("tmp");
+    let lite = dir.path().join("d.db");
+    let file = |tag: &str, n: usize| {
+        let path = dir.path().join(format!("{tag}.jsonl"));
+        let mut out = String::new();
+        for i in 0..n {
+            let odd = format!(
+                "{tag} {i}\tcolumns\\N \\\\ \"quoted\"\r\nnext line — café ✓ 🦀 {}",
+                "words ".repeat(60)
+            );
+            let prompt = if i % 7 == 0 {
+                serde_json::json!([
+                    {"role": "system", "content": "Be\tbrief."},
+                    {"role": "user", "content": format!("q{}\n{odd}", i / 3)},
+                ])
+            } else {
+                Value::String(format!("q{}", i / 3))
+            };
+            let mut rec = serde_json::json!({"id": format!("{tag}-{i}"), "prompt": prompt});
+            let (a, b) = (format!("A {odd}"), format!("B {odd}"));
+            if i % 5 == 0 {
+                rec["chosen"] = a.into();
+                rec["rejected"] = b.into();
+            } else {
+                rec["response_a"] = a.into();
+                rec["response_b"] = b.into();
+            }
+            if i % 3 == 0 {
+                rec["meta"] = serde_json::json!({"note": "tab\there", "n": i});
+                rec["origin"] = "x\\y".into();
+            }
+            out.push_str(&rec.to_string());
+            out.push('\n');
+        }
+        std::fs::write(&path, out).expect("write");
+        path
+    };
+    // About 20 MB of rows each, more than one `COPY`'s worth (16 MB).
+    let (first, second) = (file("a", 24_000), file("b", 24_000));
+    let import = |db: &Path, path: &Path| {
+        let out = duel(db, &["import", path.to_str().expect("utf8")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    import(&lite, &first);
+    import(&pg, &first);
+    for table in ["prompts", "responses", "pairs"] {
+        let seq = sql_i64(&pg, &format!("SELECT last_value FROM {table}_id_seq"));
+        let max = sql_i64(&pg, &format!("SELECT max(id) FROM {table}"));
+        assert!(seq >= max, "{table}: the sequence at {seq}, an id {max}");
+    }
+    import(&lite, &second);
+    {
+        // Connected: the import goes the ordinary way, drawing ids from the sequences.
+        let _labeler = postgres::Client::connect(url(&pg), postgres::NoTls).expect("connect");
+        import(&pg, &second);
+    }
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM pairs"), 48_000);
+    assert_eq!(sql_i64(&pg, "SELECT count(*) FROM labels"), 9_600);
+    for format in ["raw", "pairs", "trl-conversational"] {
+        let rows = |db: &Path| -> Vec<Value> {
+            lines(&duel(db, &["export", "--format", format]))
+                .into_iter()
+                .map(timeless)
+                .collect()
+        };
+        let (l, p) = (rows(&lite), rows(&pg));
+        assert!(l.len() >= 9_600, "{format}: {} rows", l.len());
+        assert_eq!(l.len(), p.len(), "{format}: rows");
+        for (a, b) in l.iter().zip(&p) {
+            assert!(a == b, "{format} differs:\nSQLite: {a}\nPostgreSQL: {b}");
+        }
+    }
+}
+
 /// A server that does not answer is a clear error naming it, without the password.
 #[test]
 fn an_unreachable_server_is_named_without_its_password() {

@@ -1,6 +1,8 @@
 //! What an import sets on its connection while it writes, and the transaction it
 //! writes a file in.
 
+use super::copy::Background;
+use super::sql::Ex;
 use super::{BUSY_TIMEOUT, PairWriter, Result, Store, StoreError};
 use std::time::Duration;
 
@@ -12,11 +14,17 @@ impl Store {
         f: impl FnOnce(&mut PairWriter<'_, '_, '_>) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
         self.write_as(|ex| {
-            let mut w = PairWriter::bulk(ex)?;
-            let out = f(&mut w)?;
-            // Rows still waiting for `COPY` go before the commit.
-            w.flush()?;
-            Ok(out)
+            std::thread::scope(|scope| {
+                let background = match ex {
+                    Ex::Pg { tx, .. } => Some(Background::spawn(scope, tx)),
+                    Ex::Lite(_) => None,
+                };
+                let mut w = PairWriter::bulk(ex, background)?;
+                let out = f(&mut w)?;
+                // Rows still waiting for `COPY` go before the commit.
+                w.flush()?;
+                Ok(out)
+            })
         })
     }
 

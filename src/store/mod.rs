@@ -352,7 +352,7 @@ impl Store {
                 let mut client = client.borrow_mut();
                 let mut tx = client.transaction().map_err(StoreError::from)?;
                 let out = f(&Ex::Pg {
-                    tx: RefCell::new(&mut tx),
+                    tx: std::sync::Mutex::new(&mut tx),
                     texts,
                 })?;
                 tx.commit().map_err(StoreError::from)?;

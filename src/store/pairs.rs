@@ -191,8 +191,13 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
     }
 
     /// A writer for many records (import): loads the stored digests and ids once
-    /// when there are not too many, instead of querying for each record.
-    pub(crate) fn bulk(ex: &'e Ex<'a, 't>) -> Result<Self> {
+    /// when there are not too many, instead of querying for each record. On
+    /// PostgreSQL its `COPY` rows are sent from `background`'s thread, when given,
+    /// while it builds the next ones.
+    pub(super) fn bulk(
+        ex: &'e Ex<'a, 't>,
+        background: Option<super::copy::Background>,
+    ) -> Result<Self> {
         let mut w = Self::new(ex)?;
         let (pairs, prompts): (i64, i64) = ex.query_one(
             "SELECT (SELECT count(*) FROM pairs), (SELECT count(*) FROM prompts)",
@@ -219,7 +224,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             load_digests(ex, "SELECT hash, id FROM prompts", &mut known.prompts)?;
             w.known = Some(known);
             if ex.is_postgres() {
-                w.copy = Some(RefCell::new(CopyRows::default()));
+                w.copy = Some(RefCell::new(CopyRows::new(background)));
             }
         }
         Ok(w)
@@ -245,8 +250,8 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         }
         let Ex::Lite(conn) = self.ex else {
             // PostgreSQL: its own way, when this role owns the tables.
-            if self.copy.is_some() {
-                self.deferred = super::copy::defer(self.ex)?;
+            if let Some(c) = &self.copy {
+                self.deferred = super::copy::defer(self.ex, &mut c.borrow_mut())?;
                 k.indexes_deferred = self.deferred.is_some();
             }
             return Ok(());
@@ -274,6 +279,9 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
     pub fn finish(&mut self) -> Result<bool> {
         self.flush()?;
         if let Some(d) = self.deferred.take() {
+            if let Some(c) = &self.copy {
+                c.borrow_mut().settle_ids(self.ex)?;
+            }
             d.restore(self.ex)?;
             return Ok(true);
         }
@@ -384,7 +392,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                     Val::Text(Some(&self.now)),
                     Val::Text(gold),
                 ],
-            );
+            )?;
             let full = c.full();
             drop(c);
             return self.inserted(id, hash, pair, full);
@@ -452,8 +460,8 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
         {
             self.import_label(id, choice)?;
         }
-        if full {
-            self.flush()?;
+        if full && let Some(c) = &self.copy {
+            c.borrow_mut().send(self.ex)?;
         }
         Ok(InsertOutcome::Inserted(id))
     }
@@ -469,7 +477,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                     Val::Text(Some(choice.as_str())),
                     Val::Text(Some("import")),
                 ],
-            );
+            )?;
             return Ok(());
         }
         super::labels::insert_label(
@@ -555,8 +563,9 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                                 Val::Bytes(&hash),
                                 Val::Text(Some(&prompt.text)),
                                 Val::Text(messages.as_deref()),
+                                Val::Text(Some(&self.now)),
                             ],
-                        );
+                        )?;
                         id
                     }
                     None => self.ex.insert_id(
@@ -599,7 +608,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
                         Val::Text(meta.as_deref()),
                         Val::Text(Some(&self.now)),
                     ],
-                );
+                )?;
                 return Ok(id);
             }
             self.ex.insert_id(

@@ -10,6 +10,7 @@
 use super::{Result, StoreError};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
 
 /// A parameter value both drivers can bind.
 pub trait Param {
@@ -90,7 +91,9 @@ pub fn to_postgres(sql: &str) -> String {
 pub enum Ex<'a, 't> {
     Lite(&'a rusqlite::Connection),
     Pg {
-        tx: RefCell<&'a mut postgres::Transaction<'t>>,
+        /// Behind a lock rather than a `RefCell` so that an import's `COPY` can be
+        /// sent from a thread of its own (see `copy::Background`).
+        tx: Mutex<&'a mut postgres::Transaction<'t>>,
         /// Statement texts translated so far, by the SQL they were written as.
         texts: &'a RefCell<HashMap<String, String>>,
     },
@@ -141,7 +144,7 @@ impl Ex<'_, '_> {
             Ex::Pg { tx, texts } => {
                 let p: Vec<_> = params.iter().map(|p| p.pg()).collect();
                 let text = Self::pg_text(texts, sql);
-                Ok(tx.borrow_mut().execute(text.as_str(), &p)? as usize)
+                Ok(lock(tx)?.execute(text.as_str(), &p)? as usize)
             }
         }
     }
@@ -158,23 +161,6 @@ impl Ex<'_, '_> {
                 Ok(c.last_insert_rowid())
             }
             Ex::Pg { .. } => self.query_one(&format!("{sql} RETURNING id"), params, |r| r.get(0)),
-        }
-    }
-
-    /// Sends `data` (rows in COPY's text format) with the `COPY … FROM STDIN`
-    /// statement `sql`; PostgreSQL's only.
-    pub fn copy_in(&self, sql: &str, data: &[u8]) -> Result<()> {
-        match self {
-            Ex::Lite(_) => Err(StoreError::Invalid("COPY is PostgreSQL's".into())),
-            Ex::Pg { tx, .. } => {
-                use std::io::Write;
-                let mut tx = tx.borrow_mut();
-                let mut w = tx.copy_in(sql)?;
-                w.write_all(data)
-                    .map_err(|e| StoreError::Invalid(format!("sending rows: {e}")))?;
-                w.finish()?;
-                Ok(())
-            }
         }
     }
 
@@ -244,7 +230,7 @@ impl Ex<'_, '_> {
                 use postgres::fallible_iterator::FallibleIterator;
                 let p: Vec<_> = params.iter().map(|p| p.pg()).collect();
                 let text = Self::pg_text(texts, sql);
-                let mut tx = tx.borrow_mut();
+                let mut tx = lock(tx)?;
                 let mut rows = tx
                     .query_raw(text.as_str(), p.iter().copied())
                     .map_err(StoreError::from)?;
@@ -255,6 +241,32 @@ impl Ex<'_, '_> {
             }
         }
     }
+}
+
+/// The transaction behind `tx`'s lock.
+pub(super) fn lock<'m, 'a, 't>(
+    tx: &'m Mutex<&'a mut postgres::Transaction<'t>>,
+) -> Result<MutexGuard<'m, &'a mut postgres::Transaction<'t>>> {
+    tx.lock()
+        .map_err(|_| StoreError::Invalid("a thread sending rows failed".into()))
+}
+
+/// Sends `data` (its parts one after the other) with the `COPY … FROM STDIN`
+/// statement `sql`, in transaction `tx`.
+pub(super) fn copy_in(
+    tx: &Mutex<&mut postgres::Transaction<'_>>,
+    sql: &str,
+    data: &[&[u8]],
+) -> Result<()> {
+    use std::io::Write;
+    let mut tx = lock(tx)?;
+    let mut w = tx.copy_in(sql)?;
+    for part in data {
+        w.write_all(part)
+            .map_err(|e| StoreError::Invalid(format!("sending rows: {e}")))?;
+    }
+    w.finish()?;
+    Ok(())
 }
 
 #[cfg(test)]
