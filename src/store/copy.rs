@@ -135,6 +135,41 @@ fn send(tx: &Mutex<&mut postgres::Transaction<'_>>, buffers: &mut Buffers) -> Re
     Ok(())
 }
 
+/// Appends a row of `values` to `b` in `COPY`'s binary format; refuses a value longer
+/// than PostgreSQL stores.
+fn encode_row(b: &mut Vec<u8>, values: &[Val<'_>]) -> Result<()> {
+    for v in values {
+        if let Val::Text(Some(s)) = v
+            && s.len() > MAX_VALUE
+        {
+            return Err(StoreError::Unstorable(format!(
+                "a text of {} bytes, more than the 1 GB PostgreSQL stores in one value",
+                s.len()
+            )));
+        }
+    }
+    b.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    for v in values {
+        let bytes = match v {
+            Val::Int(n) => {
+                b.extend_from_slice(&8i32.to_be_bytes());
+                b.extend_from_slice(&n.to_be_bytes());
+                continue;
+            }
+            Val::Text(None) => {
+                b.extend_from_slice(&(-1i32).to_be_bytes());
+                continue;
+            }
+            Val::Text(Some(s)) => s.as_bytes(),
+            Val::Bytes(bytes) => bytes,
+        };
+        // At most MAX_VALUE (checked above; the digests are 32 bytes).
+        b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        b.extend_from_slice(bytes);
+    }
+    Ok(())
+}
+
 /// Ids a writer that set the tables aside gives out itself, for one table.
 struct OwnIds {
     /// The first it gave out (drawn from the sequence).
@@ -142,14 +177,13 @@ struct OwnIds {
     next: i64,
 }
 
-#[derive(Default)]
 pub(super) struct CopyRows {
     buffers: Buffers,
     /// Empty buffers to fill while `buffers` are sent (kept, so that their memory is
     /// not given back and faulted in again each time).
     spare: Option<Buffers>,
-    /// Sends in the background, when there is a thread for it.
-    background: Option<Background>,
+    /// Sends full buffers while the next are built.
+    background: Background,
     /// Buffers are being sent in the background.
     in_flight: bool,
     /// Ids drawn ahead for prompts, responses and pairs.
@@ -165,10 +199,16 @@ pub(super) struct CopyRows {
 }
 
 impl CopyRows {
-    pub(super) fn new(background: Option<Background>) -> CopyRows {
+    pub(super) fn new(background: Background) -> CopyRows {
         CopyRows {
+            buffers: Buffers::default(),
+            spare: None,
             background,
-            ..CopyRows::default()
+            in_flight: false,
+            ids: Default::default(),
+            sequences: [None; 3],
+            id_lock: false,
+            own_ids: None,
         }
     }
 
@@ -206,8 +246,6 @@ impl CopyRows {
 
     /// Draws `ID_BLOCK` ids for `table` from its sequence.
     fn draw(&mut self, ex: &Ex<'_, '_>, table: Table) -> Result<()> {
-        // A failed `COPY` is reported as itself, not as the aborted transaction a
-        // query after it would meet.
         self.settle()?;
         let seq = self.sequence(ex, table)?;
         if !self.id_lock {
@@ -273,37 +311,7 @@ impl CopyRows {
     /// Appends a row to `table`'s buffer; refuses a value longer than PostgreSQL
     /// stores.
     pub(super) fn row(&mut self, table: Table, values: &[Val<'_>]) -> Result<()> {
-        for v in values {
-            if let Val::Text(Some(s)) = v
-                && s.len() > MAX_VALUE
-            {
-                return Err(StoreError::Unstorable(format!(
-                    "a text of {} bytes, more than the 1 GB PostgreSQL stores in one value",
-                    s.len()
-                )));
-            }
-        }
-        let b = &mut self.buffers[table as usize];
-        b.extend_from_slice(&(values.len() as i16).to_be_bytes());
-        for v in values {
-            let bytes = match v {
-                Val::Int(n) => {
-                    b.extend_from_slice(&8i32.to_be_bytes());
-                    b.extend_from_slice(&n.to_be_bytes());
-                    continue;
-                }
-                Val::Text(None) => {
-                    b.extend_from_slice(&(-1i32).to_be_bytes());
-                    continue;
-                }
-                Val::Text(Some(s)) => s.as_bytes(),
-                Val::Bytes(bytes) => bytes,
-            };
-            // At most MAX_VALUE (checked above; the digests are 32 bytes).
-            b.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-            b.extend_from_slice(bytes);
-        }
-        Ok(())
+        encode_row(&mut self.buffers[table as usize], values)
     }
 
     /// Whether the buffers are large enough to send.
@@ -311,34 +319,30 @@ impl CopyRows {
         self.buffers.iter().map(Vec::len).sum::<usize>() >= FLUSH_BYTES
     }
 
-    /// Starts sending the buffered rows, in the background when there is a thread
-    /// for it (the writer fills other buffers meanwhile), else at once.
-    pub(super) fn send(&mut self, ex: &Ex<'_, '_>) -> Result<()> {
-        if self.background.is_none() {
-            return self.flush(ex);
-        }
+    /// Starts sending the buffered rows in the background; the writer fills other
+    /// buffers meanwhile.
+    pub(super) fn send(&mut self) -> Result<()> {
         self.settle()?;
         let fresh = self.spare.take().unwrap_or_default();
         let full = std::mem::replace(&mut self.buffers, fresh);
-        let bg = self.background.as_ref().expect("checked above");
-        bg.jobs
+        self.background
+            .jobs
             .send(full)
             .map_err(|_| StoreError::Invalid("the thread sending rows stopped".into()))?;
         self.in_flight = true;
         Ok(())
     }
 
-    /// Waits for the rows being sent in the background, if any.
-    fn settle(&mut self) -> Result<()> {
+    /// Waits for the rows being sent in the background, if any: a query after a
+    /// failed `COPY` would meet an aborted transaction, and report that instead of
+    /// the `COPY`'s error.
+    pub(super) fn settle(&mut self) -> Result<()> {
         if !self.in_flight {
             return Ok(());
         }
         self.in_flight = false;
-        let bg = self
+        let emptied = self
             .background
-            .as_ref()
-            .expect("in flight without a thread");
-        let emptied = bg
             .done
             .recv()
             .map_err(|_| StoreError::Invalid("the thread sending rows stopped".into()))??;
@@ -389,6 +393,7 @@ const LOCK_WAIT: &str = "2s";
 /// meanwhile, or holds a lock already, waits at most `LOCK_WAIT` before the import
 /// gives up setting aside.
 pub(super) fn defer(ex: &Ex<'_, '_>, rows: &mut CopyRows) -> Result<Option<Deferred>> {
+    rows.settle()?;
     let (owner, others): (bool, i64) = ex.query_one(
         "SELECT pg_has_role(current_user, relowner, 'USAGE'),
                 (SELECT count(*) FROM pg_stat_activity
@@ -505,9 +510,9 @@ mod tests {
 
     #[test]
     fn rows_are_written_in_copys_binary_format() {
-        let mut rows = CopyRows::default();
-        rows.row(
-            Table::Labels,
+        let mut got = Vec::new();
+        encode_row(
+            &mut got,
             &[
                 Val::Int(7),
                 Val::Text(Some("a\tb\\c\n")),
@@ -522,7 +527,7 @@ mod tests {
         want.extend(b"a\tb\\c\n");
         want.extend([0xff, 0xff, 0xff, 0xff]);
         want.extend([0, 0, 0, 2, 0, 255]);
-        assert_eq!(rows.buffers[Table::Labels as usize], want);
+        assert_eq!(got, want);
         assert_eq!(HEADER.len(), 19);
     }
 }

@@ -192,8 +192,8 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
 
     /// A writer for many records (import): loads the stored digests and ids once
     /// when there are not too many, instead of querying for each record. On
-    /// PostgreSQL its `COPY` rows are sent from `background`'s thread, when given,
-    /// while it builds the next ones.
+    /// PostgreSQL (`background` given) it writes by `COPY`, its rows sent from
+    /// `background`'s thread while it builds the next ones.
     pub(super) fn bulk(
         ex: &'e Ex<'a, 't>,
         background: Option<super::copy::Background>,
@@ -223,7 +223,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             load_digests(ex, "SELECT content_hash, id FROM pairs", &mut known.pairs)?;
             load_digests(ex, "SELECT hash, id FROM prompts", &mut known.prompts)?;
             w.known = Some(known);
-            if ex.is_postgres() {
+            if let Some(background) = background {
                 w.copy = Some(RefCell::new(CopyRows::new(background)));
             }
         }
@@ -461,7 +461,7 @@ impl<'e, 'a, 't> PairWriter<'e, 'a, 't> {
             self.import_label(id, choice)?;
         }
         if full && let Some(c) = &self.copy {
-            c.borrow_mut().send(self.ex)?;
+            c.borrow_mut().send()?;
         }
         Ok(InsertOutcome::Inserted(id))
     }

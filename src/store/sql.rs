@@ -248,7 +248,7 @@ pub(super) fn lock<'m, 'a, 't>(
     tx: &'m Mutex<&'a mut postgres::Transaction<'t>>,
 ) -> Result<MutexGuard<'m, &'a mut postgres::Transaction<'t>>> {
     tx.lock()
-        .map_err(|_| StoreError::Invalid("a thread sending rows failed".into()))
+        .map_err(|_| StoreError::Invalid("a thread using the connection panicked".into()))
 }
 
 /// Sends `data` (its parts one after the other) with the `COPY … FROM STDIN`
