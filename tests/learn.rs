@@ -227,3 +227,74 @@ fn another_trainers_predictions_are_compared_on_the_same_folds() {
             <= 0.0
     );
 }
+
+/// `duel bench live` with two queue orders reports each order's live model at each
+/// count, the second against the first on the same test pairs, and how many labels
+/// the second needed to reach what the first scored at the largest count.
+#[test]
+fn simulated_labeling_compares_queue_orders_on_the_same_folds() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = duel(
+        &dir.path().join("unused.db"),
+        &[
+            "bench",
+            "live",
+            slice().to_str().expect("utf-8"),
+            "--folds",
+            "2",
+            "--orders",
+            "random,uncertain",
+            "--at",
+            "24,48",
+            "--resamples",
+            "300",
+            "--json",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let points = v["points"].as_array().expect("points");
+    let live = |order: &str, n: u64| {
+        let p = points
+            .iter()
+            .find(|p| p["order"] == order && p["labels"] == n)
+            .unwrap_or_else(|| panic!("no {order} at {n}: {v}"));
+        (p["live"].as_f64().expect("live"), p)
+    };
+    for n in [24, 48] {
+        let (random, rp) = live("random", n);
+        let (uncertain, up) = live("uncertain", n);
+        assert!(rp["minus_first_order"].is_null(), "{rp}");
+        let d = up["minus_first_order"].as_array().expect("difference");
+        let (mean, lo, hi) = (
+            d[0].as_f64().expect("mean"),
+            d[1].as_f64().expect("low"),
+            d[2].as_f64().expect("high"),
+        );
+        assert!((mean - (uncertain - random)).abs() < 1e-9, "{up} vs {rp}");
+        assert!(lo <= hi && hi - lo < 0.5, "{up}");
+    }
+    let reach = v["reach"].as_array().expect("reach");
+    assert_eq!(reach.len(), 1, "{v}");
+    let r = &reach[0];
+    assert_eq!(r["order"], "uncertain");
+    assert_eq!(r["target_labels"], 48);
+    let target = live("random", 48).0;
+    assert_eq!(r["target"].as_f64(), Some(target));
+    let expect = [24, 48]
+        .into_iter()
+        .find(|&n| live("uncertain", n).0 >= target);
+    assert_eq!(r["labels"].as_u64(), expect, "{v}");
+    // Both orders labeled both folds.
+    assert_eq!(
+        err.matches("Random passes 1 seed 0 fold").count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("Uncertain passes 1 seed 0 fold").count(),
+        2,
+        "{err}"
+    );
+}

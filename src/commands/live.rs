@@ -217,6 +217,54 @@ struct Point {
     /// `duel train` on the same labels, and live minus it (paired bootstrap).
     batch: Option<f64>,
     live_minus_batch: Option<(f64, f64, f64)>,
+    /// Live minus the first order's live model at the same count and passes
+    /// (paired bootstrap), for every order after the first.
+    minus_first_order: Option<(f64, f64, f64)>,
+}
+
+/// How many labels an order needed to reach what the first order's live model
+/// scored at the largest count (with the same passes): the smallest checkpoint at
+/// which its own live model scored at least that, or none within the counts.
+#[derive(Debug, Serialize)]
+struct Reach {
+    order: SimOrder,
+    passes: u32,
+    target: f64,
+    target_labels: usize,
+    labels: Option<usize>,
+}
+
+/// The labels an order needed (`Reach`), from the measured points.
+fn reaches(points: &[Point], first: SimOrder) -> Vec<Reach> {
+    let mut out = Vec::new();
+    for p in points.iter().filter(|p| p.order != first) {
+        if out
+            .iter()
+            .any(|r: &Reach| r.order == p.order && r.passes == p.passes)
+        {
+            continue;
+        }
+        let Some(top) = points
+            .iter()
+            .filter(|q| q.order == first && q.passes == p.passes)
+            .max_by_key(|q| q.labels)
+        else {
+            continue;
+        };
+        let labels = points
+            .iter()
+            .filter(|q| q.order == p.order && q.passes == p.passes && q.live >= top.live)
+            .map(|q| q.labels)
+            .min();
+        out.push(Reach {
+            order: p.order,
+            passes: p.passes,
+            target: top.live,
+            target_labels: top.labels,
+            labels,
+        });
+    }
+    out
 }
 
 pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
@@ -270,6 +318,8 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
         args.seeds
     );
     let mut points = Vec::new();
+    // right[checkpoint][seed][pair] of the first order's live model, per passes.
+    let mut first_order: HashMap<u32, Vec<Vec<Vec<bool>>>> = HashMap::new();
     for &order in &args.orders {
         // Outside the uncertain order the labels do not depend on the passes, nor
         // `duel train` on them: trained once per seed and fold.
@@ -319,7 +369,14 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
                     batch[c].push(std::mem::take(&mut got_batch[c]));
                 }
             }
+            let first = first_order.entry(passes).or_insert_with(|| live.clone());
             for (c, &n) in at.iter().enumerate() {
+                let minus_first_order = (order != args.orders[0]).then(|| {
+                    let right = [first[c].clone(), live[c].clone()];
+                    let s = summarize(&right, &prompt_of, prompts, args.measure.resamples);
+                    let d = s[1].vs_first.as_ref().expect("a second predictor");
+                    (d.mean, d.interval.low, d.interval.high)
+                });
                 let mut right = vec![std::mem::take(&mut live[c])];
                 if args.compare {
                     right.push(std::mem::take(&mut batch[c]));
@@ -340,17 +397,19 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
                     live_minus_batch: b
                         .and_then(|b| b.vs_first.as_ref())
                         .map(|d| (-d.mean, -d.interval.high, -d.interval.low)),
+                    minus_first_order,
                 });
             }
         }
     }
+    let reach = reaches(&points, args.orders[0]);
     if args.measure.json {
         println!(
             "{}",
             serde_json::json!({
                 "file": args.file, "pairs": data.len(), "prompts": prompts, "folds": folds,
                 "seeds": args.seeds, "random_share": args.random_share,
-                "epochs": args.epochs, "points": points,
+                "epochs": args.epochs, "points": points, "reach": reach,
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -361,8 +420,9 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
         data.len(),
         args.seeds
     );
+    let first = format!("{:?}", args.orders[0]).to_lowercase();
     println!(
-        "{:<11} {:>6} {:>6} {:>6} {:>6} {:>15} {:>8} {:>26}",
+        "{:<11} {:>6} {:>6} {:>6} {:>6} {:>15} {:>8} {:>26} {:>26}",
         "order",
         "passes",
         "labels",
@@ -370,15 +430,19 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
         "live",
         "95% interval",
         "train",
-        "live − train (95% interval)"
+        "live − train (95% interval)",
+        format!("− {first} (95% interval)")
     );
     for p in &points {
         let b = p.batch.map_or("-".into(), |b| format!("{b:.3}"));
         let d = p.live_minus_batch.map_or(String::new(), |(m, lo, hi)| {
             format!("{m:+.3} ({lo:+.3} to {hi:+.3})")
         });
+        let o = p.minus_first_order.map_or(String::new(), |(m, lo, hi)| {
+            format!("{m:+.3} ({lo:+.3} to {hi:+.3})")
+        });
         println!(
-            "{:<11} {:>6} {:>6} {:>6.0} {:>6.3} {:>6.3} to {:.3} {b:>8} {d:>26}",
+            "{:<11} {:>6} {:>6} {:>6.0} {:>6.3} {:>6.3} to {:.3} {b:>8} {d:>26} {o:>26}",
             format!("{:?}", p.order).to_lowercase(),
             p.passes,
             p.labels,
@@ -388,5 +452,57 @@ pub fn bench_live(args: LiveArgs) -> Result<ExitCode> {
             p.live_interval.1
         );
     }
+    for r in &reach {
+        let order = format!("{:?}", r.order).to_lowercase();
+        let got = r.labels.map_or(
+            format!("not within {} labels", at.last().copied().unwrap_or(0)),
+            |n| format!("{n} labels"),
+        );
+        println!(
+            "{order} (passes {}) reaches what {first} scored at {} labels ({:.3}): {got}",
+            r.passes, r.target_labels, r.target
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(order: SimOrder, labels: usize, live: f64) -> Point {
+        Point {
+            labels,
+            order,
+            passes: 1,
+            steps: 0.0,
+            live,
+            live_spread: 0.0,
+            live_interval: (live, live),
+            batch: None,
+            live_minus_batch: None,
+            minus_first_order: None,
+        }
+    }
+
+    #[test]
+    fn an_order_reaches_the_first_orders_last_accuracy_at_its_first_count_at_or_above_it() {
+        use SimOrder::{Random, Sequential, Uncertain};
+        let points = [
+            point(Random, 200, 0.55),
+            point(Random, 400, 0.60),
+            point(Random, 800, 0.62),
+            point(Uncertain, 200, 0.58),
+            point(Uncertain, 400, 0.63),
+            point(Uncertain, 800, 0.61),
+            point(Sequential, 200, 0.50),
+            point(Sequential, 400, 0.55),
+            point(Sequential, 800, 0.619),
+        ];
+        let r = reaches(&points, Random);
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].order, r[0].labels), (Uncertain, Some(400)));
+        assert_eq!((r[0].target, r[0].target_labels), (0.62, 800));
+        assert_eq!((r[1].order, r[1].labels), (Sequential, None));
+    }
 }
