@@ -246,6 +246,8 @@ fn simulated_labeling_compares_queue_orders_on_the_same_folds() {
             "random,uncertain",
             "--at",
             "24,48",
+            "--max-length",
+            "96",
             "--resamples",
             "300",
             "--json",
