@@ -1,38 +1,77 @@
 //! The element-wise loops that take a visible share of a training step (GELU and its
-//! backward, softmax), compiled twice: for the x86-64 baseline the release build
-//! targets (4 floats a vector) and for AVX-512 (16), picked at run time. Both copies
-//! run the same operations in the same order (no fused multiply-adds are formed), so
-//! they give the same numbers; only the vector width differs.
+//! backward, softmax), compiled three times: for the x86-64 baseline the release
+//! build targets (4 floats a vector), for AVX2 (8) and for AVX-512 (16), the widest
+//! the CPU has picked at run time. Every copy runs the same operations in the same
+//! order (no fused multiply-adds are formed), so they give the same numbers; only
+//! the vector width differs.
 #![allow(unsafe_code)]
 
 use super::ops::{FRAC_1_SQRT_2, FRAC_1_SQRT_2PI, erf, exp};
 
-/// Whether this CPU runs the AVX-512 copies.
-fn wide() -> bool {
+/// The widest copy this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Width {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+/// The widest copy this CPU runs, found once.
+pub fn width() -> Width {
     #[cfg(target_arch = "x86_64")]
     {
-        static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        static FOUND: std::sync::OnceLock<Width> = std::sync::OnceLock::new();
         *FOUND.get_or_init(|| {
-            is_x86_feature_detected!("avx512f")
+            if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
+            {
+                Width::Avx512
+            } else if is_x86_feature_detected!("avx2") {
+                Width::Avx2
+            } else {
+                Width::Baseline
+            }
         })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        Width::Baseline
     }
 }
 
-/// Defines `pub fn $name(args)`, running `$body` in its AVX-512 copy where the CPU
-/// has it, and `pub fn $base(args)`, the baseline copy (inlined into `$name`'s
-/// fallback and into callers compiled for the baseline).
-macro_rules! twice {
-    ($(#[$doc:meta])* fn $name:ident / $base:ident($($arg:ident: $ty:ty),*) $body:block) => {
+/// Defines `pub fn $name(args)`, running `$body` in the widest copy the CPU has;
+/// `pub fn $base(args)`, the baseline copy (inlined into the others and into callers
+/// compiled for the baseline); and `pub fn $avx2(args) -> bool`, the AVX2 copy where
+/// the CPU has AVX2 (it returns whether it ran), so tests can hold every copy the
+/// CPU runs to the baseline's numbers.
+macro_rules! copies {
+    ($(#[$doc:meta])* fn $name:ident / $base:ident / $avx2:ident($($arg:ident: $ty:ty),*) $body:block) => {
         /// The baseline copy of the function of the same name without `_baseline`.
         #[inline(always)]
         pub fn $base($($arg: $ty),*) $body
+
+        /// The AVX2 copy of the function of the same name without `_avx2`, run where
+        /// the CPU has AVX2; returns whether it ran.
+        #[allow(dead_code)]
+        pub fn $avx2($($arg: $ty),*) -> bool {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $base($($arg),*)
+                }
+                if width() >= Width::Avx2 {
+                    // SAFETY: `width` found AVX2 (every CPU with the AVX-512 set
+                    // `width` asks for has it too).
+                    unsafe { avx2($($arg),*) };
+                    return true;
+                }
+            }
+            let _ = ($($arg),*);
+            false
+        }
 
         $(#[$doc])*
         pub fn $name($($arg: $ty),*) {
@@ -42,9 +81,14 @@ macro_rules! twice {
                 unsafe fn avx512($($arg: $ty),*) {
                     $base($($arg),*)
                 }
-                if wide() {
-                    // SAFETY: `wide` found every feature `avx512` is compiled for.
-                    return unsafe { avx512($($arg),*) };
+                match width() {
+                    // SAFETY: `width` found every feature `avx512` is compiled for.
+                    Width::Avx512 => return unsafe { avx512($($arg),*) },
+                    Width::Avx2 => {
+                        $avx2($($arg),*);
+                        return;
+                    }
+                    Width::Baseline => {}
                 }
             }
             $base($($arg),*)
@@ -57,18 +101,18 @@ macro_rules! twice {
 /// it would not).
 const LANES: usize = 16;
 
-twice! {
+copies! {
     /// `y = gelu(x)` (the erf form BERT uses).
-    fn gelu / gelu_baseline(y: &mut [f32], x: &[f32]) {
+    fn gelu / gelu_baseline / gelu_avx2(y: &mut [f32], x: &[f32]) {
         for (o, &v) in y.iter_mut().zip(x) {
             *o = 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2));
         }
     }
 }
 
-twice! {
+copies! {
     /// `dy *= gelu'(x)`.
-    fn gelu_bwd / gelu_bwd_baseline(dy: &mut [f32], x: &[f32]) {
+    fn gelu_bwd / gelu_bwd_baseline / gelu_bwd_avx2(dy: &mut [f32], x: &[f32]) {
         for (o, &v) in dy.iter_mut().zip(x) {
             let cdf = 0.5 * (1.0 + erf(v * FRAC_1_SQRT_2));
             let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
@@ -77,11 +121,11 @@ twice! {
     }
 }
 
-twice! {
+copies! {
     /// `row = softmax(row + bias)`, `bias` as long as `row`: the padding's bias added
     /// to a row of attention scores, made probabilities (the row's maximum taken
     /// out first, so `exp` cannot overflow).
-    fn softmax_biased / softmax_biased_baseline(row: &mut [f32], bias: &[f32]) {
+    fn softmax_biased / softmax_biased_baseline / softmax_biased_avx2(row: &mut [f32], bias: &[f32]) {
         assert_eq!(row.len(), bias.len(), "a bias per score");
         for (x, b) in row.iter_mut().zip(bias) {
             *x += b;
@@ -126,28 +170,40 @@ mod tests {
             .collect()
     }
 
-    /// Both copies give the same numbers, bit for bit, on lengths that leave a
+    /// Every copy this CPU runs (the widest through the plain name, AVX2 through
+    /// its own) gives the baseline's numbers, bit for bit, on lengths that leave a
     /// remainder past the vector width; the softmax sums to 1 and gives masked
     /// scores exactly 0.
     #[test]
     fn the_wide_copies_give_the_baseline_numbers() {
-        for n in [1, 15, 16, 17, 100, 1537] {
+        let mut avx2_ran = false;
+        for n in [1, 7, 8, 9, 15, 16, 17, 100, 1537] {
             let x = values(n);
-            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            let (mut a, mut b, mut c) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
             gelu(&mut a, &x);
             gelu_baseline(&mut b, &x);
             assert_eq!(a, b, "gelu, {n}");
-            let (mut a, mut b) = (x.clone(), x.clone());
+            if gelu_avx2(&mut c, &x) {
+                avx2_ran = true;
+                assert_eq!(c, b, "gelu, AVX2, {n}");
+            }
+            let (mut a, mut b, mut c) = (x.clone(), x.clone(), x.clone());
             gelu_bwd(&mut a, &x);
             gelu_bwd_baseline(&mut b, &x);
             assert_eq!(a, b, "gelu backward, {n}");
+            if gelu_bwd_avx2(&mut c, &x) {
+                assert_eq!(c, b, "gelu backward, AVX2, {n}");
+            }
             let bias: Vec<f32> = (0..n)
                 .map(|i| if i % 5 == 4 { -1e4 } else { 0.0 })
                 .collect();
-            let (mut a, mut b) = (x.clone(), x.clone());
+            let (mut a, mut b, mut c) = (x.clone(), x.clone(), x.clone());
             softmax_biased(&mut a, &bias);
             softmax_biased_baseline(&mut b, &bias);
             assert_eq!(a, b, "softmax, {n}");
+            if softmax_biased_avx2(&mut c, &bias) {
+                assert_eq!(c, b, "softmax, AVX2, {n}");
+            }
             let total: f32 = a.iter().sum();
             assert!((total - 1.0).abs() < 1e-5, "softmax sums to {total}");
             assert!(
@@ -167,8 +223,6 @@ mod tests {
         for (got, want) in d.iter().zip([-0.083_315_5, 0.5, 1.083_315_5, 1.011_946]) {
             assert!((got - want).abs() < 1e-5, "gelu': {got} against {want}");
         }
-        if !wide() {
-            eprintln!("no AVX-512 here: both calls ran the baseline copy");
-        }
+        eprintln!("widest copy here: {:?}; AVX2 copy run: {avx2_ran}", width());
     }
 }
