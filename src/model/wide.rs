@@ -54,7 +54,6 @@ macro_rules! copies {
 
         /// The AVX2 copy of the function of the same name without `_avx2`, run where
         /// the CPU has AVX2; returns whether it ran.
-        #[allow(dead_code)]
         pub fn $avx2($($arg: $ty),*) -> bool {
             #[cfg(target_arch = "x86_64")]
             {
