@@ -495,6 +495,10 @@ pub struct EvalArgs {
     pub args: ModelArgs,
     #[arg(long)]
     pub json: bool,
+    /// Also score as the background scorer and `duel review` do (bf16 or 8-bit
+    /// products where the CPU has them) and report how far that moves the result.
+    #[arg(long)]
+    pub fast: bool,
 }
 
 #[derive(Debug, Args)]

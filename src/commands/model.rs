@@ -492,19 +492,86 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let trainer = load_trained(&args.model, &args.args)?;
     let examples = examples_from_file(&args.file)?;
     let data = trainer.encode(&examples)?;
-    let e = trainer.evaluate(&data, args.args.batch as usize)?;
+    let batch = args.args.batch as usize;
+    let e = trainer.evaluate(&data, batch)?;
+    let fast = if args.fast {
+        let exact = trainer.margins(&data, batch)?;
+        let fast = trainer.margins_fast(&data, batch)?;
+        Some(fast_agreement(&exact, &fast))
+    } else {
+        None
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"pairs": e.pairs, "accuracy": e.accuracy, "loss": e.loss})
-        );
+        let mut v = serde_json::json!({"pairs": e.pairs, "accuracy": e.accuracy, "loss": e.loss});
+        if let Some(f) = &fast {
+            v["fast"] = serde_json::json!({
+                "products": fast_products(),
+                "accuracy": f.accuracy,
+                "same_order": f.same_order,
+                "margin_rms_difference": f.rms_difference,
+                "margin_rms": f.rms_margin,
+            });
+        }
+        println!("{v}");
     } else {
         println!(
             "{} pairs: accuracy {:.4} (chosen scored higher), loss {:.4}",
             e.pairs, e.accuracy, e.loss
         );
+        if let Some(f) = &fast {
+            println!(
+                "scored fast ({} products): accuracy {:.4}; {:.1}% of pairs in the same order; \
+                 margins moved {:.4} (root mean square) against their own {:.4}",
+                fast_products(),
+                f.accuracy,
+                100.0 * f.same_order,
+                f.rms_difference,
+                f.rms_margin
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The products fast scoring multiplies in on this CPU.
+fn fast_products() -> &'static str {
+    if crate::model::bf16::Bf16::detect().is_some() {
+        "bf16"
+    } else if crate::model::int8::Int8::detect().is_some() {
+        "int8"
+    } else {
+        "f32"
+    }
+}
+
+/// How fast scoring's margins compare with exact scoring's, pair by pair.
+struct FastAgreement {
+    /// Share of pairs where the fast margin is above 0.
+    accuracy: f64,
+    /// Share of pairs the two order the same way.
+    same_order: f64,
+    /// Root mean square of the margins' differences.
+    rms_difference: f64,
+    /// Root mean square of the exact margins.
+    rms_margin: f64,
+}
+
+fn fast_agreement(exact: &[f32], fast: &[f32]) -> FastAgreement {
+    let n = exact.len().max(1) as f64;
+    let rms = |it: &mut dyn Iterator<Item = f32>| {
+        (it.map(|d| f64::from(d) * f64::from(d)).sum::<f64>() / n).sqrt()
+    };
+    FastAgreement {
+        accuracy: fast.iter().filter(|&&d| d > 0.0).count() as f64 / n,
+        same_order: exact
+            .iter()
+            .zip(fast)
+            .filter(|(a, b)| (**a > 0.0) == (**b > 0.0))
+            .count() as f64
+            / n,
+        rms_difference: rms(&mut exact.iter().zip(fast).map(|(a, b)| a - b)),
+        rms_margin: rms(&mut exact.iter().copied()),
+    }
 }
 
 /// A line of a score file: its number, its `id`, and the texts to score by key.
@@ -692,16 +759,18 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
     );
     out.insert("score_ms_per_64".into(), serde_json::json!(ms));
     // The background scorer's and review's scoring: bf16 products where the CPU
-    // has them.
+    // has them, else 8-bit integers where it has AVX2.
     let fast_ms = median_ms(|| trainer.model.rewards_fast(&padded.batch()).map(drop))?;
     out.insert(
         "score_fast_texts_per_s".into(),
         serde_json::json!(64.0 / (fast_ms / 1000.0)),
     );
+    let products = fast_products();
     out.insert(
         "score_fast_bf16".into(),
-        serde_json::json!(crate::model::bf16::Bf16::detect().is_some()),
+        serde_json::json!(products == "bf16"),
     );
+    out.insert("score_fast_products".into(), serde_json::json!(products));
     out.insert("train_step".into(), serde_json::Value::Object(steps));
     out.insert(
         "threads".into(),

@@ -11,6 +11,7 @@
 
 use super::bert::{DropoutRng, EMBEDDING_TENSORS, LAYER_TENSORS, RewardModel, draw, dropout_mask};
 use super::bf16::{Bf16, Left, Packed};
+use super::int8::{self, Int8};
 use super::ops::row_stats;
 use super::sgemm::{Par, View, ViewMut, matmul};
 use super::wide;
@@ -419,14 +420,33 @@ fn linear(x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
 /// to bf16 costs about what multiplying this many rows by them does.
 const BF16_MIN_ROWS: usize = 256;
 
-/// `linear`, in bf16 when asked for on a CPU that multiplies it (`bf`) and there are
-/// rows enough to pay for packing the weights.
-fn linear_with(bf: Option<Bf16>, x: &[f32], rows: usize, inp: usize, w: &[f32], b: &[f32]) -> Buf {
-    match bf {
-        Some(bf) if rows >= BF16_MIN_ROWS => {
-            let out = b.len();
+/// The kernels a pass's large products may use in place of f32's.
+#[derive(Clone, Copy)]
+enum Fast {
+    Bf16(Bf16),
+    Int8(Int8),
+}
+
+/// `linear`, in bf16 or 8-bit integers when asked for (`fast`) and there are rows
+/// enough to pay for packing the weights.
+fn linear_with(
+    fast: Option<Fast>,
+    x: &[f32],
+    rows: usize,
+    inp: usize,
+    w: &[f32],
+    b: &[f32],
+) -> Buf {
+    let out = b.len();
+    match fast {
+        Some(Fast::Bf16(bf)) if rows >= BF16_MIN_ROWS => {
             let mut y = buf(rows * out);
             bf.linear(x, rows, &Packed::new(w, out, inp), b, &mut y);
+            y
+        }
+        Some(Fast::Int8(k8)) if rows >= BF16_MIN_ROWS => {
+            let mut y = buf(rows * out);
+            k8.linear(x, rows, &int8::Packed::new(k8, w, out, inp), b, &mut y);
             y
         }
         _ => linear(x, rows, inp, w, b),
@@ -659,10 +679,17 @@ impl RewardModel {
         let bias: Vec<f32> = batch.mask.iter().map(|m| (m - 1.0) * 1e4).collect();
         let scale = 1.0 / (d.hd as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        // The products in bf16 where asked for and the CPU multiplies it.
+        // The products in bf16 where asked for and the CPU multiplies it; for
+        // rewards alone (no tape, no dropout), in 8-bit integers on a CPU that has
+        // AVX2 but no bf16.
         let bf = if bf16 { Bf16::detect() } else { None };
+        let fast = match bf {
+            Some(bf) => Some(Fast::Bf16(bf)),
+            None if bf16 && !keep && rng.is_none() => Int8::detect().map(Fast::Int8),
+            None => None,
+        };
         let linear =
-            |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(bf, x, rows, inp, w, b);
+            |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(fast, x, rows, inp, w, b);
         // Each sequence's first token's place in the padded batch.
         let firsts: Vec<usize> = (0..d.b).map(|b| b * t).collect();
         for l in 0..cfg.num_hidden_layers {
@@ -781,8 +808,9 @@ impl RewardModel {
     }
 
     /// Rewards for ordering pairs (the background scorer, `duel review`): the
-    /// large products in bf16 where the CPU multiplies it (`bf16.rs`), otherwise as
-    /// `rewards`. A reward moves by a few thousandths.
+    /// large products in bf16 where the CPU multiplies it (`bf16.rs`; a reward moves
+    /// by a few thousandths), else in 8-bit integers where it has AVX2 (`int8.rs`; a
+    /// few hundredths of the rewards' spread), otherwise as `rewards`.
     pub fn rewards_fast(&self, batch: &Batch<'_>) -> Result<Vec<f32>> {
         Ok(self.forward_impl(batch, None, false, true)?.0)
     }

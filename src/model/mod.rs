@@ -5,6 +5,7 @@ pub mod bert;
 pub mod bf16;
 pub mod checkpoint;
 pub mod engine;
+pub mod int8;
 pub mod ops;
 pub mod sgemm;
 pub mod tokenize;

@@ -404,11 +404,26 @@ impl Trainer {
     /// Each pair's reward of `chosen` minus that of `rejected`, dropout off: the
     /// model agrees with the judgement where it is above 0.
     pub fn margins(&self, data: &[Encoded], batch_pairs: usize) -> Result<Vec<f32>> {
+        self.margins_with(data, batch_pairs, false)
+    }
+
+    /// As `margins`, scored as the background scorer does
+    /// (`RewardModel::rewards_fast`).
+    pub fn margins_fast(&self, data: &[Encoded], batch_pairs: usize) -> Result<Vec<f32>> {
+        self.margins_with(data, batch_pairs, true)
+    }
+
+    fn margins_with(&self, data: &[Encoded], batch_pairs: usize, fast: bool) -> Result<Vec<f32>> {
         let mut out = vec![0f32; data.len()];
         let order = length_sorted(data);
         for chunk in order.chunks(batch_pairs.max(1) * 2) {
             let batch: Vec<&Encoded> = chunk.iter().map(|&i| &data[i]).collect();
-            let rewards = self.model.rewards(&self.padded(&batch).batch())?;
+            let padded = self.padded(&batch);
+            let rewards = if fast {
+                self.model.rewards_fast(&padded.batch())?
+            } else {
+                self.model.rewards(&padded.batch())?
+            };
             let (c, r) = rewards.split_at(batch.len());
             for ((&i, a), b) in chunk.iter().zip(c).zip(r) {
                 out[i] = a - b;
