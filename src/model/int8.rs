@@ -103,7 +103,7 @@ impl Packed {
                 // SAFETY: `Int8` exists only where AVX2 and FMA do.
                 (*scale, *sum) = unsafe { round_weights(w, q) };
             });
-        data.par_chunks_mut(groups * NR * 4)
+        data.par_chunks_mut((groups * NR * 4).max(1))
             .enumerate()
             .for_each(|(panel, data)| {
                 for (c, q) in q.chunks(k.max(1)).skip(panel * NR).take(NR).enumerate() {
@@ -219,6 +219,12 @@ impl Int8 {
         assert_eq!(y.len(), rows * n, "outputs of {rows} × {n}");
         assert_eq!(b.len(), n, "a bias per output");
         if rows == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            for row in y.chunks_exact_mut(n) {
+                row.copy_from_slice(b);
+            }
             return;
         }
         let kq = groups * 4;
@@ -448,6 +454,11 @@ mod tests {
                 }
             }
         }
+        // No inputs: the bias alone.
+        let packed = Packed::new(k8, &[], 3, 0);
+        let mut y = vec![9f32; 6];
+        k8.linear(&[], 2, &packed, &[1.0, 2.0, 3.0], &mut y);
+        assert_eq!(y, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]
