@@ -1370,9 +1370,28 @@ fn fast_scoring_orders_pairs_as_exact_scoring_does() {
     );
     let margins = |r: &[f32]| -> Vec<f32> { r.chunks(2).map(|p| p[0] - p[1]).collect() };
     let (me, mf) = (margins(&exact), margins(&fast));
-    for (e, f) in me.iter().zip(&mf) {
+    // A pair whose margin is well above the rounding's typical movement keeps its
+    // order; only near-ties may turn.
+    let firm: Vec<(f32, f32)> = me
+        .iter()
+        .zip(&mf)
+        .filter(|(e, _)| e.abs() > 3.0 * rms)
+        .map(|(&e, &f)| (e, f))
+        .collect();
+    eprintln!(
+        "{} of {} pairs have margins above 3 × rms",
+        firm.len(),
+        me.len()
+    );
+    assert!(
+        firm.len() * 2 >= me.len(),
+        "{} of {} pairs firm",
+        firm.len(),
+        me.len()
+    );
+    for (e, f) in firm {
         assert!(
-            e.signum() == f.signum() || e.abs() < 2.0 * worst,
+            e.signum() == f.signum(),
             "a pair ordered the other way: {e} vs {f}"
         );
     }

@@ -493,9 +493,9 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
     let examples = examples_from_file(&args.file)?;
     let data = trainer.encode(&examples)?;
     let batch = args.args.batch as usize;
-    let e = trainer.evaluate(&data, batch)?;
+    let exact = trainer.margins(&data, batch)?;
+    let e = crate::train::EvalStats::of_margins(&exact);
     let fast = if args.fast {
-        let exact = trainer.margins(&data, batch)?;
         let fast = trainer.margins_fast(&data, batch)?;
         Some(fast_agreement(&exact, &fast))
     } else {

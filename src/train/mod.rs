@@ -157,6 +157,30 @@ pub struct EvalStats {
     pub loss: f64,
 }
 
+impl EvalStats {
+    /// Accuracy and loss of each pair's reward margin (chosen minus rejected).
+    pub fn of_margins(margins: &[f32]) -> EvalStats {
+        let right = margins.iter().filter(|&&d| d > 0.0).count();
+        let loss_sum: f64 = margins
+            .iter()
+            .map(|&d| {
+                let d = f64::from(d);
+                -(d.min(0.0) - (-d.abs()).exp().ln_1p())
+            })
+            .sum();
+        let n = margins.len();
+        EvalStats {
+            pairs: n,
+            accuracy: if n > 0 {
+                right as f64 / n as f64
+            } else {
+                f64::NAN
+            },
+            loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
+        }
+    }
+}
+
 pub struct Trainer {
     pub model: RewardModel,
     pub encoder: TextEncoder,
@@ -380,25 +404,7 @@ impl Trainer {
 
     /// Held-out accuracy (strict `r_chosen > r_rejected`) and loss, dropout off.
     pub fn evaluate(&self, data: &[Encoded], batch_pairs: usize) -> Result<EvalStats> {
-        let margins = self.margins(data, batch_pairs)?;
-        let right = margins.iter().filter(|&&d| d > 0.0).count();
-        let loss_sum: f64 = margins
-            .iter()
-            .map(|&d| {
-                let d = f64::from(d);
-                -(d.min(0.0) - (-d.abs()).exp().ln_1p())
-            })
-            .sum();
-        let n = data.len();
-        Ok(EvalStats {
-            pairs: n,
-            accuracy: if n > 0 {
-                right as f64 / n as f64
-            } else {
-                f64::NAN
-            },
-            loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
-        })
+        Ok(EvalStats::of_margins(&self.margins(data, batch_pairs)?))
     }
 
     /// Each pair's reward of `chosen` minus that of `rejected`, dropout off: the
