@@ -151,9 +151,8 @@ if tr:
         row(f"training step, 8 pairs × {seq} tokens", s["pairs_per_s"], base, "pairs/s", "PyTorch")
     row("scoring, 64 texts × 128 tokens", tr["score_texts_per_s"],
         to and to["score_seq128"]["texts_per_s"], "texts/s", "PyTorch")
-    if "score_fast_texts_per_s" in tr:
-        row(f"scoring for the queue and the review ({tr.get('score_fast_products', 'bf16' if tr.get('score_fast_bf16') else 'f32')} products), 64 texts × 128 tokens",
-            tr["score_fast_texts_per_s"], to and to["score_seq128"]["texts_per_s"], "texts/s", "PyTorch")
+    row(f"scoring for the queue and the review ({tr['score_fast_products']} products), 64 texts × 128 tokens",
+        tr["score_fast_texts_per_s"], to and to["score_seq128"]["texts_per_s"], "texts/s", "PyTorch")
 g, l = load("generate"), load("llamacpp")
 if g:
     t2 = l and l.get("threads2")

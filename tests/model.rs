@@ -1338,15 +1338,15 @@ fn fast_scoring_orders_pairs_as_exact_scoring_does() {
     }
     let exact = tr.score(&seqs, 64).expect("exact");
     let fast = tr.score_fast(&seqs, 64).expect("fast");
-    let bf16 = duel::model::bf16::Bf16::detect().is_some();
-    let int8 = duel::model::int8::Int8::detect().is_some();
-    if !bf16 && !int8 {
+    let products = duel::model::engine::fast_products();
+    if products == "f32" {
         assert_eq!(
             exact, fast,
             "without bf16 or AVX2, fast scoring is exact scoring"
         );
         return;
     }
+    let bf16 = products == "bf16";
     let mean = exact.iter().sum::<f32>() / exact.len() as f32;
     let spread =
         (exact.iter().map(|r| (r - mean).powi(2)).sum::<f32>() / exact.len() as f32).sqrt();
@@ -1357,29 +1357,31 @@ fn fast_scoring_orders_pairs_as_exact_scoring_does() {
         .collect();
     let worst = diffs.iter().copied().fold(0f32, f32::max);
     let rms = (diffs.iter().map(|d| d * d).sum::<f32>() / diffs.len() as f32).sqrt();
-    eprintln!("bf16 {bf16}, int8 {int8}: spread {spread}, rms difference {rms}, worst {worst}");
+    eprintln!("{products}: spread {spread}, rms difference {rms}, worst {worst}");
     assert!(worst > 0.0, "the fast path did not run");
     // bf16 rounds each number to 8 bits of mantissa; the integers round each
     // weight and activation to a step of its row's range, so rewards move further
     // (measured on this barely trained model: rms 0.11 of the spread, worst 0.25;
     // on models trained an epoch or three, rms 0.02 to 0.07).
-    let (rms_limit, worst_limit) = if bf16 { (0.02, 0.05) } else { (0.2, 0.5) };
+    let (rms_limit, worst_limit) = if bf16 { (0.05, 0.05) } else { (0.2, 0.5) };
     assert!(
         rms < rms_limit * spread && worst < worst_limit * spread,
         "spread {spread}, rms difference {rms}, worst {worst}"
     );
     let margins = |r: &[f32]| -> Vec<f32> { r.chunks(2).map(|p| p[0] - p[1]).collect() };
     let (me, mf) = (margins(&exact), margins(&fast));
-    // A pair whose margin is well above the rounding's typical movement keeps its
-    // order; only near-ties may turn.
+    // A pair whose margin is well above the rounding's movement (three times its
+    // root mean square, or twice its worst, whichever is less) keeps its order; only
+    // near-ties may turn.
+    let firm_above = (3.0 * rms).min(2.0 * worst);
     let firm: Vec<(f32, f32)> = me
         .iter()
         .zip(&mf)
-        .filter(|(e, _)| e.abs() > 3.0 * rms)
+        .filter(|(e, _)| e.abs() >= firm_above)
         .map(|(&e, &f)| (e, f))
         .collect();
     eprintln!(
-        "{} of {} pairs have margins above 3 × rms",
+        "{} of {} pairs have margins of {firm_above} or more",
         firm.len(),
         me.len()
     );

@@ -505,7 +505,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         let mut v = serde_json::json!({"pairs": e.pairs, "accuracy": e.accuracy, "loss": e.loss});
         if let Some(f) = &fast {
             v["fast"] = serde_json::json!({
-                "products": fast_products(),
+                "products": crate::model::engine::fast_products(),
                 "accuracy": f.accuracy,
                 "same_order": f.same_order,
                 "margin_rms_difference": f.rms_difference,
@@ -522,7 +522,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             println!(
                 "scored fast ({} products): accuracy {:.4}; {:.1}% of pairs in the same order; \
                  margins moved {:.4} (root mean square) against their own {:.4}",
-                fast_products(),
+                crate::model::engine::fast_products(),
                 f.accuracy,
                 100.0 * f.same_order,
                 f.rms_difference,
@@ -531,17 +531,6 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The products fast scoring multiplies in on this CPU.
-fn fast_products() -> &'static str {
-    if crate::model::bf16::Bf16::detect().is_some() {
-        "bf16"
-    } else if crate::model::int8::Int8::detect().is_some() {
-        "int8"
-    } else {
-        "f32"
-    }
 }
 
 /// How fast scoring's margins compare with exact scoring's, pair by pair.
@@ -765,7 +754,7 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         "score_fast_texts_per_s".into(),
         serde_json::json!(64.0 / (fast_ms / 1000.0)),
     );
-    let products = fast_products();
+    let products = crate::model::engine::fast_products();
     out.insert(
         "score_fast_bf16".into(),
         serde_json::json!(products == "bf16"),

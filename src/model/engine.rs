@@ -429,6 +429,26 @@ enum Fast {
     Int8(Int8),
 }
 
+impl Fast {
+    /// What scoring for ordering pairs multiplies in on this CPU: bf16 where it
+    /// multiplies it, else 8-bit integers where it has AVX2, else nothing (f32).
+    fn for_scoring() -> Option<Fast> {
+        Bf16::detect()
+            .map(Fast::Bf16)
+            .or_else(|| Int8::detect().map(Fast::Int8))
+    }
+}
+
+/// The products `RewardModel::rewards_fast` multiplies in on this CPU: `"bf16"`,
+/// `"int8"` or `"f32"`.
+pub fn fast_products() -> &'static str {
+    match Fast::for_scoring() {
+        Some(Fast::Bf16(_)) => "bf16",
+        Some(Fast::Int8(_)) => "int8",
+        None => "f32",
+    }
+}
+
 /// `linear`, in bf16 or 8-bit integers when asked for (`fast`) and there are rows
 /// enough to pay for packing the weights.
 fn linear_with(
@@ -682,13 +702,17 @@ impl RewardModel {
         let scale = 1.0 / (d.hd as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         // The products in bf16 where asked for and the CPU multiplies it; for
-        // rewards alone (no tape, no dropout), in 8-bit integers on a CPU that has
-        // AVX2 but no bf16.
-        let bf = if bf16 { Bf16::detect() } else { None };
-        let fast = match bf {
-            Some(bf) => Some(Fast::Bf16(bf)),
-            None if bf16 && !keep && rng.is_none() => Int8::detect().map(Fast::Int8),
-            None => None,
+        // rewards alone (no tape, no dropout), as `fast_products` says.
+        let fast = if !bf16 {
+            None
+        } else if keep || rng.is_some() {
+            Bf16::detect().map(Fast::Bf16)
+        } else {
+            Fast::for_scoring()
+        };
+        let bf = match fast {
+            Some(Fast::Bf16(bf)) => Some(bf),
+            _ => None,
         };
         let linear =
             |x: &[f32], rows, inp, w: &[f32], b: &[f32]| linear_with(fast, x, rows, inp, w, b);

@@ -27,7 +27,7 @@
 //! bytes of an activation row per row and group.
 //!
 //! `Int8::detect` is the only way to get the kernels, and it gives them only on a CPU
-//! that has the instructions.
+//! that has the instructions; `engine::fast_products` says whether scoring uses them.
 #![allow(unsafe_code)]
 
 use rayon::prelude::*;
@@ -45,20 +45,20 @@ const Q_MAX: f32 = 127.0;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const A_MAX: f32 = 127.0;
 
-/// Proof that this CPU has AVX2 and FMA, and no AVX512-BF16 kernels to use instead.
+/// Proof that this CPU has AVX2 and FMA.
 #[derive(Debug, Clone, Copy)]
 pub struct Int8(());
 
 impl Int8 {
-    /// The kernels, if this CPU has AVX2, `bf16.rs`'s kernels are not available and
-    /// `DUEL_F32_SCORING` is not set (scoring in f32 everywhere).
+    /// The kernels, if this CPU has AVX2 and FMA and `DUEL_F32_SCORING` is not set
+    /// (scoring in f32 everywhere). Where the CPU also has AVX512-BF16, scoring uses
+    /// `bf16.rs` instead (`engine::fast_products`).
     pub fn detect() -> Option<Int8> {
         static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let found = *FOUND.get_or_init(|| {
             #[cfg(target_arch = "x86_64")]
             {
                 std::env::var_os("DUEL_F32_SCORING").is_none()
-                    && super::bf16::Bf16::detect().is_none()
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
             }
@@ -68,21 +68,6 @@ impl Int8 {
             }
         });
         found.then_some(Int8(()))
-    }
-
-    /// The kernels wherever the CPU has their instructions, even where `detect`
-    /// prefers bf16 or f32: so that the tests run them on every CPU that can.
-    #[cfg(test)]
-    fn where_the_cpu_runs_them() -> Option<Int8> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-                .then_some(Int8(()))
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            None
-        }
     }
 }
 
@@ -248,7 +233,7 @@ impl Int8 {
         let mut bias = vec![0f32; w.scale.len()];
         bias[..n].copy_from_slice(b);
         y.par_chunks_mut(MC * n)
-            .zip(x.par_chunks(MC * k.max(1)))
+            .zip(x.par_chunks(MC * k))
             .for_each(|(y, x)| {
                 let mb = y.len() / n;
                 let mut a = vec![0u8; mb * kq];
@@ -270,7 +255,7 @@ impl Int8 {
                     while i0 < mb {
                         let rs = MR.min(mb - i0);
                         let mut rows_out = [[0f32; NR]; MR];
-                        // SAFETY: `Int8` exists only where AVX2 does; `kernel` checks
+                        // SAFETY: `Int8` exists only where AVX2 and FMA do; `kernel` checks
                         // that the rows and the panel hold `groups` groups each.
                         unsafe {
                             kernel(
@@ -415,8 +400,8 @@ mod tests {
 
     #[test]
     fn products_are_exact_on_the_rounded_numbers() {
-        let Some(k8) = Int8::where_the_cpu_runs_them() else {
-            eprintln!("no AVX2 and FMA: nothing to test");
+        let Some(k8) = Int8::detect() else {
+            eprintln!("no AVX2 and FMA (or DUEL_F32_SCORING set): nothing to test");
             return;
         };
         // Sizes around the kernel's rows, the panels' outputs and the groups of four.
@@ -479,8 +464,8 @@ mod tests {
 
     #[test]
     fn rounding_keeps_within_half_a_step_and_spans_seven_bits() {
-        let Some(_) = Int8::where_the_cpu_runs_them() else {
-            eprintln!("no AVX2 and FMA: nothing to test");
+        let Some(_) = Int8::detect() else {
+            eprintln!("no AVX2 and FMA (or DUEL_F32_SCORING set): nothing to test");
             return;
         };
         // Lengths around the 8 and 32 the loops take at a time.
@@ -514,8 +499,8 @@ mod tests {
 
     #[test]
     fn weights_stay_within_eight_bits() {
-        let Some(k8) = Int8::where_the_cpu_runs_them() else {
-            eprintln!("no AVX2 and FMA: nothing to test");
+        let Some(k8) = Int8::detect() else {
+            eprintln!("no AVX2 and FMA (or DUEL_F32_SCORING set): nothing to test");
             return;
         };
         let w = values(40 * 50, 7);
