@@ -3,7 +3,7 @@
 use super::{BadInput, open_existing};
 use crate::cli::{EvalArgs, Schedule, ScoreArgs, TrainArgs};
 use crate::io::import::parse_json_line;
-use crate::model::{DEFAULT_ENCODER_DIR, checkpoint};
+use crate::model::{DEFAULT_ENCODER_DIR, checkpoint, engine::fast_products};
 use crate::train::{
     Encoded, Example, LIVE_WARMUP_STEPS, Products, TrainConfig, Trainer, epoch_batches,
     examples_from_store, is_heldout,
@@ -505,7 +505,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
         let mut v = serde_json::json!({"pairs": e.pairs, "accuracy": e.accuracy, "loss": e.loss});
         if let Some(f) = &fast {
             v["fast"] = serde_json::json!({
-                "products": crate::model::engine::fast_products(),
+                "products": fast_products(),
                 "accuracy": f.accuracy,
                 "same_order": f.same_order,
                 "margin_rms_difference": f.rms_difference,
@@ -522,7 +522,7 @@ pub fn eval(args: EvalArgs) -> Result<ExitCode> {
             println!(
                 "scored fast ({} products): accuracy {:.4}; {:.1}% of pairs in the same order; \
                  margins moved {:.4} (root mean square) against their own {:.4}",
-                crate::model::engine::fast_products(),
+                fast_products(),
                 f.accuracy,
                 100.0 * f.same_order,
                 f.rms_difference,
@@ -754,7 +754,7 @@ pub fn bench_train(dir: Option<&Path>, seqs: &[usize], json: bool) -> Result<Exi
         "score_fast_texts_per_s".into(),
         serde_json::json!(64.0 / (fast_ms / 1000.0)),
     );
-    let products = crate::model::engine::fast_products();
+    let products = fast_products();
     out.insert(
         "score_fast_bf16".into(),
         serde_json::json!(products == "bf16"),
