@@ -14,6 +14,9 @@
 #              long prompt of the generation bench and the epoch's training data
 #   PAIRS      pairs for the import bench (default 1000000)
 #   EPOCH      1 to time a training epoch against TRL's (default 1; 0 skips it)
+#   STEPS      which steps to run, comma-separated (default
+#              import,ui,train,generate,epoch); e.g. the epoch alone on the other set:
+#              STEPS=epoch DATA=../shared/data/hh_harmless_dev.jsonl scripts/bench.sh
 #   OUT        where the JSON of each run goes (default bench-results/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +25,14 @@ DATA=${DATA:-../shared/data/pandalm_pairs.jsonl}
 PAIRS=${PAIRS:-1000000}
 EPOCH=${EPOCH:-1}
 OUT=${OUT:-bench-results}
+STEPS=${STEPS:-import,ui,train,generate,epoch}
+wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+for s in ${STEPS//,/ }; do
+    case $s in
+        import | ui | train | generate | epoch) ;;
+        *) echo "STEPS: no step named '$s' (import, ui, train, generate, epoch)" >&2; exit 2 ;;
+    esac
+done
 PYTHON=${PYTHON:-}
 BIN=target/release/duel
 ENCODER=assets/models/all-MiniLM-L6-v2
@@ -56,28 +67,36 @@ baseline() { # name command...
     fi
 }
 
-step "import: $PAIRS pairs"
-"$BIN" bench import --db "$tmp/import.db" --pairs "$PAIRS" --json >"$OUT/import.json"
+if wants import; then
+    step "import: $PAIRS pairs"
+    "$BIN" bench import --db "$tmp/import.db" --pairs "$PAIRS" --json >"$OUT/import.json"
+fi
 
-step "the labeler: key to frame with the trainer and generator feed running"
-"$BIN" bench ui --pairs "$PAIRS" --json >"$OUT/ui.json"
+if wants ui; then
+    step "the labeler: key to frame with the trainer and generator feed running"
+    "$BIN" bench ui --pairs "$PAIRS" --json >"$OUT/ui.json"
+fi
 
 # Each duel figure right before its baseline, so the pair sees the same machine.
-step "reward model: training step and scoring"
-"$BIN" bench train --json >"$OUT/train.json"
-if [ $baselines = 1 ]; then
-    step "baseline: PyTorch training step and scoring"
-    baseline torch "$PYTHON" "$BENCH_DIR/torch_rm_step.py" --model-dir "$ENCODER"
+if wants train; then
+    step "reward model: training step and scoring"
+    "$BIN" bench train --json >"$OUT/train.json"
+    if [ $baselines = 1 ]; then
+        step "baseline: PyTorch training step and scoring"
+        baseline torch "$PYTHON" "$BENCH_DIR/torch_rm_step.py" --model-dir "$ENCODER"
+    fi
 fi
 
-step "generation"
-"$BIN" bench generate --data "$DATA" --json >"$OUT/generate.json"
-if [ $baselines = 1 ]; then
-    step "baseline: llama.cpp generation"
-    baseline llamacpp "$PYTHON" "$BENCH_DIR/llamacpp_gen.py" --gguf "$GGUF" --threads 2 --data "$DATA"
+if wants generate; then
+    step "generation"
+    "$BIN" bench generate --data "$DATA" --json >"$OUT/generate.json"
+    if [ $baselines = 1 ]; then
+        step "baseline: llama.cpp generation"
+        baseline llamacpp "$PYTHON" "$BENCH_DIR/llamacpp_gen.py" --gguf "$GGUF" --threads 2 --data "$DATA"
+    fi
 fi
 
-if [ "$EPOCH" = 1 ] && [ -f "$DATA" ] && [ "$DATA" != data/demo_pairs.jsonl ]; then
+if wants epoch && [ "$EPOCH" = 1 ] && [ -f "$DATA" ] && [ "$DATA" != data/demo_pairs.jsonl ]; then
     # The baselines' split: a prompt is held out iff sha1(prompt) % 4 == 0.
     python3 - "$DATA" "$tmp" <<'PY'
 import hashlib, json, sys
@@ -97,11 +116,11 @@ PY
             --out "$tmp/rm-$products" --json >"$tmp/train-summary.json"
         "$BIN" --db "$tmp/epoch.db" eval "$tmp/test.jsonl" --model "$tmp/rm-$products" --json >"$tmp/eval.json"
         # The epoch's own time, as TRL's is taken: model loading and evaluation left out.
-        python3 - "$tmp" "$products" >"$OUT/epoch-$products.json" <<'PY'
+        python3 - "$tmp" "$products" "$(basename "$DATA")" >"$OUT/epoch-$products.json" <<'PY'
 import json, sys
 summary = json.load(open(f"{sys.argv[1]}/train-summary.json"))
 ev = json.load(open(f"{sys.argv[1]}/eval.json"))
-print(json.dumps({"products": sys.argv[2], "wall_s": summary["seconds"], "pairs": summary["train_pairs"], "accuracy": ev["accuracy"]}))
+print(json.dumps({"products": sys.argv[2], "data": sys.argv[3], "wall_s": summary["seconds"], "pairs": summary["train_pairs"], "accuracy": ev["accuracy"]}))
 PY
     done
     if [ $baselines = 1 ]; then
@@ -171,7 +190,7 @@ for products in ("f32", "bf16"):
     base = trl and trl["per_epoch"][0]["wall_s"]
     ratio = f"**{e['wall_s'] / base:.2f}× the time**" if base else ""
     b = f"TRL: {base:.0f} s ({trl['n_train']} pairs), accuracy {trl['final_acc']:.3f}" if base else "TRL: skipped"
-    print(f"| one training epoch, `--products {products}`, bench split ({e['pairs']} pairs; held-out accuracy) | {e['wall_s']:.0f} s, accuracy {e['accuracy']:.3f} | {b} | {ratio} |")
+    print(f"| one training epoch, `--products {products}`, bench split of {e.get('data', 'the data')} ({e['pairs']} pairs; held-out accuracy) | {e['wall_s']:.0f} s, accuracy {e['accuracy']:.3f} | {b} | {ratio} |")
 skipped = os.path.join(out, "skipped")
 if os.path.exists(skipped):
     print("\n" + open(skipped).read().strip())
