@@ -231,6 +231,7 @@ impl DropoutRng {
     }
 }
 
+#[inline(always)]
 pub(crate) fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -244,7 +245,7 @@ pub(crate) fn splitmix(mut z: u64) -> u64 {
 pub(crate) fn dropout_mask(key: u64, p: f32, start: usize, out: &mut [u8]) {
     let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil() as u64;
     let mut i = start;
-    let rest = match out.split_first_mut() {
+    let rest: &mut [u8] = match out.split_first_mut() {
         Some((first, tail)) if i % 2 == 1 => {
             let h = splitmix(key ^ (i as u64 >> 1));
             *first = u8::from((h >> 16) & 0xFF_FFFF >= threshold);
@@ -253,15 +254,12 @@ pub(crate) fn dropout_mask(key: u64, p: f32, start: usize, out: &mut [u8]) {
         }
         _ => out,
     };
-    let mut pairs = rest.chunks_exact_mut(2);
-    for pair in &mut pairs {
-        let h = splitmix(key ^ (i as u64 >> 1));
-        pair[0] = u8::from(h >> 40 >= threshold);
-        pair[1] = u8::from((h >> 16) & 0xFF_FFFF >= threshold);
-        i += 2;
-    }
-    if let [last] = pairs.into_remainder() {
-        let h = splitmix(key ^ (i as u64 >> 1));
+    // `i` is even here: the pairs read hashes `i / 2` on.
+    let whole = rest.len() & !1;
+    let (pairs, last) = rest.split_at_mut(whole);
+    super::wide::dropout_pairs(key, i as u64 >> 1, threshold, pairs);
+    if let [last] = last {
+        let h = splitmix(key ^ ((i + whole) as u64 >> 1));
         *last = u8::from(h >> 40 >= threshold);
     }
 }
@@ -826,5 +824,17 @@ mod tests {
         let mut other = vec![0u8; 10_001];
         dropout_mask(key + 1, p, 0, &mut other);
         assert_ne!(whole, other);
+        // Element by element, as the comment on `dropout_mask` says: trained models
+        // depend on these masks, so they may not change with the code that draws them.
+        let threshold = (f64::from(p) * f64::from(1u32 << 24)).ceil() as u64;
+        for (i, &m) in whole.iter().enumerate() {
+            let h = super::splitmix(key ^ (i as u64 >> 1));
+            let bits = if i % 2 == 0 {
+                h >> 40
+            } else {
+                (h >> 16) & 0xFF_FFFF
+            };
+            assert_eq!(m, u8::from(bits >= threshold), "element {i}");
+        }
     }
 }
