@@ -13,19 +13,23 @@
 #   DATA       the PandaLM pairs (default ../shared/data/pandalm_pairs.jsonl): the
 #              long prompt of the generation bench and the epoch's training data
 #   PAIRS      pairs for the import bench (default 1000000)
-#   EPOCH      1 to time a training epoch against TRL's (default 1; 0 skips it)
 #   STEPS      which steps to run, comma-separated (default
-#              import,ui,train,generate,epoch); e.g. the epoch alone on the other set:
+#              import,ui,train,generate,epoch, the epoch timing `duel train` against
+#              TRL); e.g. the epoch alone on the other set:
 #              STEPS=epoch DATA=../shared/data/hh_harmless_dev.jsonl scripts/bench.sh
+#   EPOCH      0 leaves the epoch out of the default STEPS (default 1)
 #   OUT        where the JSON of each run goes (default bench-results/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH_DIR=${BENCH_DIR:-../shared/bench}
 DATA=${DATA:-../shared/data/pandalm_pairs.jsonl}
 PAIRS=${PAIRS:-1000000}
-EPOCH=${EPOCH:-1}
 OUT=${OUT:-bench-results}
-STEPS=${STEPS:-import,ui,train,generate,epoch}
+if [ "${EPOCH:-1}" = 0 ]; then
+    STEPS=${STEPS:-import,ui,train,generate}
+else
+    STEPS=${STEPS:-import,ui,train,generate,epoch}
+fi
 wants() { case ",$STEPS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 for s in ${STEPS//,/ }; do
     case $s in
@@ -96,7 +100,7 @@ if wants generate; then
     fi
 fi
 
-if wants epoch && [ "$EPOCH" = 1 ] && [ -f "$DATA" ] && [ "$DATA" != data/demo_pairs.jsonl ]; then
+if wants epoch && [ -f "$DATA" ] && [ "$DATA" != data/demo_pairs.jsonl ]; then
     # The baselines' split: a prompt is held out iff sha1(prompt) % 4 == 0.
     python3 - "$DATA" "$tmp" <<'PY'
 import hashlib, json, sys
@@ -190,7 +194,7 @@ for products in ("f32", "bf16"):
     base = trl and trl["per_epoch"][0]["wall_s"]
     ratio = f"**{e['wall_s'] / base:.2f}× the time**" if base else ""
     b = f"TRL: {base:.0f} s ({trl['n_train']} pairs), accuracy {trl['final_acc']:.3f}" if base else "TRL: skipped"
-    print(f"| one training epoch, `--products {products}`, bench split of {e.get('data', 'the data')} ({e['pairs']} pairs; held-out accuracy) | {e['wall_s']:.0f} s, accuracy {e['accuracy']:.3f} | {b} | {ratio} |")
+    print(f"| one training epoch, `--products {products}`, bench split of {e['data']} ({e['pairs']} pairs; held-out accuracy) | {e['wall_s']:.0f} s, accuracy {e['accuracy']:.3f} | {b} | {ratio} |")
 skipped = os.path.join(out, "skipped")
 if os.path.exists(skipped):
     print("\n" + open(skipped).read().strip())

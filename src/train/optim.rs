@@ -114,10 +114,14 @@ impl InplaceOp3 for Update {
         let p = slice_mut(s1, l1)?;
         let m = slice(s2, l2)?;
         let v = slice(s3, l3)?;
-        let decay = 1.0 - self.lr * self.wd;
         let Update {
-            lr, bc1, bc2, eps, ..
+            lr,
+            bc1,
+            bc2,
+            eps,
+            wd,
         } = *self;
+        let decay = 1.0 - lr * wd;
         p.par_chunks_mut(CHUNK)
             .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
             .for_each(|(p, (m, v))| {
@@ -281,39 +285,68 @@ mod tests {
         let grads = loss.backward().expect("bwd");
         let n = grad_norm(&grads_of(&grads, &[a, b])).expect("norm");
         assert!((n - 41f64.sqrt()).abs() < 1e-9, "{n}");
+        // A gradient of many runs of 4,096 (the pool sums them apart), against the
+        // sum of squares in f64.
+        let len = 10 * 4096 + 7;
+        let c: Vec<f32> = (0..len)
+            .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+            .collect();
+        let x = Var::from_slice(&vec![1f32; len], len, &Device::Cpu).expect("var");
+        let loss = (x.as_tensor() * Tensor::new(c.as_slice(), &Device::Cpu).expect("t"))
+            .expect("m")
+            .sum_all()
+            .expect("s");
+        let grads = loss.backward().expect("bwd");
+        let n = grad_norm(&grads_of(&grads, &[x])).expect("norm");
+        let want = c
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            .sqrt();
+        assert!((n - want).abs() < 1e-6 * want, "{n} against {want}");
     }
 
     /// The in-place optimizer against the textbook update, computed by hand.
     #[test]
     fn two_steps_match_the_adamw_formula() {
-        let p = Var::from_slice(&[1.0f32, -2.0], 2, &Device::Cpu).expect("var");
-        let cfg = AdamWConfig {
-            weight_decay: 0.1,
-            ..Default::default()
-        };
-        let mut opt = AdamW::new(vec![p.clone()], cfg).expect("opt");
-        let (lr, g) = (0.01f64, [0.5f32, -1.5]);
-        let mut want = [1.0f32, -2.0];
-        let (mut m, mut v) = ([0f32; 2], [0f32; 2]);
-        for t in 1..=2 {
-            let loss = (p.as_tensor() * Tensor::new(&g, &Device::Cpu).expect("g"))
-                .expect("mul")
-                .sum_all()
-                .expect("sum");
-            let grads = loss.backward().expect("bwd");
-            opt.step(&grads_of(&grads, std::slice::from_ref(&p)), lr, 1.0)
-                .expect("step");
-            for i in 0..2 {
-                m[i] = 0.9 * m[i] + 0.1 * g[i];
-                v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
-                let mh = m[i] / (1.0 - 0.9f32.powi(t));
-                let vh = v[i] / (1.0 - 0.999f32.powi(t));
-                want[i] = want[i] * (1.0 - 0.01 * 0.1) - 0.01 * mh / (vh.sqrt() + 1e-8);
+        // Two elements, and a parameter the pool splits into several tasks (its
+        // last one short), each element with its own gradient.
+        for n in [2, 3 * CHUNK + 5] {
+            let start: Vec<f32> = (0..n)
+                .map(|i| if i % 2 == 0 { 1.0 } else { -2.0 })
+                .collect();
+            let g: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                .collect();
+            let p = Var::from_slice(&start, n, &Device::Cpu).expect("var");
+            let cfg = AdamWConfig {
+                weight_decay: 0.1,
+                ..Default::default()
+            };
+            let mut opt = AdamW::new(vec![p.clone()], cfg).expect("opt");
+            let lr = 0.01f64;
+            let mut want = start.clone();
+            let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+            for t in 1..=2 {
+                let loss = (p.as_tensor() * Tensor::new(g.as_slice(), &Device::Cpu).expect("g"))
+                    .expect("mul")
+                    .sum_all()
+                    .expect("sum");
+                let grads = loss.backward().expect("bwd");
+                opt.step(&grads_of(&grads, std::slice::from_ref(&p)), lr, 1.0)
+                    .expect("step");
+                for i in 0..n {
+                    m[i] = 0.9 * m[i] + 0.1 * g[i];
+                    v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+                    let mh = m[i] / (1.0 - 0.9f32.powi(t));
+                    let vh = v[i] / (1.0 - 0.999f32.powi(t));
+                    want[i] = want[i] * (1.0 - 0.01 * 0.1) - 0.01 * mh / (vh.sqrt() + 1e-8);
+                }
             }
-        }
-        let got: Vec<f32> = p.as_tensor().to_vec1().expect("v");
-        for (a, b) in got.iter().zip(want) {
-            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+            let got: Vec<f32> = p.as_tensor().to_vec1().expect("v");
+            for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                assert!((a - b).abs() < 1e-6, "{n} elements, [{i}]: {a} vs {b}");
+            }
         }
     }
 
